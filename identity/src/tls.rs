@@ -1,0 +1,53 @@
+//! rustls configurations for SPIFFE mutual TLS: TLS 1.3 only, aws-lc-rs, identities pinned.
+
+use std::sync::Arc;
+
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::server::ResolvesServerCert;
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::verifier::{BundleWatch, SpiffeClientVerifier, SpiffeServerVerifier};
+
+/// The one crypto provider nodemesh uses: aws-lc-rs.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Installs aws-lc-rs as the process-wide rustls provider (call once at start-up; later calls are
+/// harmless). Libraries that build configs with `ClientConfig::builder()` then find exactly one.
+pub fn install_default_provider() {
+    let _already_installed = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A client config that presents the certificate `client_cert` resolves and accepts only a server
+/// whose SVID carries `expected_server`.
+pub fn client_config(
+    provider: Arc<CryptoProvider>,
+    client_cert: Arc<dyn ResolvesClientCert>,
+    expected_server: SpiffeId,
+    bundle: BundleWatch,
+) -> Result<ClientConfig, rustls::Error> {
+    let verifier = SpiffeServerVerifier::new(expected_server, bundle, Arc::clone(&provider));
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(client_cert))
+}
+
+/// A server config that presents the certificate `server_cert` resolves and requires a client SVID
+/// of `trust_domain`.
+pub fn server_config(
+    provider: Arc<CryptoProvider>,
+    server_cert: Arc<dyn ResolvesServerCert>,
+    trust_domain: TrustDomain,
+    bundle: BundleWatch,
+) -> Result<ServerConfig, rustls::Error> {
+    let verifier = SpiffeClientVerifier::new(trust_domain, bundle, Arc::clone(&provider));
+    Ok(ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(server_cert))
+}
