@@ -1,0 +1,3 @@
+//! Decision benchmarks (filled in below).
+
+fn main() {}
