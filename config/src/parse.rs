@@ -85,6 +85,9 @@ fn document(errs: &mut Errors, value: &Value, base_dir: &Path) -> Option<Parts> 
     let nodes = f.required(errs, "nodes", |e, p, v| {
         each(e, p, v, |e, p, v| node(e, p, v, &mut checks))
     });
+    if nodes.is_none() {
+        checks.nodes_unknown();
+    }
     let namespaces = f.optional(errs, "namespaces", |e, p, v| {
         each(e, p, v, |e, p, v| namespace(e, p, v, &mut checks))
     });
@@ -136,12 +139,20 @@ fn ca(errs: &mut Errors, at: &str, value: &Value, base_dir: &Path) -> Option<Ca>
 }
 
 fn node(errs: &mut Errors, at: &str, value: &Value, checks: &mut Checks) -> Option<Node> {
-    let f = Fields::open(errs, at, value, NODE_KEYS)?;
+    let Some(f) = Fields::open(errs, at, value, NODE_KEYS) else {
+        checks.nodes_unknown();
+        return None;
+    };
     let name = f.required(errs, "name", k8s_name(dns1123_subdomain));
     let address = f.required(errs, "address", values::ipv4);
     let pod_cidr = f.optional(errs, "podCIDR", values::ipv4_net);
     let wireguard_public_key = f.optional(errs, "wireguardPublicKey", values::wireguard_key);
-    checks.node(errs, at, name.as_deref(), address, pod_cidr);
+    // Register the name as written even when it is invalid, so that references to it do not
+    // add a second error.
+    match f.peek_str("name") {
+        Some(written) => checks.node(errs, at, written, address, pod_cidr),
+        None => checks.nodes_unknown(),
+    }
     Some(Node {
         name: name?,
         address: address?,

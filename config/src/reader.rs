@@ -171,6 +171,12 @@ impl<'v> Fields<'v> {
         field(&self.path, key)
     }
 
+    /// Field `key` if it is a string, recording nothing (for cross-checks on values whose own
+    /// errors are reported by their reader).
+    pub(crate) fn peek_str(&self, key: &str) -> Option<&'v str> {
+        self.map.get(key).and_then(Value::as_str)
+    }
+
     /// Whether field `key` is present and not null.
     pub(crate) fn has(&self, key: &str) -> bool {
         !matches!(self.map.get(key), None | Some(Value::Null))

@@ -27,6 +27,8 @@ struct SeenWorkload {
 /// What has been registered so far. Nodes come first, then namespaces, workloads, services.
 #[derive(Default)]
 pub(crate) struct Checks {
+    /// Some node's name could not be read: a reference to an unknown node may mean that one.
+    nodes_unknown: bool,
     nodes: HashMap<String, SeenNode>,
     node_addresses: HashMap<Ipv4Addr, String>,
     pod_cidrs: Vec<(Ipv4Net, String, String)>,
@@ -53,28 +55,32 @@ fn first_seen<K: std::hash::Hash + Eq>(
 }
 
 impl Checks {
-    /// Registers node `at` (e.g. `nodes[2]`): unique name and address, podCIDRs that do not
-    /// overlap.
+    /// Notes that the nodes, or one node's name, could not be read: references to undefined
+    /// nodes are not reported then, as they would only repeat that error.
+    pub(crate) fn nodes_unknown(&mut self) {
+        self.nodes_unknown = true;
+    }
+
+    /// Registers node `at` (e.g. `nodes[2]`) by its name as written: unique name and address,
+    /// podCIDRs that do not overlap.
     pub(crate) fn node(
         &mut self,
         errs: &mut Errors,
         at: &str,
-        name: Option<&str>,
+        name: &str,
         address: Option<Ipv4Addr>,
         pod_cidr: Option<Ipv4Net>,
     ) {
-        if let Some(name) = name {
-            match self.nodes.entry(name.to_owned()) {
-                Entry::Occupied(e) => errs.push(
-                    &field(at, "name"),
-                    format!("duplicate node name {name:?} (first at {})", e.get().path),
-                ),
-                Entry::Vacant(e) => {
-                    e.insert(SeenNode {
-                        path: at.to_owned(),
-                        pod_cidr,
-                    });
-                }
+        match self.nodes.entry(name.to_owned()) {
+            Entry::Occupied(e) => errs.push(
+                &field(at, "name"),
+                format!("duplicate node name {name:?} (first at {})", e.get().path),
+            ),
+            Entry::Vacant(e) => {
+                e.insert(SeenNode {
+                    path: at.to_owned(),
+                    pod_cidr,
+                });
             }
         }
         if let Some(address) = address
@@ -96,8 +102,7 @@ impl Checks {
                     );
                 }
             }
-            let node = name.unwrap_or_default().to_owned();
-            self.pod_cidrs.push((net, node, at.to_owned()));
+            self.pod_cidrs.push((net, name.to_owned(), at.to_owned()));
         }
     }
 
@@ -139,6 +144,7 @@ impl Checks {
         };
         if let Some(node) = node {
             match self.nodes.get(node) {
+                None if self.nodes_unknown => {}
                 None => errs.push(&field(at, "node"), format!("no node {node:?}")),
                 Some(seen) => {
                     if let Some(ip) = ip {

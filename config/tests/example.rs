@@ -183,3 +183,19 @@ fn invalid_file_names_the_file_and_every_error() {
         other => panic!("expected Invalid, got {other:?}"),
     }
 }
+
+#[test]
+fn scalar_lookalike_strings_round_trip() {
+    let yaml = r#"
+trustDomain: example.org
+rootNamespace: mesh-root
+nodes: [{name: "123", address: 10.0.0.1, podCIDR: 10.1.0.0/16}]
+namespaces: [{name: "true", labels: {a: "true", b: "123", c: "null", d: "", e: "0x1F", f: "1e3", h: "yes"}}]
+workloads: [{name: "1e3", namespace: "true", serviceAccount: "0", ip: 10.1.0.1, node: "123"}]
+policies: [{metadata: {name: "null"}, spec: {ports: ["80", 80], flag: true, tilde: "~", none: null}}]
+"#;
+    let c = Config::from_yaml_str(yaml, "/").unwrap_or_else(|e| panic!("{e}"));
+    let out = c.to_yaml().expect("serializes");
+    let back = Config::from_yaml_str(&out, "/").unwrap_or_else(|e| panic!("{e}\n---\n{out}"));
+    assert_eq!(back, c, "{out}");
+}
