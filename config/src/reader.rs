@@ -113,7 +113,12 @@ pub(crate) fn map<'v>(
     value: &'v Value,
 ) -> Option<Vec<(String, &'v String, &'v Value)>> {
     match value {
-        Value::Object(m) => Some(m.iter().map(|(k, v)| (entry(path, k), k, v)).collect()),
+        Value::Object(m) => {
+            // Sorted whatever the map's own order (serde_json's `preserve_order` may be on).
+            let mut entries: Vec<_> = m.iter().map(|(k, v)| (entry(path, k), k, v)).collect();
+            entries.sort_by(|a, b| a.1.cmp(b.1));
+            Some(entries)
+        }
         other => {
             errs.push(path, expected("a mapping", other));
             None
@@ -155,10 +160,13 @@ impl<'v> Fields<'v> {
             errs.push(path, expected("a mapping", value));
             return None;
         };
-        for key in map.keys() {
-            if !known.contains(&key.as_str()) {
-                errs.push(&field(path, key), unknown_key(key, known));
-            }
+        let mut unknown: Vec<&String> = map
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .collect();
+        unknown.sort();
+        for key in unknown {
+            errs.push(&field(path, key), unknown_key(key, known));
         }
         Some(Self {
             path: path.to_owned(),
