@@ -1,1 +1,27 @@
-//! placeholder
+//! The nodemesh CA: issues SPIFFE X.509-SVIDs over Istio's certificate API
+//! (`istio.v1.auth.IstioCertificateService`), so nodemesh proxies and Istio's ztunnel alike can
+//! use it.
+//!
+//! The signing logic ([`csr`], [`issuer`], [`authz`], [`service::handle_request`]) does no I/O;
+//! [`server`], [`http`] and [`client`] bring the sockets.
+
+pub mod authz;
+pub mod client;
+pub mod csr;
+pub mod http;
+pub mod issuer;
+mod reload;
+pub mod server;
+pub mod service;
+pub mod state;
+
+/// Generated protobuf and gRPC code for Istio's certificate service.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("istio.v1.auth");
+}
+
+pub use client::{CaClient, ClientError, IdentityIssuer};
+pub use issuer::{Authority, LifetimePolicy};
+pub use server::{RunningCa, ServeError, ServeOptions, start};
+pub use state::{RootSource, StateError};

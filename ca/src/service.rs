@@ -1,0 +1,195 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate the node, authorize the
+//! identity, check the CSR and lifetime, sign.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use nodemesh_identity::{Clock, der_to_pem};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::authz::{NodeIndex, Tokens, bearer_token};
+use crate::csr::{CsrError, check_csr};
+use crate::issuer::{Authority, LifetimeError, LifetimePolicy, SignError};
+use crate::proto::istio_certificate_service_server::IstioCertificateService;
+use crate::proto::{IstioCertificateRequest, IstioCertificateResponse};
+
+/// The metadata key ztunnel sets to the identity it asks for on a workload's behalf.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// Everything a request is checked against; replaced as a whole when files change.
+#[derive(Debug)]
+pub struct CaSnapshot {
+    /// The signing root and the trust bundle.
+    pub authority: Authority,
+    /// Bearer tokens of the nodes.
+    pub tokens: Tokens,
+    /// Which identities run on which node.
+    pub nodes: NodeIndex,
+}
+
+/// Why a request was refused, with the gRPC code it maps to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No token, or a token of no node (`Unauthenticated`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// The identity does not run on the caller's node (`PermissionDenied`).
+    #[error("identity does not run on node {node:?}")]
+    ForeignIdentity {
+        /// The caller's node.
+        node: String,
+    },
+    /// `ImpersonatedIdentity` differs from the CSR's identity (`InvalidArgument`).
+    #[error("metadata ImpersonatedIdentity {impersonated:?} differs from the CSR's URI SAN")]
+    ImpersonationMismatch {
+        /// What the metadata said.
+        impersonated: String,
+    },
+    /// The CSR is malformed (`InvalidArgument`).
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The lifetime is not acceptable (`InvalidArgument`).
+    #[error(transparent)]
+    Lifetime(#[from] LifetimeError),
+    /// Signing failed (`Internal`).
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl From<&Refusal> for tonic::Code {
+    fn from(r: &Refusal) -> Self {
+        match r {
+            Refusal::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Refusal::ForeignIdentity { .. } => tonic::Code::PermissionDenied,
+            Refusal::ImpersonationMismatch { .. } | Refusal::Csr(_) | Refusal::Lifetime(_) => {
+                tonic::Code::InvalidArgument
+            }
+            Refusal::Sign(_) => tonic::Code::Internal,
+        }
+    }
+}
+
+/// What a request resolved to, for the log line: the node that asked and the identity it asked for.
+#[derive(Debug, Default)]
+pub struct RequestFacts {
+    /// The caller's node, once authenticated.
+    pub node: Option<String>,
+    /// The identity asked for, once the CSR parsed.
+    pub identity: Option<String>,
+}
+
+/// Decides one request (no I/O): returns the PEM chain, leaf first, root last.
+pub fn handle_request(
+    snapshot: &CaSnapshot,
+    authorization: Option<&str>,
+    request: &IstioCertificateRequest,
+    lifetimes: &LifetimePolicy,
+    now: SystemTime,
+    facts: &mut RequestFacts,
+) -> Result<Vec<String>, Refusal> {
+    let token = authorization
+        .and_then(bearer_token)
+        .ok_or(Refusal::Unauthenticated(
+            "missing `authorization: Bearer <token>`",
+        ))?;
+    let node = snapshot
+        .tokens
+        .authenticate(token)
+        .ok_or(Refusal::Unauthenticated("unknown token"))?;
+    facts.node = Some(node.to_owned());
+    let csr = check_csr(&request.csr, snapshot.authority.trust_domain())?;
+    facts.identity = Some(csr.identity.to_string());
+    if let Some(impersonated) = impersonated_identity(request)
+        && impersonated != csr.identity.as_str()
+    {
+        return Err(Refusal::ImpersonationMismatch {
+            impersonated: impersonated.to_owned(),
+        });
+    }
+    let lifetime = lifetimes.resolve(request.validity_duration)?;
+    if !snapshot.nodes.runs_on(node, &csr.identity) {
+        return Err(Refusal::ForeignIdentity {
+            node: node.to_owned(),
+        });
+    }
+    let chain = snapshot.authority.issue(&csr, lifetime, now)?;
+    Ok(chain.iter().map(|c| der_to_pem(c)).collect())
+}
+
+fn impersonated_identity(request: &IstioCertificateRequest) -> Option<&str> {
+    use prost_types::value::Kind;
+    match request
+        .metadata
+        .as_ref()?
+        .fields
+        .get(IMPERSONATED_IDENTITY)?
+        .kind
+        .as_ref()?
+    {
+        Kind::StringValue(s) => Some(s),
+        _ => Some(""),
+    }
+}
+
+/// The tonic service: reads the newest snapshot for each request.
+#[derive(Debug, Clone)]
+pub struct CertificateService {
+    snapshot: watch::Receiver<Arc<CaSnapshot>>,
+    lifetimes: LifetimePolicy,
+    clock: Arc<dyn Clock>,
+}
+
+impl CertificateService {
+    /// A service answering from `snapshot`.
+    pub fn new(
+        snapshot: watch::Receiver<Arc<CaSnapshot>>,
+        lifetimes: LifetimePolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            snapshot,
+            lifetimes,
+            clock,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CertificateService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let message = request.into_inner();
+        let snapshot = Arc::clone(&self.snapshot.borrow());
+        let mut facts = RequestFacts::default();
+        let result = handle_request(
+            &snapshot,
+            authorization.as_deref(),
+            &message,
+            &self.lifetimes,
+            self.clock.now(),
+            &mut facts,
+        );
+        let node = facts.node.as_deref().unwrap_or("-");
+        let identity = facts.identity.as_deref().unwrap_or("-");
+        match result {
+            Ok(cert_chain) => {
+                tracing::info!(node, identity, "certificate issued");
+                Ok(Response::new(IstioCertificateResponse { cert_chain }))
+            }
+            Err(refusal) => {
+                let code = tonic::Code::from(&refusal);
+                tracing::warn!(node, identity, reason = %refusal, ?code, "certificate request refused");
+                Err(Status::new(code, refusal.to_string()))
+            }
+        }
+    }
+}
