@@ -1,1 +1,66 @@
-fn main() {}
+//! `nodemesh`: the command-line tool of the nodemesh node proxy, CA and policy engine.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// nodemesh: a per-node, sidecar-less mTLS proxy for Kubernetes.
+///
+/// Pod-to-pod TCP is wrapped in mutual TLS with SPIFFE identities issued by nodemesh's own CA and
+/// authorized by Istio-compatible AuthorizationPolicies.
+#[derive(Debug, Parser)]
+#[command(name = "nodemesh", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The in-cluster CA: serve it, manage its root, issue certificates offline.
+    #[command(subcommand)]
+    Ca(cli::ca::CaCommand),
+    /// Work with the standalone config file.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    nodemesh_identity::install_default_provider();
+    match cli.command {
+        Command::Config(cmd) => cli::config::run(cmd),
+        Command::Ca(cmd) => run_async(cli::ca::run(cmd)),
+    }
+}
+
+/// Runs an async subcommand on a multi-threaded runtime; errors print as `error: ...` with their
+/// causes and exit 1.
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -82,3 +82,16 @@ pub fn der_to_pem(der: &CertificateDer<'_>) -> String {
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
 }
+
+/// Encodes a PKCS#8 private key as PEM (`PRIVATE KEY`); other key formats are refused.
+pub fn private_key_to_pem(
+    key: &rustls_pki_types::PrivateKeyDer<'_>,
+) -> Result<String, BundleError> {
+    match key {
+        rustls_pki_types::PrivateKeyDer::Pkcs8(k) => Ok(pem::encode_config(
+            &pem::Pem::new("PRIVATE KEY", k.secret_pkcs8_der()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )),
+        _ => Err(BundleError::Pem("only PKCS#8 keys are written".into())),
+    }
+}

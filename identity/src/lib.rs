@@ -13,7 +13,7 @@ mod svid;
 mod tls;
 mod verifier;
 
-pub use bundle::{BundleError, TrustBundle, der_to_pem};
+pub use bundle::{BundleError, TrustBundle, der_to_pem, private_key_to_pem};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use credentials::{
     CredentialStore, Credentials, CredentialsError, CredentialsWatch, WatchedCertResolver,

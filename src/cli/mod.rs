@@ -1,1 +1,4 @@
+//! The subcommands of `nodemesh`, one module each.
+
+pub mod ca;
 pub mod config;

@@ -1,0 +1,213 @@
+//! `nodemesh ca`: run the in-cluster CA, manage its root, issue certificates offline.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use nodemesh_ca::csr::check_csr;
+use nodemesh_ca::{LifetimePolicy, RootSource, ServeOptions};
+use nodemesh_identity::{
+    SpiffeId, SystemClock, TrustDomain, der_to_pem, generate_csr, private_key_to_pem,
+};
+
+/// Default state directory of the CA.
+const DEFAULT_STATE_DIR: &str = "/var/lib/nodemesh/ca";
+
+/// The CA: issues SPIFFE X.509-SVIDs to node proxies over Istio's certificate API.
+#[derive(Debug, clap::Subcommand)]
+pub enum CaCommand {
+    /// Serve gRPC (TLS, Istio's `IstioCertificateService`) and HTTP (`/trust-bundle`,
+    /// `/healthz/ready`). Creates the state directory and a root on first start.
+    Serve(ServeArgs),
+    /// Create the state directory and a ten-year root, unless one exists.
+    Init(RootArgs),
+    /// Add a new root: new certificates come from it, the old root stays in the trust bundle
+    /// so certificates it signed keep verifying. A running server picks this up by itself.
+    RotateRoot(RootArgs),
+    /// Issue a certificate offline, straight from the state directory (for tests and bootstrap).
+    /// Writes `cert-chain.pem`, `key.pem` (0600) and `root-cert.pem` (the trust bundle) to `--out`.
+    Issue(IssueArgs),
+}
+
+/// Flags of `nodemesh ca serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The standalone YAML: trust domain and which workloads run on which node.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Node tokens: one `TOKEN NODE-NAME` per line, `#` comments allowed.
+    #[arg(long, value_name = "FILE")]
+    tokens: PathBuf,
+    /// State directory (root-cert.pem, root-key.pem, trust-bundle.pem).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// gRPC (TLS) listen address.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Plain HTTP listen address.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    http_listen: SocketAddr,
+    /// DNS names and IPs the serving certificate carries; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',', default_values_t = [
+        "localhost".to_string(), "127.0.0.1".to_string(), "nodemesh-ca.nodemesh-system.svc".to_string(),
+    ])]
+    serving_names: Vec<String>,
+    /// Use this root certificate instead of the state directory's (with --root-key).
+    #[arg(long, value_name = "FILE", requires = "root_key")]
+    root_cert: Option<PathBuf>,
+    /// The key of --root-cert (must not be readable by group or others).
+    #[arg(long, value_name = "FILE", requires = "root_cert")]
+    root_key: Option<PathBuf>,
+    /// Leaf lifetime when a request asks for none.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    default_lifetime: Duration,
+    /// Longest leaf lifetime; longer requests are clamped.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    max_lifetime: Duration,
+}
+
+/// Flags of `nodemesh ca init` and `rotate-root`.
+#[derive(Debug, clap::Args)]
+pub struct RootArgs {
+    /// State directory (root-cert.pem, root-key.pem, trust-bundle.pem).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Trust domain the root serves.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+}
+
+/// Flags of `nodemesh ca issue`.
+#[derive(Debug, clap::Args)]
+pub struct IssueArgs {
+    /// State directory holding the root.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The SPIFFE ID to certify, `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    #[arg(long)]
+    identity: SpiffeId,
+    /// Directory to write cert-chain.pem, key.pem and root-cert.pem to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Certificate lifetime (between 1m and 7d).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    lifetime: Duration,
+}
+
+/// Runs a `nodemesh ca` subcommand.
+pub async fn run(cmd: CaCommand) -> Result<()> {
+    match cmd {
+        CaCommand::Serve(args) => serve(args).await,
+        CaCommand::Init(args) => {
+            let created = RootSource::state_dir(&args.state_dir)
+                .init(&args.trust_domain, SystemTime::now())?;
+            let what = if created {
+                "created a new root in"
+            } else {
+                "kept the existing root in"
+            };
+            println!("{what} {}", args.state_dir.display());
+            Ok(())
+        }
+        CaCommand::RotateRoot(args) => {
+            RootSource::state_dir(&args.state_dir)
+                .rotate_root(&args.trust_domain, SystemTime::now())?;
+            println!(
+                "rotated: new certificates come from the new root; {} holds the old and new roots",
+                args.state_dir
+                    .join(nodemesh_ca::state::TRUST_BUNDLE)
+                    .display()
+            );
+            Ok(())
+        }
+        CaCommand::Issue(args) => issue(args),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let lifetimes = LifetimePolicy {
+        default: args.default_lifetime,
+        max: args.max_lifetime,
+        ..LifetimePolicy::default()
+    };
+    if lifetimes.default < lifetimes.min || lifetimes.default > lifetimes.max {
+        bail!("--default-lifetime must lie between 1m and --max-lifetime");
+    }
+    let opts = ServeOptions {
+        root: RootSource {
+            state_dir: args.state_dir,
+            supplied: args.root_cert.zip(args.root_key),
+        },
+        config_file: args.config,
+        tokens_file: args.tokens,
+        grpc_listen: args.listen,
+        http_listen: args.http_listen,
+        serving_names: args.serving_names,
+        lifetimes,
+        reload_interval: Duration::from_secs(2),
+    };
+    let ca = nodemesh_ca::start(opts, Arc::new(SystemClock)).await?;
+    println!(
+        "nodemesh CA: gRPC on {}, HTTP on {}",
+        ca.grpc_addr, ca.http_addr
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    ca.shutdown().await;
+    Ok(())
+}
+
+fn issue(args: IssueArgs) -> Result<()> {
+    let trust_domain = args.identity.trust_domain();
+    let source = RootSource::state_dir(&args.state_dir);
+    let authority = source.load(&trust_domain).with_context(|| {
+        format!(
+            "loading the root from {} (run `nodemesh ca init` first?)",
+            args.state_dir.display()
+        )
+    })?;
+    let lifetime = LifetimePolicy::default()
+        .resolve(i64::try_from(args.lifetime.as_secs()).unwrap_or(i64::MAX))
+        .context("--lifetime")?;
+    let csr = generate_csr(&args.identity)?;
+    let checked = check_csr(&csr.csr_pem, &trust_domain)?;
+    let chain = authority.issue(&checked, lifetime, SystemTime::now())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let chain_pem: String = chain.iter().map(|c| der_to_pem(c)).collect();
+    write_file(
+        &args.out.join("cert-chain.pem"),
+        chain_pem.as_bytes(),
+        0o644,
+    )?;
+    let key_pem = private_key_to_pem(&csr.key)?;
+    write_file(&args.out.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+    write_file(
+        &args.out.join("root-cert.pem"),
+        authority.bundle().to_pem().as_bytes(),
+        0o644,
+    )?;
+    println!(
+        "wrote cert-chain.pem, key.pem and root-cert.pem for {} to {}",
+        args.identity,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", path.display()))
+}
