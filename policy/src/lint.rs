@@ -10,15 +10,16 @@ pub fn lint_texts(files: &[(String, String)]) -> Vec<Problem> {
     let (docs, mut problems) = parse_texts(files);
     for d in &docs {
         let spec = &d.document.spec;
-        if matches!(spec.action, Action::Deny | Action::Audit) && spec.rules.is_empty() {
-            if let Some(id) = d.document.policy_ref() {
-                problems.push(Problem {
-                    file: d.file.clone(),
-                    subject: Subject::Policy(id),
-                    field: "spec.rules".to_owned(),
-                    kind: ProblemKind::NeverMatches(spec.action),
-                });
-            }
+        if matches!(spec.action, Action::Deny | Action::Audit)
+            && spec.rules.is_empty()
+            && let Some(id) = d.document.policy_ref()
+        {
+            problems.push(Problem {
+                file: d.file.clone(),
+                subject: Subject::Policy(id),
+                field: "spec.rules".to_owned(),
+                kind: ProblemKind::NeverMatches(spec.action),
+            });
         }
     }
     let (_, p) = compile_documents(&docs);

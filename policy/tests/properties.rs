@@ -8,6 +8,7 @@ use nodemesh_policy::model::{
     Action, AuthorizationPolicySpec, Condition, Operation, Rule, RuleFrom, RuleTo, Source,
     WorkloadSelector,
 };
+use nodemesh_policy::path::{PathOptions, normalize};
 use nodemesh_policy::{
     Connection, Decision, Destination, EngineOptions, HttpRequest, Peer, Policy, PolicyRef,
     PolicySet, Reason, Verdict, compile_fail_closed,
@@ -177,6 +178,14 @@ fn policies() -> impl Strategy<Value = Vec<Policy>> {
     })
 }
 
+/// Method, path, host and headers.
+type Http = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(String, String)>,
+);
+
 #[derive(Clone, Debug)]
 struct Traffic {
     principal: Option<&'static str>,
@@ -184,12 +193,7 @@ struct Traffic {
     dst_ns: &'static str,
     labels: Vec<(String, String)>,
     port: u16,
-    http: Option<(
-        &'static str,
-        &'static str,
-        &'static str,
-        Vec<(String, String)>,
-    )>,
+    http: Option<Http>,
 }
 
 fn traffic() -> impl Strategy<Value = Traffic> {
@@ -363,6 +367,21 @@ proptest! {
         });
         if any_deny {
             prop_assert_eq!(d.verdict, Verdict::Deny);
+        }
+    }
+
+    /// Normalizing a normalized path changes nothing, so no second decoding pass can reveal a
+    /// different path to the application than the one policies saw.
+    #[test]
+    fn normalization_is_idempotent(
+        raw in "/[a-z/.%2eEfFcC5\\\\?#]{0,24}",
+        decode in any::<bool>(),
+    ) {
+        let o = PathOptions { decode_escaped_slashes: decode };
+        if let Ok(once) = normalize(&raw, o) {
+            let twice = normalize(&once, o).map(|p| p.into_owned());
+            prop_assert_eq!(twice.as_deref(), Ok(&*once));
+            prop_assert!(!once.contains("//") && !once.contains("/./") && !once.contains("/../"));
         }
     }
 }
