@@ -1,0 +1,114 @@
+//! A full SPIFFE mTLS handshake (TLS 1.3, ECDSA P-256, both verifiers), in memory: what every
+//! new HBONE connection costs in CPU, without socket noise. Also SVID validation alone.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use nodemesh_identity::{
+    CredentialStore, Credentials, SpiffeId, SvidUsage, TrustBundle, TrustDomain,
+    WatchedCertResolver, client_config, crypto_provider, placeholder_server_name, server_config,
+    verify_svid,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ClientConnection, ServerConnection};
+use tokio::sync::watch;
+
+fn root() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).unwrap().der().clone();
+    (cert, Issuer::new(params, key))
+}
+
+fn store(root: &(CertificateDer<'static>, Issuer<'static, KeyPair>), id: &str) -> Arc<CredentialStore> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = params.signed_by(&key, &root.1).unwrap().der().clone();
+    let id = SpiffeId::new(id).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let creds = Credentials::new(&id, vec![leaf, root.0.clone()], key, &crypto_provider()).unwrap();
+    let store = Arc::new(CredentialStore::new(id));
+    store.replace(Arc::new(creds));
+    store
+}
+
+/// Moves TLS records between the two sides until neither has anything to send.
+fn pump(client: &mut ClientConnection, server: &mut ServerConnection, buf: &mut Vec<u8>) {
+    loop {
+        let mut moved = false;
+        while client.wants_write() {
+            buf.clear();
+            client.write_tls(buf).unwrap();
+            server.read_tls(&mut buf.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            moved = true;
+        }
+        while server.wants_write() {
+            buf.clear();
+            server.write_tls(buf).unwrap();
+            client.read_tls(&mut buf.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            moved = true;
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let root = root();
+    let bundle = TrustBundle::from_der(vec![root.0.clone()]).unwrap();
+    let (_tx, bundle_rx) = watch::channel(Arc::new(bundle.clone()));
+    let server_id = "spiffe://cluster.local/ns/shop/sa/db";
+    let server_store = store(&root, server_id);
+    let client_store = store(&root, "spiffe://cluster.local/ns/shop/sa/web");
+    let client_cfg = Arc::new(
+        client_config(
+            crypto_provider(),
+            Arc::new(WatchedCertResolver::new(client_store.subscribe())),
+            SpiffeId::new(server_id).unwrap(),
+            bundle_rx.clone(),
+        )
+        .unwrap(),
+    );
+    let server_cfg = Arc::new(
+        server_config(
+            crypto_provider(),
+            Arc::new(WatchedCertResolver::new(server_store.subscribe())),
+            TrustDomain::default(),
+            bundle_rx,
+        )
+        .unwrap(),
+    );
+    let mut buf = Vec::with_capacity(16 * 1024);
+    c.bench_function("mtls_handshake_tls13_p256", |b| {
+        b.iter(|| {
+            let mut client = ClientConnection::new(Arc::clone(&client_cfg), placeholder_server_name()).unwrap();
+            let mut server = ServerConnection::new(Arc::clone(&server_cfg)).unwrap();
+            pump(&mut client, &mut server, &mut buf);
+            assert!(!client.is_handshaking() && !server.is_handshaking());
+        })
+    });
+    let chain = server_store.current().unwrap().certified_key().cert.clone();
+    c.bench_function("verify_svid_chain", |b| {
+        b.iter(|| verify_svid(&chain, &bundle, SystemTime::now(), SvidUsage::Server).unwrap())
+    });
+    c.bench_function("spiffe_id_parse", |b| {
+        b.iter(|| SpiffeId::new(std::hint::black_box("spiffe://cluster.local/ns/shop/sa/web")).unwrap())
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
