@@ -1,0 +1,1 @@
+//! L7 enforcement (in progress).

@@ -1,0 +1,1 @@
+//! Metrics, flow log, admin (in progress).
