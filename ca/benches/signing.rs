@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nodemesh_ca::csr::check_csr;
 use nodemesh_ca::RootSource;
+use nodemesh_ca::csr::check_csr;
 use nodemesh_identity::{SpiffeId, TrustDomain, generate_csr};
 
 fn bench(c: &mut Criterion) {
@@ -29,7 +29,9 @@ fn bench(c: &mut Criterion) {
             authority.issue(&checked, day, SystemTime::now()).unwrap()
         })
     });
-    c.bench_function("csr_generate_client_side", |b| b.iter(|| generate_csr(&id).unwrap()));
+    c.bench_function("csr_generate_client_side", |b| {
+        b.iter(|| generate_csr(&id).unwrap())
+    });
 }
 
 criterion_group!(benches, bench);

@@ -28,12 +28,18 @@ fn root() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
     (cert, Issuer::new(params, key))
 }
 
-fn store(root: &(CertificateDer<'static>, Issuer<'static, KeyPair>), id: &str) -> Arc<CredentialStore> {
+fn store(
+    root: &(CertificateDer<'static>, Issuer<'static, KeyPair>),
+    id: &str,
+) -> Arc<CredentialStore> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let leaf = params.signed_by(&key, &root.1).unwrap().der().clone();
     let id = SpiffeId::new(id).unwrap();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -95,7 +101,8 @@ fn bench(c: &mut Criterion) {
     let mut buf = Vec::with_capacity(16 * 1024);
     c.bench_function("mtls_handshake_tls13_p256", |b| {
         b.iter(|| {
-            let mut client = ClientConnection::new(Arc::clone(&client_cfg), placeholder_server_name()).unwrap();
+            let mut client =
+                ClientConnection::new(Arc::clone(&client_cfg), placeholder_server_name()).unwrap();
             let mut server = ServerConnection::new(Arc::clone(&server_cfg)).unwrap();
             pump(&mut client, &mut server, &mut buf);
             assert!(!client.is_handshaking() && !server.is_handshaking());
@@ -106,7 +113,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| verify_svid(&chain, &bundle, SystemTime::now(), SvidUsage::Server).unwrap())
     });
     c.bench_function("spiffe_id_parse", |b| {
-        b.iter(|| SpiffeId::new(std::hint::black_box("spiffe://cluster.local/ns/shop/sa/web")).unwrap())
+        b.iter(|| {
+            SpiffeId::new(std::hint::black_box(
+                "spiffe://cluster.local/ns/shop/sa/web",
+            ))
+            .unwrap()
+        })
     });
 }
 
