@@ -25,6 +25,9 @@ enum Command {
     /// Work with the standalone config file.
     #[command(subcommand)]
     Config(cli::config::ConfigCommand),
+    /// Check, explain and lint AuthorizationPolicies offline.
+    #[command(subcommand)]
+    Policy(cli::policy::PolicyCommand),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     nodemesh_identity::install_default_provider();
     match cli.command {
         Command::Config(cmd) => cli::config::run(cmd),
+        Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Ca(cmd) => run_async(cli::ca::run(cmd)),
     }
 }

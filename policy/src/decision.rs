@@ -144,7 +144,9 @@ impl fmt::Display for Decision<'_> {
             write!(f, " (policy {p})")?;
         }
         if self.needs_l7 {
-            f.write_str("\nneeds L7: HTTP requests are decided one by one")?;
+            f.write_str(
+                "\nneeds L7: applicable policies have HTTP fields; requests are decided one by one",
+            )?;
         }
         for d in &self.dry_run {
             write!(f, "\ndry-run: {} would {}", d.policy, d.would_be)?;

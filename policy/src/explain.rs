@@ -148,6 +148,13 @@ impl PolicySet {
     }
 }
 
+impl Explanation {
+    /// The explanation as one JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
 fn explanation(
     d: Decision<'_>,
     http: bool,
@@ -429,7 +436,10 @@ impl fmt::Display for Explanation {
             writeln!(f, "audit: {a}")?;
         }
         if self.needs_l7 {
-            writeln!(f, "needs L7: HTTP requests are decided one by one")?;
+            writeln!(
+                f,
+                "needs L7: applicable policies have HTTP fields; requests are decided one by one"
+            )?;
         }
         let verdict = match self.verdict {
             Verdict::Allow => "ALLOW",

@@ -1,0 +1,508 @@
+//! `nodemesh policy`: decide, explain and lint AuthorizationPolicies offline, with the same engine
+//! the proxy runs.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use nodemesh_policy::lint::lint_files;
+use nodemesh_policy::matcher::{principal_form, principal_parts};
+use nodemesh_policy::{
+    Connection, DEFAULT_ROOT_NAMESPACE, Destination, EngineOptions, HttpRequest, Peer, PolicySet,
+    Verdict, load_files,
+};
+
+/// Check, explain and lint AuthorizationPolicies (`security.nodemesh.io/v1`, and Istio's
+/// `security.istio.io/v1` and `v1beta1`).
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Decide one connection, or one HTTP request with `--method`, against policy files.
+    ///
+    /// Prints the verdict, the deciding policy and the reason. Exit status: 0 allow, 1 deny,
+    /// 2 bad input (unreadable file, a policy that does not compile, a bad flag).
+    Check(TrafficArgs),
+    /// Like `check`, but prints every applicable policy, rule and clause with whether it matched
+    /// and why not, then the verdict: the answer to "why was I denied?". Same exit status.
+    Explain(TrafficArgs),
+    /// Print every problem of policy files, one per line as `FILE: ns/name: field: reason`.
+    ///
+    /// Exit status: 0 when every file is clean, 2 otherwise.
+    Lint(LintArgs),
+}
+
+/// How to print a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// The policies, and the traffic to decide.
+#[derive(Debug, clap::Args)]
+pub struct TrafficArgs {
+    /// Multi-document YAML of AuthorizationPolicy objects (repeat the flag for more files).
+    #[arg(long = "policies", value_name = "FILE", required = true)]
+    policies: Vec<PathBuf>,
+    /// Namespace of the destination workload.
+    #[arg(long, value_name = "NS")]
+    destination_namespace: String,
+    /// Labels of the destination workload (`k=v`, comma-separated or repeated).
+    #[arg(long, value_name = "K=V", value_delimiter = ',')]
+    destination_labels: Vec<String>,
+    /// Destination port.
+    #[arg(long, value_name = "PORT")]
+    destination_port: u16,
+    /// Destination IP address.
+    #[arg(long, value_name = "IP")]
+    destination_ip: Option<IpAddr>,
+    /// The caller's identity, `TRUST-DOMAIN/ns/NS/sa/SA` (with or without `spiffe://`); none
+    /// means a plaintext caller.
+    #[arg(long, value_name = "PRINCIPAL")]
+    source_principal: Option<String>,
+    /// The caller's namespace (default: the principal's).
+    #[arg(long, value_name = "NS")]
+    source_namespace: Option<String>,
+    /// The caller's IP address.
+    #[arg(long, value_name = "IP")]
+    source_ip: Option<IpAddr>,
+    /// HTTP method; without it the stream is not HTTP.
+    #[arg(long)]
+    method: Option<String>,
+    /// HTTP request path (query included, normalized by the engine).
+    #[arg(long, requires = "method", default_value = "/")]
+    path: String,
+    /// HTTP Host.
+    #[arg(long, requires = "method")]
+    host: Option<String>,
+    /// HTTP header `Name: value` (repeat for more).
+    #[arg(long = "header", value_name = "NAME: VALUE", requires = "method")]
+    headers: Vec<String>,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, value_name = "NS", default_value = DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+    /// DANGEROUS: decode %2F and %5C in paths instead of denying such requests.
+    #[arg(long)]
+    decode_escaped_slashes: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// The files to lint.
+#[derive(Debug, clap::Args)]
+pub struct LintArgs {
+    /// Multi-document YAML files of AuthorizationPolicy objects.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+/// What a subcommand prints and its exit status.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Outcome {
+    stdout: String,
+    stderr: String,
+    code: u8,
+}
+
+impl Outcome {
+    fn bad_input(message: String) -> Self {
+        Outcome {
+            stdout: String::new(),
+            stderr: message,
+            code: 2,
+        }
+    }
+}
+
+/// Runs a `nodemesh policy` subcommand and returns the process's exit status.
+pub fn run(cmd: PolicyCommand) -> ExitCode {
+    let outcome = match cmd {
+        PolicyCommand::Check(args) => decide(&args, false),
+        PolicyCommand::Explain(args) => decide(&args, true),
+        PolicyCommand::Lint(args) => lint(&args),
+    };
+    // A closed pipe (`| head`) must not become a panic; the exit status still tells.
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(outcome.stdout.as_bytes());
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(outcome.stderr.as_bytes());
+    ExitCode::from(outcome.code)
+}
+
+/// The traffic flags, checked and owned.
+struct Traffic {
+    labels: Vec<(String, String)>,
+    principal: Option<String>,
+    namespace: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+fn traffic(args: &TrafficArgs) -> Result<Traffic, String> {
+    let mut labels = Vec::new();
+    for pair in &args.destination_labels {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => labels.push((k.to_owned(), v.to_owned())),
+            _ => return Err(format!("--destination-labels: {pair:?} is not k=v")),
+        }
+    }
+    let principal = args.source_principal.as_deref().map(principal_form);
+    let principal_ns = match principal {
+        Some(p) => match principal_parts(p) {
+            Some((ns, _)) => Some(ns),
+            None => {
+                return Err(format!(
+                    "--source-principal: {p:?} is not TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT"
+                ));
+            }
+        },
+        None => None,
+    };
+    if let (Some(given), Some(from_principal)) = (&args.source_namespace, principal_ns)
+        && given != from_principal
+    {
+        return Err(format!(
+            "--source-namespace {given:?} contradicts the principal's namespace {from_principal:?}"
+        ));
+    }
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        match h.split_once(':') {
+            Some((name, value)) if !name.trim().is_empty() => {
+                headers.push((name.trim().to_owned(), value.trim_start().to_owned()));
+            }
+            _ => return Err(format!("--header: {h:?} is not 'Name: value'")),
+        }
+    }
+    Ok(Traffic {
+        labels,
+        principal: principal.map(str::to_owned),
+        namespace: args
+            .source_namespace
+            .clone()
+            .or(principal_ns.map(str::to_owned)),
+        headers,
+    })
+}
+
+/// `check` (or `explain`): load, decide, print.
+fn decide(args: &TrafficArgs, explain: bool) -> Outcome {
+    let t = match traffic(args) {
+        Ok(t) => t,
+        Err(e) => return Outcome::bad_input(format!("error: {e}\n")),
+    };
+    let policies = match load_files(&args.policies) {
+        Ok(p) => p,
+        Err(problems) => {
+            let mut stderr = String::new();
+            for p in problems {
+                let _ = writeln!(stderr, "{p}");
+            }
+            return Outcome::bad_input(stderr);
+        }
+    };
+    let mut options = EngineOptions {
+        root_namespace: args.root_namespace.clone(),
+        ..EngineOptions::default()
+    };
+    options.path.decode_escaped_slashes = args.decode_escaped_slashes;
+    let set = PolicySet::new(policies, options);
+    let conn = Connection {
+        source: Peer {
+            principal: t.principal.as_deref(),
+            namespace: t.namespace.as_deref(),
+            ip: args.source_ip,
+        },
+        destination: Destination {
+            namespace: &args.destination_namespace,
+            labels: &t.labels,
+            ip: args.destination_ip,
+            port: args.destination_port,
+        },
+    };
+    let req = args.method.as_deref().map(|method| HttpRequest {
+        method,
+        path: &args.path,
+        host: args.host.as_deref().unwrap_or(""),
+        headers: &t.headers,
+    });
+    let (verdict, stdout) = if explain {
+        let e = set.explain(&conn, req.as_ref());
+        let out = match args.output {
+            Output::Text => e.to_string(),
+            Output::Json => json_line(serde_json::to_string(&e)),
+        };
+        (e.verdict, out)
+    } else {
+        let d = match &req {
+            Some(r) => set.decide_request(&conn, r),
+            None => set.decide_connection(&conn),
+        };
+        let out = match args.output {
+            Output::Text => format!("{d}\n"),
+            Output::Json => json_line(serde_json::to_string(&d)),
+        };
+        (d.verdict, out)
+    };
+    Outcome {
+        stdout,
+        stderr: String::new(),
+        code: match verdict {
+            Verdict::Allow => 0,
+            Verdict::Deny => 1,
+        },
+    }
+}
+
+fn json_line(json: serde_json::Result<String>) -> String {
+    match json {
+        Ok(s) => s + "\n",
+        Err(e) => format!("{{\"error\":{:?}}}\n", e.to_string()),
+    }
+}
+
+fn lint(args: &LintArgs) -> Outcome {
+    let problems = lint_files(&args.files);
+    let mut stdout = String::new();
+    for p in &problems {
+        let _ = writeln!(stdout, "{p}");
+    }
+    if problems.is_empty() {
+        for f in &args.files {
+            let _ = writeln!(stdout, "{}: ok", f.display());
+        }
+    }
+    Outcome {
+        stdout,
+        stderr: String::new(),
+        code: if problems.is_empty() { 0 } else { 2 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: PolicyCommand,
+    }
+
+    const POLICIES: &str = "\
+apiVersion: security.nodemesh.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules:
+  - from: [{source: {namespaces: [client]}}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ['/admin*']}}]}]
+";
+
+    fn outcome(dir: &tempfile::TempDir, args: &[&str]) -> Outcome {
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, POLICIES).unwrap();
+        let file = file.display().to_string();
+        let argv: Vec<String> = std::iter::once("policy".to_owned())
+            .chain(args.iter().map(|a| a.replace("FILE", &file)))
+            .collect();
+        match Cli::try_parse_from(argv).unwrap().cmd {
+            PolicyCommand::Check(a) => decide(&a, false),
+            PolicyCommand::Explain(a) => decide(&a, true),
+            PolicyCommand::Lint(a) => lint(&a),
+        }
+    }
+
+    const BASE: [&str; 8] = [
+        "--policies",
+        "FILE",
+        "--destination-namespace",
+        "shop",
+        "--destination-labels",
+        "app=web,tier=front",
+        "--destination-port",
+        "8080",
+    ];
+
+    fn with(extra: &[&'static str]) -> Vec<&'static str> {
+        BASE.iter().copied().chain(extra.iter().copied()).collect()
+    }
+
+    #[test]
+    fn check_allow_and_deny() {
+        let dir = tempfile::tempdir().unwrap();
+        let principal = ["--source-principal", "cluster.local/ns/client/sa/curl"];
+        let http =
+            |path: &'static str| [&principal[..], &["--method", "GET", "--path", path]].concat();
+        let o = outcome(&dir, &[&["check"][..], &with(&http("/api"))].concat());
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(
+            o.stdout
+                .starts_with("ALLOW: rule 0 of an ALLOW policy matched (policy shop/allow-client)"),
+            "{o:?}"
+        );
+        let o = outcome(&dir, &[&["check"][..], &with(&http("//admin/x"))].concat());
+        assert_eq!(o.code, 1, "{o:?}");
+        assert!(o.stdout.contains("shop/deny-admin"), "{o:?}");
+        let o = outcome(&dir, &[&["check"][..], &with(&http("/a%2Fb"))].concat());
+        assert_eq!(o.code, 1, "{o:?}");
+        assert!(o.stdout.starts_with("DENY: invalid path"), "{o:?}");
+        // Not HTTP: the DENY's path rule counts as matching (fail closed).
+        let o = outcome(&dir, &[&["check"][..], &with(&principal)].concat());
+        assert_eq!(o.code, 1, "{o:?}");
+        assert!(o.stdout.contains("needs L7"), "{o:?}");
+        // Plaintext caller: no namespace, the ALLOW does not match.
+        let o = outcome(
+            &dir,
+            &[&["check"][..], &with(&["--method", "GET"])].concat(),
+        );
+        assert_eq!(o.code, 1, "{o:?}");
+        assert!(
+            o.stdout
+                .starts_with("DENY: ALLOW policies apply and none matched"),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn check_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = with(&["--source-namespace", "client", "--output", "json"]);
+        let o = outcome(&dir, &[&["check"][..], &args].concat());
+        assert_eq!(o.code, 1, "{o:?}");
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"verdict": "deny", "policy": "shop/deny-admin",
+                "reason": "deny_matched", "needsL7": true, "dryRun": [], "audit": []})
+        );
+        let args = with(&[
+            "--source-namespace",
+            "client",
+            "--output",
+            "json",
+            "--method",
+            "POST",
+            "--path",
+            "/api",
+            "--header",
+            "X-User: alice",
+        ]);
+        let o = outcome(&dir, &[&["check"][..], &args].concat());
+        assert_eq!(o.code, 0, "{o:?}");
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!(v["policy"], "shop/allow-client");
+    }
+
+    #[test]
+    fn bad_input_exits_2() {
+        let dir = tempfile::tempdir().unwrap();
+        for extra in [
+            &["--source-principal", "not-a-principal"][..],
+            &[
+                "--source-principal",
+                "td/ns/a/sa/b",
+                "--source-namespace",
+                "b",
+            ],
+            &["--method", "GET", "--header", "no-colon"],
+            &["--destination-labels", "novalue"],
+        ] {
+            let o = outcome(&dir, &[&["check"][..], &with(extra)].concat());
+            assert_eq!(o.code, 2, "{extra:?}: {o:?}");
+            assert!(o.stderr.starts_with("error: "), "{o:?}");
+        }
+        // A policy that does not compile: file, policy, field and reason on stderr.
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "apiVersion: security.nodemesh.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {name: b, namespace: shop}\nspec: {rules: [{to: [{operation: {ports: [http]}}]}]}\n",
+        )
+        .unwrap();
+        let bad = bad.display().to_string();
+        let args = [
+            "check",
+            "--policies",
+            &bad,
+            "--destination-namespace",
+            "shop",
+            "--destination-port",
+            "80",
+        ];
+        let args: Vec<String> = std::iter::once("policy")
+            .chain(args)
+            .map(str::to_owned)
+            .collect();
+        let PolicyCommand::Check(a) = Cli::try_parse_from(args).unwrap().cmd else {
+            panic!("not check");
+        };
+        let o = decide(&a, false);
+        assert_eq!(o.code, 2);
+        assert_eq!(
+            o.stderr,
+            format!(
+                "{bad}: shop/b: spec.rules[0].to[0].operation.ports[0]: invalid port \"http\": expected a number in 1..=65535\n"
+            )
+        );
+        // A missing file is bad input too.
+        let o = outcome(
+            &dir,
+            &[
+                "check",
+                "--policies",
+                "/nonexistent.yaml",
+                "--destination-namespace",
+                "x",
+                "--destination-port",
+                "1",
+            ],
+        );
+        assert_eq!(o.code, 2, "{o:?}");
+    }
+
+    #[test]
+    fn explain_prints_every_clause() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = with(&["--source-principal", "spiffe://cluster.local/ns/other/sa/x"]);
+        let o = outcome(&dir, &[&["explain"][..], &args].concat());
+        assert_eq!(o.code, 1, "{o:?}");
+        assert!(o.stdout.contains("[fails] spec.rules[0].from[0].source.namespaces: source namespace \"other\" matches none of [\"client\"]"), "{}", o.stdout);
+        assert!(o.stdout.contains("verdict: DENY"), "{}", o.stdout);
+    }
+
+    #[test]
+    fn lint_lists_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = outcome(&dir, &["lint", "FILE"]);
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(o.stdout.ends_with("p.yaml: ok\n"), "{o:?}");
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "apiVersion: security.nodemesh.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: shop}\nspec: {actoin: DENY}\n").unwrap();
+        let o = outcome(&dir, &["lint", "FILE", bad.to_str().unwrap()]);
+        assert_eq!(o.code, 2, "{o:?}");
+        assert!(
+            o.stdout.starts_with(&format!(
+                "{}: shop/b: spec.actoin: unknown field",
+                bad.display()
+            )),
+            "{o:?}"
+        );
+    }
+}
