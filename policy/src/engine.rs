@@ -40,6 +40,8 @@ impl Default for EngineOptions {
 pub struct PolicySet {
     policies: Box<[Policy]>,
     by_namespace: HashMap<Box<str>, Box<[u32]>>,
+    /// The root namespace's entry of `by_namespace`, looked up once.
+    root: Box<[u32]>,
     options: EngineOptions,
 }
 
@@ -58,9 +60,15 @@ impl PolicySet {
                 .or_default()
                 .push(i);
         }
+        let root = index
+            .get(options.root_namespace.as_str())
+            .cloned()
+            .unwrap_or_default()
+            .into();
         Self {
             policies: policies.into(),
             by_namespace: index.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            root,
             options,
         }
     }
@@ -75,8 +83,16 @@ impl PolicySet {
         &self.options
     }
 
-    fn namespace(&self, ns: &str) -> &[u32] {
-        self.by_namespace.get(ns).map_or(&[], |v| v)
+    /// Indices of the destination namespace's policies, then of the root namespace's.
+    #[inline]
+    fn candidates(&self, dest: &Destination<'_>) -> impl Iterator<Item = &u32> {
+        let own = self.by_namespace.get(dest.namespace).map_or(&[][..], |v| v);
+        let root = if dest.namespace == self.options.root_namespace {
+            &[][..]
+        } else {
+            &self.root[..]
+        };
+        own.iter().chain(root)
     }
 
     /// Policies of the destination's namespace and of the root namespace, selected or not.
@@ -84,14 +100,7 @@ impl PolicySet {
         &'s self,
         dest: &Destination<'_>,
     ) -> impl Iterator<Item = &'s Policy> {
-        let own = self.namespace(dest.namespace);
-        let root = if dest.namespace == self.options.root_namespace {
-            &[][..]
-        } else {
-            self.namespace(&self.options.root_namespace)
-        };
-        own.iter()
-            .chain(root)
+        self.candidates(dest)
             .filter_map(|&i| self.policies.get(i as usize))
     }
 
@@ -153,13 +162,7 @@ impl PolicySet {
         let mut dry: Vec<(&Policy, bool)> = Vec::new();
 
         let labels = dest.labels;
-        let own = self.namespace(dest.namespace);
-        let root = if dest.namespace == self.options.root_namespace {
-            &[][..]
-        } else {
-            self.namespace(&self.options.root_namespace)
-        };
-        for &i in own.iter().chain(root) {
+        for &i in self.candidates(dest) {
             let Some(p) = self.policies.get(i as usize) else {
                 continue;
             };

@@ -206,6 +206,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
 fn conformance_table() {
     assert!(CASES.len() >= 80, "the suite must keep at least 80 cases");
     let mut names = std::collections::HashSet::new();
+    let mut failed = Vec::new();
     for (name, yaml, traffic, expect) in CASES {
         assert!(names.insert(*name), "duplicate case name {name}");
         let yaml = match fixture(yaml) {
@@ -213,11 +214,22 @@ fn conformance_table() {
             None if *yaml == "@allow-all" => ALLOW_ALL.to_owned(),
             None => yaml.replace("{ALLOW_ALL}", ALLOW_ALL),
         };
-        let t = Traffic::parse(traffic);
-        let set = PolicySet::new(policies(&yaml), t.options());
-        let d = t.decide(&set);
-        assert_expect(name, &d, expect);
+        // Run every case, then report all failures at once.
+        let run = std::panic::catch_unwind(|| {
+            let t = Traffic::parse(traffic);
+            let set = PolicySet::new(policies(&yaml), t.options());
+            let d = t.decide(&set);
+            assert_expect(name, &d, expect);
+        });
+        if run.is_err() {
+            failed.push(*name);
+        }
     }
+    assert!(
+        failed.is_empty(),
+        "{} case(s) failed: {failed:#?}",
+        failed.len()
+    );
 }
 
 #[test]
