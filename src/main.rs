@@ -25,6 +25,8 @@ enum Command {
     /// Work with the standalone config file.
     #[command(subcommand)]
     Config(cli::config::ConfigCommand),
+    /// Run the node proxy: capture listeners, HBONE mTLS, inline L4/L7 authorization.
+    Proxy(cli::proxy::ProxyArgs),
     /// Check, explain and lint AuthorizationPolicies offline.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => cli::config::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Ca(cmd) => run_async(cli::ca::run(cmd)),
+        Command::Proxy(args) => cli::proxy::run(args),
     }
 }
 

@@ -111,6 +111,8 @@ pub struct SvidInfo {
     pub not_before: SystemTime,
     /// End of the validity window.
     pub not_after: SystemTime,
+    /// The serial number, colon-separated hex.
+    pub serial: String,
 }
 
 impl SvidInfo {
@@ -170,6 +172,7 @@ pub fn inspect_leaf(leaf: &CertificateDer<'_>) -> Result<SvidInfo, SvidError> {
         id,
         not_before: to_system_time(validity.not_before.timestamp()),
         not_after: to_system_time(validity.not_after.timestamp()),
+        serial: cert.tbs_certificate.raw_serial_as_string(),
     })
 }
 

@@ -1,0 +1,182 @@
+//! The proxy's answers to the admin API (`/config_dump`, `/certs`, `/policy/explain`,
+//! `/quitquitquit`), metrics and readiness, served by [`crate::observe::AdminServer`] on its own
+//! thread.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use nodemesh_policy::{Connection, Destination, HttpRequest, Peer};
+use tokio::sync::watch;
+
+use crate::observe::{
+    AdminError, AdminHandle, AdminResponse, AdminServer, AdminState, CertInfo, admin::parse_query,
+};
+use crate::proxy::{Ctx, ProxyHandle};
+
+struct State {
+    ctx: Arc<Ctx>,
+    quit: watch::Sender<bool>,
+}
+
+impl AdminState for State {
+    fn config_dump(&self) -> serde_json::Value {
+        let state = self.ctx.store.load();
+        serde_json::json!({
+            "node": state.node(),
+            "config": serde_json::to_value(state.config()).unwrap_or_default(),
+            "policyProblems": state.policy_problems().iter().map(|p| serde_json::json!({
+                "policy": p.policy, "errors": p.errors,
+            })).collect::<Vec<_>>(),
+            "certificates": self.certs().iter().map(|c| c.identity.clone()).collect::<Vec<_>>(),
+        })
+    }
+
+    fn certs(&self) -> Vec<CertInfo> {
+        self.ctx
+            .certs
+            .all()
+            .into_iter()
+            .filter_map(|(id, creds)| {
+                let c = creds?;
+                Some(CertInfo {
+                    identity: id.to_string(),
+                    serial: c.info().serial.clone(),
+                    not_after: c.info().not_after,
+                })
+            })
+            .collect()
+    }
+
+    fn policy_explain(&self, query: &str) -> AdminResponse {
+        match explain(&self.ctx, query) {
+            Ok(v) => AdminResponse::json(StatusCode::OK, &v),
+            Err(e) => AdminResponse::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.ctx.metrics.render()
+    }
+
+    fn quit(&self) {
+        self.quit.send_replace(true);
+    }
+}
+
+/// `/policy/explain` with the parameters of `nodemesh policy check`: `destination-namespace`,
+/// `destination-labels` (k=v,...), `destination-port`, `destination-ip`, `source-principal`,
+/// `source-namespace`, `source-ip`, `method`, `path`, `host`, `header` (repeatable `Name: value`).
+fn explain(ctx: &Ctx, query: &str) -> Result<serde_json::Value, String> {
+    let params = parse_query(query);
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let namespace = get("destination-namespace").ok_or("destination-namespace is required")?;
+    let port: u16 = get("destination-port")
+        .ok_or("destination-port is required")?
+        .parse()
+        .map_err(|_| "destination-port: not a port number")?;
+    let mut labels = BTreeMap::new();
+    for pair in get("destination-labels")
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("destination-labels: {pair:?} is not k=v"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let ip = |name: &str| -> Result<_, String> {
+        get(name)
+            .map(|v| v.parse().map_err(|_| format!("{name}: not an IP address")))
+            .transpose()
+    };
+    let principal = get("source-principal").map(|p| p.trim_start_matches("spiffe://"));
+    let headers: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k == "header")
+        .map(|(_, v)| {
+            v.split_once(':')
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .ok_or_else(|| format!("header: {v:?} is not `Name: value`"))
+        })
+        .collect::<Result<_, _>>()?;
+    let conn = Connection {
+        source: Peer {
+            principal,
+            namespace: get("source-namespace"),
+            ip: ip("source-ip")?,
+        },
+        destination: Destination {
+            namespace,
+            labels: &labels,
+            ip: ip("destination-ip")?,
+            port,
+        },
+    };
+    let req = get("method").map(|method| HttpRequest {
+        method,
+        path: get("path").unwrap_or("/"),
+        host: get("host").unwrap_or(""),
+        headers: &headers,
+    });
+    let state = ctx.store.load();
+    Ok(state.policies().explain(&conn, req.as_ref()).to_json())
+}
+
+/// The admin, metrics and readiness servers of a running proxy.
+#[derive(Debug)]
+pub struct ProxyAdmin {
+    handle: AdminHandle,
+    quit: watch::Receiver<bool>,
+}
+
+impl ProxyAdmin {
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.handle.admin_addr()
+    }
+
+    /// Where metrics are served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.handle.metrics_addr()
+    }
+
+    /// Where readiness is served.
+    pub fn readiness_addr(&self) -> SocketAddr {
+        self.handle.readiness_addr()
+    }
+
+    /// Resolves when `/quitquitquit` is called.
+    pub async fn quit_requested(&self) {
+        let mut quit = self.quit.clone();
+        let _ = quit.wait_for(|q| *q).await;
+    }
+}
+
+/// Starts the admin servers for `proxy`.
+pub fn spawn(
+    proxy: &ProxyHandle,
+    admin_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    readiness_addr: SocketAddr,
+) -> Result<ProxyAdmin, AdminError> {
+    let (quit_tx, quit) = watch::channel(false);
+    let state = Arc::new(State {
+        ctx: Arc::clone(proxy.ctx()),
+        quit: quit_tx,
+    });
+    let handle = AdminServer {
+        admin_addr,
+        metrics_addr,
+        readiness_addr,
+    }
+    .spawn(state, proxy.ready())?;
+    Ok(ProxyAdmin { handle, quit })
+}

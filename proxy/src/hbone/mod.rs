@@ -1,0 +1,30 @@
+//! HBONE: TCP tunnelled in HTTP/2 CONNECT streams over mutual TLS, wire-compatible with Istio
+//! ambient's ztunnel. [`request`] is the sans-IO part (what a CONNECT must look like);
+//! [`client`] pools connections; [`server`] terminates them.
+
+pub mod client;
+pub mod request;
+pub mod server;
+
+/// The HBONE port on every pod IP.
+pub const HBONE_PORT: u16 = 15008;
+
+/// HTTP/2 settings shared by both ends.
+pub mod settings {
+    /// Per-stream flow-control window.
+    pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+    /// Connection flow-control window.
+    pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    /// Largest frame.
+    pub const MAX_FRAME: u32 = 1024 * 1024;
+    /// Streams a server allows per connection.
+    pub const SERVER_MAX_STREAMS: u32 = 200;
+    /// Streams a client opens per connection before it opens another one.
+    pub const CLIENT_STREAMS_PER_CONNECTION: usize = 100;
+    /// Largest header list.
+    pub const MAX_HEADER_LIST: u32 = 64 * 1024;
+    /// Idle pooled connections are released after this.
+    pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+    /// Keep-alive PING interval.
+    pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+}

@@ -1,0 +1,457 @@
+//! The admin (15000), metrics (15020) and readiness (15021) HTTP/1.1 servers.
+//!
+//! They run on their own single-threaded tokio runtime on a dedicated OS thread, so a slow scrape
+//! or a large `/config_dump` never takes a data-plane worker. The proxy plugs its state in through
+//! [`AdminState`]; readiness follows a `watch::Receiver<bool>`.
+//!
+//! | listener | path | answer |
+//! |---|---|---|
+//! | admin | `GET /config_dump` | [`AdminState::config_dump`] as JSON |
+//! | admin | `GET /certs` | [`AdminState::certs`] as a JSON list of `{identity, serial, not_after}` |
+//! | admin | `GET /policy/explain?...` | [`AdminState::policy_explain`] with the raw query string |
+//! | admin | `POST /quitquitquit` | calls [`AdminState::quit`] (start draining), answers `200` |
+//! | metrics | `GET /metrics` | [`AdminState::metrics`], Prometheus text |
+//! | readiness | `GET /healthz/ready` | `200` when the watch says ready, else `503` |
+//!
+//! Anything else is `404` (`405` for a known path with the wrong method).
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use super::flowlog::rfc3339_millis;
+
+/// Content type of the Prometheus text exposition format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
+const TEXT: &str = "text/plain; charset=utf-8";
+/// Connections served at once across the three listeners; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 64;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the admin servers ask the proxy. Called on the admin thread: implementations must not
+/// block for long (read snapshots, e.g. from an `ArcSwap`).
+pub trait AdminState: Send + Sync + 'static {
+    /// The proxy's current state for `/config_dump`.
+    fn config_dump(&self) -> serde_json::Value;
+    /// The certificates held for local workloads, for `/certs`.
+    fn certs(&self) -> Vec<CertInfo>;
+    /// Answers `/policy/explain`; `query` is the raw query string (see [`parse_query`]), with
+    /// parameters named like `nodemesh policy check`'s flags.
+    fn policy_explain(&self, query: &str) -> AdminResponse;
+    /// The Prometheus text for `/metrics` (usually [`Metrics::render`](super::Metrics::render)).
+    fn metrics(&self) -> String;
+    /// `/quitquitquit` was called: start draining.
+    fn quit(&self);
+}
+
+/// One certificate in `/certs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CertInfo {
+    /// The SPIFFE ID.
+    pub identity: String,
+    /// The serial number, hex.
+    pub serial: String,
+    /// When it expires (serialized as RFC 3339 UTC).
+    #[serde(serialize_with = "serialize_time")]
+    pub not_after: SystemTime,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339_millis(*t))
+}
+
+/// A response from a provider: status, content type and body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminResponse {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// `Content-Type` header.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl AdminResponse {
+    /// A JSON response.
+    pub fn json(status: StatusCode, value: &serde_json::Value) -> Self {
+        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+        body.push(b'\n');
+        AdminResponse {
+            status,
+            content_type: JSON,
+            body: body.into(),
+        }
+    }
+
+    /// A plain-text response.
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
+        AdminResponse {
+            status,
+            content_type: TEXT,
+            body: Bytes::from(body.into()),
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.body));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(self.content_type),
+        );
+        response
+    }
+}
+
+/// Splits a query string into decoded `(name, value)` pairs (`+` is a space, `%XX` a byte;
+/// a malformed escape is kept as is), in order, repeats kept.
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode_component(name), decode_component(value))
+        })
+        .collect()
+}
+
+fn decode_component(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(byte) = hex {
+                    out.push(byte);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What went wrong starting the admin servers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// A listener could not bind.
+    #[error("cannot bind the {listener} listener on {addr}: {source}")]
+    Bind {
+        /// `admin`, `metrics` or `readiness`.
+        listener: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The admin runtime or thread could not be started.
+    #[error("cannot start the admin runtime: {0}")]
+    Runtime(#[source] io::Error),
+}
+
+/// Where the three servers listen; port 0 picks a free port (see [`AdminHandle`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminServer {
+    /// Admin API, `127.0.0.1:15000` by default.
+    pub admin_addr: SocketAddr,
+    /// Prometheus metrics, `0.0.0.0:15020` by default.
+    pub metrics_addr: SocketAddr,
+    /// Readiness, `0.0.0.0:15021` by default.
+    pub readiness_addr: SocketAddr,
+}
+
+impl Default for AdminServer {
+    fn default() -> Self {
+        AdminServer {
+            admin_addr: (Ipv4Addr::LOCALHOST, 15000).into(),
+            metrics_addr: (Ipv4Addr::UNSPECIFIED, 15020).into(),
+            readiness_addr: (Ipv4Addr::UNSPECIFIED, 15021).into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Admin,
+    Metrics,
+    Readiness,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Metrics => "metrics",
+            Role::Readiness => "readiness",
+        }
+    }
+}
+
+struct Context {
+    state: Arc<dyn AdminState>,
+    ready: watch::Receiver<bool>,
+    connections: Arc<Semaphore>,
+}
+
+impl AdminServer {
+    /// Binds the three listeners and serves them on a dedicated thread with its own runtime.
+    /// The servers stop when the handle is shut down or dropped.
+    pub fn spawn(
+        &self,
+        state: Arc<dyn AdminState>,
+        ready: watch::Receiver<bool>,
+    ) -> Result<AdminHandle, AdminError> {
+        let bind = |role: Role, addr: SocketAddr| {
+            let error = |source| AdminError::Bind {
+                listener: role.name(),
+                addr,
+                source,
+            };
+            let listener = StdTcpListener::bind(addr).map_err(error)?;
+            listener.set_nonblocking(true).map_err(error)?;
+            let local = listener.local_addr().map_err(error)?;
+            Ok::<_, AdminError>((role, listener, local))
+        };
+        let listeners = [
+            bind(Role::Admin, self.admin_addr)?,
+            bind(Role::Metrics, self.metrics_addr)?,
+            bind(Role::Readiness, self.readiness_addr)?,
+        ];
+        let addrs = [listeners[0].2, listeners[1].2, listeners[2].2];
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("nodemesh-admin")
+            .build()
+            .map_err(AdminError::Runtime)?;
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let ctx = Arc::new(Context {
+            state,
+            ready,
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        });
+        let thread = std::thread::Builder::new()
+            .name("nodemesh-admin".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    for (role, listener, _) in listeners {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                tokio::spawn(accept_loop(role, listener, ctx.clone()));
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, listener = role.name(), "admin: cannot listen");
+                            }
+                        }
+                    }
+                    // Stop when told to or when the handle is gone.
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                });
+                // Dropping the runtime here cancels every accept loop and connection.
+            })
+            .map_err(AdminError::Runtime)?;
+
+        Ok(AdminHandle {
+            admin_addr: addrs[0],
+            metrics_addr: addrs[1],
+            readiness_addr: addrs[2],
+            stop: stop_tx,
+            thread: Some(thread),
+        })
+    }
+}
+
+async fn accept_loop(role: Role, listener: TcpListener, ctx: Arc<Context>) {
+    loop {
+        let Ok(permit) = Arc::clone(&ctx.connections).acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::debug!(%error, listener = role.name(), "admin: accept failed");
+                // Out of file descriptors and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(|req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(role, &req, &ctx)) }
+            });
+            let result = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = result {
+                tracing::debug!(%error, listener = role.name(), "admin: connection ended");
+            }
+        });
+    }
+}
+
+fn route(role: Role, req: &Request<Incoming>, ctx: &Context) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let method = req.method();
+    let expect = |allowed: Method| -> Option<Response<Full<Bytes>>> {
+        (method != allowed).then(|| {
+            let mut response =
+                AdminResponse::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+                    .into_response();
+            if let Ok(value) = header::HeaderValue::from_str(allowed.as_str()) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            response
+        })
+    };
+    match (role, path) {
+        (Role::Admin, "/config_dump") => expect(Method::GET).unwrap_or_else(|| {
+            AdminResponse::json(StatusCode::OK, &ctx.state.config_dump()).into_response()
+        }),
+        (Role::Admin, "/certs") => expect(Method::GET).unwrap_or_else(|| {
+            let certs = serde_json::to_value(ctx.state.certs()).unwrap_or_default();
+            AdminResponse::json(StatusCode::OK, &certs).into_response()
+        }),
+        (Role::Admin, "/policy/explain") => expect(Method::GET).unwrap_or_else(|| {
+            let query = req.uri().query().unwrap_or("");
+            ctx.state.policy_explain(query).into_response()
+        }),
+        (Role::Admin, "/quitquitquit") => expect(Method::POST).unwrap_or_else(|| {
+            tracing::info!("admin: /quitquitquit, draining");
+            ctx.state.quit();
+            AdminResponse::text(StatusCode::OK, "OK\n").into_response()
+        }),
+        (Role::Metrics, "/metrics") => expect(Method::GET).unwrap_or_else(|| {
+            let mut response = AdminResponse::text(StatusCode::OK, ctx.state.metrics());
+            response.content_type = PROMETHEUS_CONTENT_TYPE;
+            response.into_response()
+        }),
+        (Role::Readiness, "/healthz/ready") => expect(Method::GET).unwrap_or_else(|| {
+            if *ctx.ready.borrow() {
+                AdminResponse::text(StatusCode::OK, "ready\n").into_response()
+            } else {
+                AdminResponse::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+            }
+        }),
+        _ => AdminResponse::text(StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+/// The running admin servers. Dropping it stops them (as does [`AdminHandle::shutdown`]).
+pub struct AdminHandle {
+    admin_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    readiness_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AdminHandle {
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Where `/healthz/ready` is served.
+    pub fn readiness_addr(&self) -> SocketAddr {
+        self.readiness_addr
+    }
+
+    /// Stops the servers (open connections are closed) and waits for the admin thread to end.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.send_replace(true);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("admin: the admin thread panicked");
+        }
+    }
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+impl fmt::Debug for AdminHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminHandle")
+            .field("admin_addr", &self.admin_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("readiness_addr", &self.readiness_addr)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_queries() {
+        assert_eq!(
+            parse_query(
+                "namespace=shop&principal=spiffe%3A%2F%2Fcluster.local%2Fns%2Fa&path=%2Fa+b&x"
+            ),
+            vec![
+                ("namespace".into(), "shop".into()),
+                ("principal".into(), "spiffe://cluster.local/ns/a".into()),
+                ("path".into(), "/a b".into()),
+                ("x".into(), String::new()),
+            ]
+        );
+        assert_eq!(
+            parse_query("a=%zz&b=%4&&c=%e2%82%ac&d=%ff&e=%+1"),
+            vec![
+                ("a".into(), "%zz".into()),
+                ("b".into(), "%4".into()),
+                ("c".into(), "€".into()),
+                ("d".into(), "\u{fffd}".into()),
+                ("e".into(), "% 1".into()),
+            ]
+        );
+        assert!(parse_query("").is_empty());
+    }
+}

@@ -1,0 +1,283 @@
+//! The data plane in process (no root): the real CA, two proxies, pods on loopback addresses.
+//! See `support/mod.rs` for the layout.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use nodemesh_identity::SpiffeId;
+use nodemesh_proxy::hbone::client::{HboneError, PoolKey};
+use nodemesh_proxy::hbone::request::Caller;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn checksum(data: &[u8]) -> u64 {
+    // FNV-1a: enough to catch a reordered or corrupted byte.
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_round_trip_intact_across_nodes() {
+    let mesh = Mesh::start("").await;
+    for size in [1usize, 64 * 1024, 64 * 1024 * 1024] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+        let back = echo_roundtrip(client, &data).await;
+        assert_eq!(back.len(), data.len(), "size {size}");
+        assert_eq!(checksum(&back), checksum(&data), "size {size}");
+    }
+    // All of it over one pooled HBONE connection.
+    let key = PoolKey {
+        source: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
+        destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
+        addr: mesh.addr("2.21", 15008),
+    };
+    assert_eq!(mesh.a.ctx().hbone.connections(&key).await, 1);
+}
+
+#[tokio::test]
+async fn half_close_works_both_ways() {
+    let mesh = Mesh::start("").await;
+    // Client closes its write side first: the echo still sends everything back.
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    assert_eq!(echo_roundtrip(client, b"hello").await, b"hello");
+    // Server closes first (name server): the client still can write after reading EOF.
+    let mut client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, mesh.ip("2.21").as_bytes());
+    client.write_all(b"still open").await.unwrap();
+}
+
+#[tokio::test]
+async fn service_vip_spreads_over_endpoints_and_refuses_without_any() {
+    let mesh = Mesh::start("").await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let client = dial(&mesh.a, &mesh.web(), mesh.addr("3.10", 80)).await;
+        seen.insert(String::from_utf8(read_all(client).await).unwrap());
+    }
+    let want: std::collections::HashSet<_> = [mesh.ip("2.21"), mesh.ip("2.22")].into();
+    assert_eq!(seen, want);
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("3.11", 80)).await;
+    assert!(read_all(client).await.is_empty());
+    let metrics = mesh.a.ctx().metrics.render();
+    assert!(
+        metrics.contains(r#"nodemesh_connections_refused_total{reason="no_endpoint"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn identities_are_verified_on_both_sides() {
+    let mesh = Mesh::start("").await;
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    assert_eq!(echo_roundtrip(client, b"x").await, b"x");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The destination proxy saw web's identity.
+    let metrics = mesh.b.ctx().metrics.render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains(r#"reporter="destination""#)
+                && l.contains(r#"source_principal="spiffe://cluster.local/ns/shop/sa/web""#)
+                && l.contains(r#"connection_security_policy="mutual_tls""#)),
+        "{metrics}"
+    );
+    // A client that expects another identity refuses db's certificate.
+    let key = PoolKey {
+        source: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
+        destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/payments").unwrap(),
+        addr: mesh.addr("2.21", 15008),
+    };
+    let caller = Caller {
+        addr: mesh.addr("1.11", 1234),
+        namespace: "shop",
+        workload: "web-1",
+    };
+    let err = mesh
+        .a
+        .ctx()
+        .hbone
+        .open(&key, mesh.addr("2.21", ECHO), &caller)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HboneError::Handshake { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn connect_answers_400_401_and_503() {
+    let deny = r#"
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-web-to-db1-echo, namespace: shop}
+    spec:
+      action: DENY
+      selector: {matchLabels: {app: db}}
+      rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}], to: [{operation: {ports: ["8080"]}}]}]
+"#;
+    let mesh = Mesh::start(deny).await;
+    let ctx = mesh.a.ctx();
+    let key = PoolKey {
+        source: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
+        destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
+        addr: mesh.addr("2.21", 15008),
+    };
+    let caller = Caller {
+        addr: mesh.addr("1.11", 1234),
+        namespace: "shop",
+        workload: "web-1",
+    };
+    let status = |e: HboneError| match e {
+        HboneError::Status(s) => s.as_u16(),
+        other => panic!("{other}"),
+    };
+    // Denied by policy.
+    assert_eq!(
+        status(
+            ctx.hbone
+                .open(&key, mesh.addr("2.21", ECHO), &caller)
+                .await
+                .unwrap_err()
+        ),
+        401
+    );
+    // Authority IP is not the pod the connection was made to.
+    assert_eq!(
+        status(
+            ctx.hbone
+                .open(&key, mesh.addr("2.22", NAME), &caller)
+                .await
+                .unwrap_err()
+        ),
+        400
+    );
+    // Nothing listens on the pod's port.
+    assert_eq!(
+        status(
+            ctx.hbone
+                .open(&key, mesh.addr("2.21", 7), &caller)
+                .await
+                .unwrap_err()
+        ),
+        503
+    );
+    // Allowed port works on the same pooled connection.
+    let mut t = ctx
+        .hbone
+        .open(&key, mesh.addr("2.21", NAME), &caller)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, mesh.ip("2.21").as_bytes());
+    assert_eq!(ctx.hbone.connections(&key).await, 1);
+    // Through the outbound path the denied connection is closed without a byte.
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    assert!(read_all(client).await.is_empty());
+    let metrics = mesh.b.ctx().metrics.render();
+    assert!(
+        metrics.contains(r#"nodemesh_connections_refused_total{reason="policy"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"nodemesh_connections_refused_total{reason="bad_request"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_destinations_and_sources_are_refused() {
+    let mesh = Mesh::start("").await;
+    // An IP in node-b's pod network that is no workload.
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.99", ECHO)).await;
+    assert!(read_all(client).await.is_empty());
+    // A source that is no local mesh workload.
+    let client = dial(&mesh.a, &mesh.ip("1.77"), mesh.addr("2.21", ECHO)).await;
+    assert!(read_all(client).await.is_empty());
+    let metrics = mesh.a.ctx().metrics.render();
+    assert!(
+        metrics.contains(r#"nodemesh_connections_refused_total{reason="unknown_destination"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"nodemesh_connections_refused_total{reason="unknown_source"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn same_node_traffic_goes_through_the_inbound_side_in_process() {
+    let deny_local = r#"
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: local-only-from-web, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: local}}
+      rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}], to: [{operation: {ports: ["9090"]}}]}]
+"#;
+    let mesh = Mesh::start(deny_local).await;
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("1.12", NAME)).await;
+    assert_eq!(read_all(client).await, mesh.ip("1.12").as_bytes());
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("1.12", ECHO)).await;
+    assert!(
+        read_all(client).await.is_empty(),
+        "policy applies in-process too"
+    );
+}
+
+#[tokio::test]
+async fn reload_adds_a_deny_and_a_bad_reload_keeps_the_old_state() {
+    let mesh = Mesh::start("").await;
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;
+    assert!(!read_all(client).await.is_empty());
+    mesh.write_policies(
+        r#"
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: deny-all-db, namespace: shop}
+    spec: {action: DENY, selector: {matchLabels: {app: db}}, rules: [{}]}
+"#,
+    );
+    let mut refused = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;
+        if read_all(client).await.is_empty() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the DENY from the reloaded file is enforced");
+    // A malformed file is refused; the DENY stays in force.
+    std::fs::write(&mesh.config, "nodes: [{name: node-a}]\nbogus: true\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;
+    assert!(read_all(client).await.is_empty());
+}
+
+#[tokio::test]
+async fn drain_lets_in_flight_transfers_finish_and_refuses_new_ones() {
+    let mesh = Mesh::start("").await;
+    let data: Vec<u8> = (0..16 * 1024 * 1024)
+        .map(|i: usize| (i % 253) as u8)
+        .collect();
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    let transfer = tokio::spawn(async move { echo_roundtrip(client, &data).await.len() });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let outbound = mesh.a.listening.outbound;
+    let outcome = mesh.a.drain().await;
+    assert!(outcome.is_clean(), "{outcome:?}");
+    assert_eq!(transfer.await.unwrap(), 16 * 1024 * 1024);
+    assert!(
+        tokio::net::TcpStream::connect(outbound).await.is_err(),
+        "listener closed"
+    );
+}

@@ -1,0 +1,149 @@
+//! `nodemesh proxy`: the node proxy.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nodemesh_identity::Backoff;
+use nodemesh_proxy::observe::FlowLogTarget;
+use nodemesh_proxy::{ProxyHandle, ProxyOptions};
+
+/// Run the node proxy: capture listeners, HBONE mTLS, inline L4/L7 authorization.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// The standalone YAML (shared by all nodes); reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// This node's name in the config.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// State directory (the CA token and, later, WireGuard keys).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/nodemesh")]
+    state_dir: PathBuf,
+    /// This node's CA token [default: <state-dir>/ca-token].
+    #[arg(long, value_name = "FILE")]
+    ca_token_file: Option<PathBuf>,
+    /// Outbound capture listener.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    outbound_addr: SocketAddr,
+    /// HBONE listener.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    inbound_addr: SocketAddr,
+    /// Inbound plaintext capture listener.
+    #[arg(long, default_value = "127.0.0.1:15006")]
+    inbound_plaintext_addr: SocketAddr,
+    /// Bind the inbound listeners on these IPs (this node's pod IPs) instead of their address;
+    /// repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    inbound_bind: Vec<IpAddr>,
+    /// Admin API (config_dump, certs, policy/explain, quitquitquit); keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Prometheus metrics.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    /// Readiness (`/healthz/ready`).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
+    /// Data-plane worker threads [default: one per core].
+    #[arg(long)]
+    worker_threads: Option<usize>,
+    /// How long a drain (SIGTERM) waits for in-flight connections.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Flow log: `stdout`, a file path, or `off`.
+    #[arg(long, default_value = "stdout")]
+    flow_log: FlowLogTarget,
+    /// Connect to pods from the client pod's IP (needs the capture rules' routing).
+    #[arg(long)]
+    preserve_source_ip: bool,
+    /// Listen without IP_TRANSPARENT and do not mark sockets: for running without capture
+    /// (tests, debugging). Never in production.
+    #[arg(long)]
+    no_capture: bool,
+}
+
+/// Runs the proxy until SIGTERM or Ctrl-C, then drains.
+pub fn run(args: ProxyArgs) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("nodemesh-data");
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ProxyArgs) -> Result<()> {
+    let token_file = args
+        .ca_token_file
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("ca-token"));
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| {
+            format!(
+                "reading the CA token {} (pass --ca-token-file)",
+                token_file.display()
+            )
+        })?
+        .trim()
+        .to_owned();
+    let opts = ProxyOptions {
+        config_file: args.config,
+        node: args.node,
+        ca_token: token,
+        outbound_addr: args.outbound_addr,
+        inbound_addr: args.inbound_addr,
+        inbound_plaintext_addr: args.inbound_plaintext_addr,
+        inbound_binds: args.inbound_bind,
+        hbone_port: nodemesh_proxy::hbone::HBONE_PORT,
+        drain_timeout: args.drain_timeout,
+        flow_log: args.flow_log,
+        preserve_source_ip: args.preserve_source_ip,
+        transparent: !args.no_capture,
+        mark_sockets: !args.no_capture,
+        reload_interval: Duration::from_secs(1),
+        backoff: Backoff::default(),
+    };
+    let proxy = ProxyHandle::start(opts).await?;
+    let admin = nodemesh_proxy::admin::spawn(
+        &proxy,
+        args.admin_addr,
+        args.metrics_addr,
+        args.readiness_addr,
+    )?;
+    eprintln!(
+        "nodemesh proxy: outbound {}, HBONE {:?}, plaintext {:?}, admin {}, metrics {}, readiness {}",
+        proxy.listening.outbound,
+        proxy.listening.inbound,
+        proxy.listening.inbound_plaintext,
+        admin.admin_addr(),
+        admin.metrics_addr(),
+        admin.readiness_addr(),
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = admin.quit_requested() => {}
+    }
+    tracing::info!("draining");
+    let outcome = proxy.drain().await;
+    tracing::info!(?outcome, "drained");
+    Ok(())
+}
