@@ -111,21 +111,22 @@ pub fn principal_form(principal: &str) -> &str {
 }
 
 /// Namespace and service account of a principal `td/ns/<ns>/sa/<sa>` (without `spiffe://`).
+/// Runs on every decision, so it scans bytes instead of splitting.
 pub fn principal_parts(principal: &str) -> Option<(&str, &str)> {
-    let mut it = principal.split('/');
-    let _trust_domain = it.next().filter(|s| !s.is_empty())?;
-    if it.next()? != "ns" {
-        return None;
-    }
-    let ns = it.next().filter(|s| !s.is_empty())?;
-    if it.next()? != "sa" {
-        return None;
-    }
-    let sa = it.next().filter(|s| !s.is_empty())?;
-    if it.next().is_some() {
-        return None;
-    }
-    Some((ns, sa))
+    let b = principal.as_bytes();
+    let slash = |from: usize| {
+        b.get(from..)?
+            .iter()
+            .position(|&c| c == b'/')
+            .map(|i| i + from)
+    };
+    let td_end = slash(0).filter(|&i| i > 0)?;
+    let rest = principal.get(td_end..)?.strip_prefix("/ns/")?;
+    let ns_start = td_end + 4;
+    let ns_end = slash(ns_start).filter(|&i| i > ns_start)?;
+    let ns = principal.get(ns_start..ns_end)?;
+    let sa = rest.get(ns.len()..)?.strip_prefix("/sa/")?;
+    (!sa.is_empty() && !sa.contains('/')).then_some((ns, sa))
 }
 
 /// The host without a trailing `:port` and without a trailing dot (`Example.com.:80` ->
@@ -178,6 +179,12 @@ mod tests {
         assert_eq!(principal_parts("cluster.local/ns/a/sa/b"), Some(("a", "b")));
         assert_eq!(principal_parts("cluster.local/ns/a/sa/b/c"), None);
         assert_eq!(principal_parts("cluster.local/ns//sa/b"), None);
+        assert_eq!(principal_parts("/ns/a/sa/b"), None);
+        assert_eq!(principal_parts("td/ns/a/sa/"), None);
+        assert_eq!(principal_parts("td/ns/a/sx/b"), None);
+        assert_eq!(principal_parts("td/nx/a/sa/b"), None);
+        assert_eq!(principal_parts("td/ns/a"), None);
+        assert_eq!(principal_parts("td"), None);
         assert_eq!(principal_form("spiffe://td/ns/a/sa/b"), "td/ns/a/sa/b");
     }
 
