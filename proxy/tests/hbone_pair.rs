@@ -281,3 +281,74 @@ async fn drain_lets_in_flight_transfers_finish_and_refuses_new_ones() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn metrics_and_flow_log_carry_labels_and_byte_counts() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let path = log.path().to_owned();
+    let mesh = Mesh::start_with("", |o| {
+        o.flow_log = nodemesh_proxy::observe::FlowLogTarget::File(path.clone())
+    })
+    .await;
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    assert_eq!(echo_roundtrip(client, &[9u8; 1000]).await.len(), 1000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let metrics = mesh.a.ctx().metrics.render();
+    for name in [
+        "istio_tcp_sent_bytes_total",
+        "istio_tcp_received_bytes_total",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(r#"reporter="source""#))
+            .unwrap_or_else(|| panic!("no {name}: {metrics}"));
+        for label in [
+            r#"source_workload="web-1""#,
+            r#"source_workload_namespace="shop""#,
+            r#"source_app="web""#,
+            r#"destination_workload="db-1""#,
+            r#"destination_principal="spiffe://cluster.local/ns/shop/sa/db""#,
+            r#"connection_security_policy="mutual_tls""#,
+        ] {
+            assert!(line.contains(label), "{label} missing in {line}");
+        }
+        assert!(line.ends_with(" 1000"), "{line}");
+    }
+
+    // Both proxies wrote to the same file: one outbound line (node-a), one inbound (node-b).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let outbound = lines
+        .iter()
+        .find(|l| l["direction"] == "outbound")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(outbound["verdict"], "allow");
+    assert_eq!(outbound["bytes_sent"], 1000);
+    assert_eq!(outbound["bytes_received"], 1000);
+    assert_eq!(outbound["src"]["workload"], "web-1");
+    assert_eq!(
+        outbound["src"]["identity"],
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
+    assert_eq!(
+        outbound["dst"]["identity"],
+        "spiffe://cluster.local/ns/shop/sa/db"
+    );
+    assert_eq!(outbound["dst"]["port"], 8080);
+    let inbound = lines
+        .iter()
+        .find(|l| l["direction"] == "inbound")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        inbound["src"]["identity"],
+        "spiffe://cluster.local/ns/shop/sa/web"
+    );
+    assert_eq!(inbound["bytes_received"], 1000);
+    for key in ["time", "service", "policy", "reason", "duration_ms"] {
+        assert!(outbound.get(key).is_some(), "{key} missing: {outbound}");
+    }
+}

@@ -194,9 +194,9 @@ impl HboneClient {
             let now = self.epoch.elapsed().as_millis() as u64;
             let idle_ms = POOL_IDLE.as_millis() as u64;
             conns.retain(|c| {
-                !c.sender.is_closed()
-                    && !(c.streams.load(Ordering::Acquire) == 0
-                        && now.saturating_sub(c.last_used.load(Ordering::Relaxed)) > idle_ms)
+                let busy = c.streams.load(Ordering::Acquire) > 0;
+                let fresh = now.saturating_sub(c.last_used.load(Ordering::Relaxed)) <= idle_ms;
+                !c.sender.is_closed() && (busy || fresh)
             });
             let reusable = conns.iter().find(|c| {
                 c.sender.is_ready()
