@@ -18,6 +18,7 @@ struct Cli {
 }
 
 #[derive(Debug, clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once at start-up; boxing would only add noise.
 enum Command {
     /// The in-cluster CA: serve it, manage its root, issue certificates offline.
     #[command(subcommand)]
