@@ -277,7 +277,7 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 }
 
 enum Message {
-    Record(FlowRecord),
+    Record(Box<FlowRecord>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -359,7 +359,7 @@ impl FlowLog {
     /// Queues a record; never blocks. When the writer is behind, the record is dropped and counted.
     pub fn record(&self, record: FlowRecord) {
         let Some(shared) = &self.inner else { return };
-        if shared.tx.try_send(Message::Record(record)).is_err() {
+        if shared.tx.try_send(Message::Record(Box::new(record))).is_err() {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             shared.dropped_metric.increment(1);
         }
@@ -385,7 +385,7 @@ impl FlowLog {
 fn write_loop<W: Write>(mut rx: mpsc::Receiver<Message>, writer: W) {
     let mut out = BufWriter::new(writer);
     let mut failed = false;
-    let mut report = |result: io::Result<()>, failed: &mut bool| {
+    let report = |result: io::Result<()>, failed: &mut bool| {
         if let Err(error) = result
             && !*failed
         {
