@@ -96,6 +96,60 @@ pub struct SourcedDocument {
     pub document: PolicyDocument,
 }
 
+/// A policy document held as JSON that does not fit the schema.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct DocumentError {
+    /// Where deserialization stopped (`spec.rules[0].to[0].operation.portz`), or `-`.
+    pub field: String,
+    /// Why.
+    pub message: String,
+}
+
+impl PolicyDocument {
+    /// Parses a policy document held as JSON: a `policies[]` entry of the standalone config, or
+    /// an object read from Kubernetes. YAML's untyped scalars are accepted where the schema wants
+    /// strings (`ports: [80]`, `nodemesh.io/dry-run: true`), as in policy files; unknown fields
+    /// are errors that name their path.
+    pub fn from_json_value(mut value: serde_json::Value) -> Result<Self, DocumentError> {
+        stringify_scalars(&mut value, &mut Vec::new());
+        serde_path_to_error::deserialize(value).map_err(|e| DocumentError {
+            field: match e.path().to_string() {
+                p if p.is_empty() || p == "." => "-".to_owned(),
+                p => p,
+            },
+            message: e.into_inner().to_string(),
+        })
+    }
+}
+
+/// Turns numbers and booleans into strings everywhere the document schema has strings (that is,
+/// everywhere except `metadata.generation`, `metadata.managedFields` and `status`).
+fn stringify_scalars<'a>(value: &'a mut serde_json::Value, path: &mut Vec<&'a str>) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if path[..] != ["metadata", "generation"] => {
+            *value = Value::String(n.to_string());
+        }
+        Value::Bool(b) => *value = Value::String(b.to_string()),
+        Value::Array(items) => items.iter_mut().for_each(|v| stringify_scalars(v, path)),
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let skip = matches!(
+                    (&path[..], k.as_str()),
+                    ([], "status") | (["metadata"], "managedFields")
+                );
+                if !skip {
+                    path.push(k);
+                    stringify_scalars(v, path);
+                    path.pop();
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Splits a YAML stream into documents: `(first line number, text)`. Document markers (`---`,
 /// `...`) and directives (`%`) at the start of a line cannot occur inside content, so this
 /// agrees with a YAML parser; each piece is then parsed on its own.
@@ -342,6 +396,37 @@ pub fn load_files<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Policy>, Vec<Proble
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_documents_accept_untyped_scalars() {
+        let doc = PolicyDocument::from_json_value(serde_json::json!({
+            "apiVersion": "security.nodemesh.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "a", "namespace": "shop", "generation": 3,
+                "annotations": {"nodemesh.io/dry-run": true}},
+            "spec": {"rules": [{"to": [{"operation": {"ports": [80, "8080"]}}]}]},
+            "status": {"observed": 1},
+        }))
+        .expect("parses");
+        assert_eq!(
+            doc.spec.rules[0].to[0]
+                .operation
+                .as_ref()
+                .map(|o| o.ports.clone()),
+            Some(vec!["80".to_owned(), "8080".to_owned()])
+        );
+        assert_eq!(doc.metadata.generation, Some(3));
+        assert!(doc.compile().expect("compiles").dry_run());
+        let err = PolicyDocument::from_json_value(serde_json::json!({
+            "apiVersion": "security.nodemesh.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "a", "namespace": "shop"},
+            "spec": {"rules": [{"to": [{"operation": {"portz": [80]}}]}]},
+        }))
+        .expect_err("unknown field");
+        assert_eq!(err.field, "spec.rules[0].to[0].operation.portz");
+        assert!(err.message.contains("unknown field `portz`"), "{err}");
+    }
 
     #[test]
     fn splits_documents() {
