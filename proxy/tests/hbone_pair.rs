@@ -352,3 +352,57 @@ async fn metrics_and_flow_log_carry_labels_and_byte_counts() {
         assert!(outbound.get(key).is_some(), "{key} missing: {outbound}");
     }
 }
+
+#[tokio::test]
+async fn ca_outage_keeps_existing_certificates_working() {
+    let mut mesh = Mesh::start("").await;
+    let grpc = mesh.stop_ca().await;
+    assert!(
+        tokio::net::TcpStream::connect(grpc).await.is_err(),
+        "CA is down"
+    );
+    // Certificates in hand keep serving new connections, across nodes and in-process.
+    for host in ["2.21", "1.12"] {
+        let client = dial(&mesh.a, &mesh.web(), mesh.addr(host, ECHO)).await;
+        assert_eq!(echo_roundtrip(client, b"still mtls").await, b"still mtls");
+    }
+    let metrics = mesh.b.ctx().metrics.render();
+    assert!(
+        !metrics.contains(r#"connection_security_policy="none""#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn slow_loris_and_garbage_clients_do_not_stall_others() {
+    let mesh = Mesh::start("").await;
+    let hbone = mesh.addr("2.21", 15008);
+    // Clients that connect and never finish (or never start) a TLS handshake...
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(hbone).await.unwrap());
+    }
+    // ...and one that sends garbage.
+    let mut garbage = tokio::net::TcpStream::connect(hbone).await.unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0])
+        .await
+        .unwrap();
+    // A well-behaved transfer goes through meanwhile.
+    let data = vec![5u8; 8 * 1024 * 1024];
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    let back = tokio::time::timeout(Duration::from_secs(20), echo_roundtrip(client, &data))
+        .await
+        .unwrap();
+    assert_eq!(back.len(), data.len());
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), garbage.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        n < 16,
+        "garbage gets at most an alert, then the connection closes"
+    );
+    drop(idle);
+}

@@ -48,7 +48,7 @@ pub struct Mesh {
     pub n: u8,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
-    pub ca: RunningCa,
+    pub ca: Option<RunningCa>,
     pub a: ProxyHandle,
     pub b: ProxyHandle,
     pub ca_section: String,
@@ -167,11 +167,19 @@ impl Mesh {
             n,
             dir,
             config,
-            ca,
+            ca: Some(ca),
             a,
             b,
             ca_section,
         }
+    }
+
+    /// Stops the CA; returns the address it served on.
+    pub async fn stop_ca(&mut self) -> SocketAddr {
+        let ca = self.ca.take().unwrap();
+        let addr = ca.grpc_addr;
+        ca.shutdown().await;
+        addr
     }
 
     /// `127.N.<host>`, e.g. `mesh.ip("1.11")`.
