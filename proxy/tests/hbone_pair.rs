@@ -406,3 +406,68 @@ async fn slow_loris_and_garbage_clients_do_not_stall_others() {
     );
     drop(idle);
 }
+
+/// A peer with a valid certificate opens 1,000 CONNECT streams and resets each at once (the HTTP/2
+/// "rapid reset" attack): the proxy neither crashes nor stalls a concurrent transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_rapid_reset_flood_does_not_stall_others() {
+    use nodemesh_identity::{
+        WatchedCertResolver, client_config, crypto_provider, placeholder_server_name,
+    };
+    let mesh = Mesh::start("").await;
+    let ctx = mesh.a.ctx();
+    let web = SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+    let db = SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap();
+    let store = ctx.certs.store(&web).unwrap();
+    let mut config = client_config(
+        crypto_provider(),
+        std::sync::Arc::new(WatchedCertResolver::new(store.subscribe())),
+        db,
+        ctx.certs.bundle(),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(mesh.addr("2.21", 15008))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(placeholder_server_name(), tcp)
+        .await
+        .unwrap();
+    let (mut h2, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+
+    let data = vec![3u8; 4 * 1024 * 1024];
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    let transfer = tokio::spawn(async move { echo_roundtrip(client, &data).await.len() });
+
+    let target = mesh.addr("2.21", ECHO).to_string();
+    let mut sent = 0;
+    for _ in 0..1000 {
+        let Ok(ready) = h2.clone().ready().await else {
+            break;
+        };
+        h2 = ready;
+        let req = http::Request::builder()
+            .method("CONNECT")
+            .uri(target.as_str())
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = h2.send_request(req, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    assert!(sent > 0);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(30), transfer)
+            .await
+            .unwrap()
+            .unwrap(),
+        4 * 1024 * 1024
+    );
+    // The proxy still serves new tunnels.
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;
+    assert_eq!(read_all(client).await, mesh.ip("2.21").as_bytes());
+}
