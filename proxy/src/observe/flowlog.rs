@@ -359,7 +359,11 @@ impl FlowLog {
     /// Queues a record; never blocks. When the writer is behind, the record is dropped and counted.
     pub fn record(&self, record: FlowRecord) {
         let Some(shared) = &self.inner else { return };
-        if shared.tx.try_send(Message::Record(Box::new(record))).is_err() {
+        if shared
+            .tx
+            .try_send(Message::Record(Box::new(record)))
+            .is_err()
+        {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             shared.dropped_metric.increment(1);
         }
