@@ -1,11 +1,11 @@
 //! What one certificate costs the CA: CSR checks (parse + signature), signing, and both together.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nodemesh_ca::RootSource;
 use nodemesh_ca::csr::check_csr;
+use nodemesh_ca::{LifetimePolicy, RootSource};
 use nodemesh_identity::{SpiffeId, TrustDomain, generate_csr};
 
 fn bench(c: &mut Criterion) {
@@ -17,16 +17,32 @@ fn bench(c: &mut Criterion) {
     let id = SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap();
     let csr = generate_csr(&id).unwrap().csr_pem;
     let checked = check_csr(&csr, &td).unwrap();
-    let day = Duration::from_secs(86_400);
+    let day = 86_400;
 
     c.bench_function("csr_check", |b| b.iter(|| check_csr(&csr, &td).unwrap()));
     c.bench_function("svid_sign", |b| {
-        b.iter(|| authority.issue(&checked, day, SystemTime::now()).unwrap())
+        b.iter(|| {
+            authority
+                .issue(
+                    &checked,
+                    LifetimePolicy::default()
+                        .window(day, SystemTime::now())
+                        .unwrap(),
+                )
+                .unwrap()
+        })
     });
     c.bench_function("csr_check_and_sign", |b| {
         b.iter(|| {
             let checked = check_csr(&csr, &td).unwrap();
-            authority.issue(&checked, day, SystemTime::now()).unwrap()
+            authority
+                .issue(
+                    &checked,
+                    LifetimePolicy::default()
+                        .window(day, SystemTime::now())
+                        .unwrap(),
+                )
+                .unwrap()
         })
     });
     c.bench_function("csr_generate_client_side", |b| {

@@ -25,6 +25,17 @@ pub struct LifetimePolicy {
     pub min: Duration,
     /// Longest lifetime issued (7 days); longer requests are clamped.
     pub max: Duration,
+    /// How far before "now" a leaf's notBefore is set, to absorb clock skew between nodes (60 s).
+    pub backdate: Duration,
+}
+
+/// A leaf's validity window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// notBefore.
+    pub not_before: SystemTime,
+    /// notAfter.
+    pub not_after: SystemTime,
 }
 
 impl Default for LifetimePolicy {
@@ -33,6 +44,7 @@ impl Default for LifetimePolicy {
             default: Duration::from_secs(86_400),
             min: Duration::from_secs(60),
             max: Duration::from_secs(7 * 86_400),
+            backdate: BACKDATE,
         }
     }
 }
@@ -72,6 +84,16 @@ impl LifetimePolicy {
                 Ok(asked.min(self.max))
             }
         }
+    }
+
+    /// The validity window for a request of `seconds` made at `now`: from `now - backdate` to
+    /// `now + lifetime`.
+    pub fn window(&self, seconds: i64, now: SystemTime) -> Result<Validity, LifetimeError> {
+        let lifetime = self.resolve(seconds)?;
+        Ok(Validity {
+            not_before: now - self.backdate,
+            not_after: now + lifetime,
+        })
     }
 }
 
@@ -182,10 +204,9 @@ impl Authority {
     pub fn issue(
         &self,
         csr: &CheckedCsr,
-        lifetime: Duration,
-        now: SystemTime,
+        validity: Validity,
     ) -> Result<Vec<CertificateDer<'static>>, SignError> {
-        let mut params = leaf_params(now, lifetime);
+        let mut params = leaf_params(validity);
         params.subject_alt_names = vec![SanType::URI(csr.identity.as_str().try_into()?)];
         let leaf = params.signed_by(&CsrKey(&csr.public_key), &self.issuer)?;
         Ok(vec![leaf.der().clone(), self.root_cert.clone()])
@@ -200,7 +221,10 @@ impl Authority {
         now: SystemTime,
     ) -> Result<(Vec<CertificateDer<'static>>, Vec<u8>), SignError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = leaf_params(now, lifetime);
+        let mut params = leaf_params(Validity {
+            not_before: now - BACKDATE,
+            not_after: now + lifetime,
+        });
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params
             .distinguished_name
@@ -216,7 +240,7 @@ impl Authority {
 }
 
 /// Parameters every leaf shares: not a CA, digitalSignature only, server+client auth, empty subject.
-fn leaf_params(now: SystemTime, lifetime: Duration) -> CertificateParams {
+fn leaf_params(validity: Validity) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.is_ca = IsCa::ExplicitNoCa;
@@ -227,7 +251,7 @@ fn leaf_params(now: SystemTime, lifetime: Duration) -> CertificateParams {
     ];
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial());
-    params.not_before = (now - BACKDATE).into();
-    params.not_after = (now + lifetime).into();
+    params.not_before = validity.not_before.into();
+    params.not_after = validity.not_after.into();
     params
 }

@@ -22,6 +22,6 @@ pub mod proto {
 }
 
 pub use client::{CaClient, ClientError, IdentityIssuer};
-pub use issuer::{Authority, LifetimePolicy};
+pub use issuer::{Authority, LifetimePolicy, Validity};
 pub use server::{RunningCa, ServeError, ServeOptions, start};
 pub use state::{RootSource, StateError};

@@ -108,13 +108,13 @@ pub fn handle_request(
             impersonated: impersonated.to_owned(),
         });
     }
-    let lifetime = lifetimes.resolve(request.validity_duration)?;
+    let validity = lifetimes.window(request.validity_duration, now)?;
     if !snapshot.nodes.runs_on(node, &csr.identity) {
         return Err(Refusal::ForeignIdentity {
             node: node.to_owned(),
         });
     }
-    let chain = snapshot.authority.issue(&csr, lifetime, now)?;
+    let chain = snapshot.authority.issue(&csr, validity)?;
     Ok(chain.iter().map(|c| der_to_pem(c)).collect())
 }
 

@@ -105,6 +105,14 @@ impl TlsConfigs {
         Ok(config)
     }
 
+    /// The certificate `identity` presents on new connections right now.
+    pub fn current_credentials(
+        &self,
+        identity: &SpiffeId,
+    ) -> Option<Arc<nodemesh_identity::Credentials>> {
+        self.certs.store(identity)?.current()
+    }
+
     /// Forgets configs of identities no longer on this node.
     pub fn retain(&self, keep: impl Fn(&SpiffeId) -> bool) {
         if let Ok(mut m) = self.servers.write() {

@@ -471,3 +471,59 @@ async fn h2_rapid_reset_flood_does_not_stall_others() {
     let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;
     assert_eq!(read_all(client).await, mesh.ip("2.21").as_bytes());
 }
+
+/// Certificates that live 4 s are renewed at 2 s: a transfer running across the renewal (and the
+/// old certificate's expiry) completes, and new tunnels go over a new connection that presents
+/// the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_during_a_long_transfer() {
+    let lifetimes = nodemesh_ca::LifetimePolicy {
+        default: Duration::from_secs(4),
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(4),
+        backdate: Duration::ZERO,
+    };
+    let mesh = Mesh::start_full("", lifetimes, |_| {}).await;
+    let ctx = mesh.a.ctx();
+    let web = SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+    let key = PoolKey {
+        source: web.clone(),
+        destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
+        addr: mesh.addr("2.21", 15008),
+    };
+    let first = ctx.certs.store(&web).unwrap().current().unwrap();
+
+    // A slow transfer: 1 KiB every 50 ms for 6 s, echoed back.
+    let mut client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    let slow = tokio::spawn(async move {
+        let chunk = [7u8; 1024];
+        let mut back = vec![0u8; 1024];
+        for _ in 0..120 {
+            client.write_all(&chunk).await.unwrap();
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, chunk);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        120 * 1024
+    });
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = ctx.certs.store(&web).unwrap().current().unwrap();
+    assert_ne!(
+        first.info().serial,
+        second.info().serial,
+        "renewed at half-life"
+    );
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;
+    assert_eq!(read_all(client).await, mesh.ip("2.21").as_bytes());
+    assert_eq!(
+        ctx.hbone.connections(&key).await,
+        2,
+        "a new connection with the new certificate"
+    );
+    assert_eq!(
+        slow.await.unwrap(),
+        120 * 1024,
+        "the old connection carried on"
+    );
+}

@@ -170,12 +170,15 @@ fn issue(args: IssueArgs) -> Result<()> {
             args.state_dir.display()
         )
     })?;
-    let lifetime = LifetimePolicy::default()
-        .resolve(i64::try_from(args.lifetime.as_secs()).unwrap_or(i64::MAX))
+    let validity = LifetimePolicy::default()
+        .window(
+            i64::try_from(args.lifetime.as_secs()).unwrap_or(i64::MAX),
+            SystemTime::now(),
+        )
         .context("--lifetime")?;
     let csr = generate_csr(&args.identity)?;
     let checked = check_csr(&csr.csr_pem, &trust_domain)?;
-    let chain = authority.issue(&checked, lifetime, SystemTime::now())?;
+    let chain = authority.issue(&checked, validity)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let chain_pem: String = chain.iter().map(|c| der_to_pem(c)).collect();

@@ -16,7 +16,7 @@ use http::StatusCode;
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use nodemesh_identity::{SpiffeId, placeholder_server_name};
+use nodemesh_identity::{Credentials, SpiffeId, placeholder_server_name};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsConnector;
 
@@ -74,6 +74,9 @@ pub enum HboneError {
 /// A pooled connection.
 struct Conn {
     sender: SendRequest<Empty<Bytes>>,
+    /// The source certificate the connection was authenticated with: once it is replaced, the
+    /// connection takes no new streams (it drains), so new tunnels present the new certificate.
+    creds: Option<Arc<Credentials>>,
     streams: Arc<AtomicUsize>,
     /// Milliseconds since the pool's epoch when the last stream closed or opened.
     last_used: Arc<AtomicU64>,
@@ -191,21 +194,30 @@ impl HboneClient {
             // Holding the slot's lock while connecting makes concurrent callers for the same key
             // wait for this one handshake instead of each starting their own.
             let mut conns = slot.conns.lock().await;
+            let current = self.tls.current_credentials(&key.source);
             let now = self.epoch.elapsed().as_millis() as u64;
             let idle_ms = POOL_IDLE.as_millis() as u64;
+            let same_cert = |c: &Conn| match (&c.creds, &current) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            // Drop closed connections, idle ones, and idle ones with a replaced certificate
+            // (busy ones are kept until their streams end: dropping the sender would not cut
+            // them, but keeping it lets `connections` count them).
             conns.retain(|c| {
                 let busy = c.streams.load(Ordering::Acquire) > 0;
                 let fresh = now.saturating_sub(c.last_used.load(Ordering::Relaxed)) <= idle_ms;
-                !c.sender.is_closed() && (busy || fresh)
+                !c.sender.is_closed() && (busy || (fresh && same_cert(c)))
             });
             let reusable = conns.iter().find(|c| {
-                c.sender.is_ready()
+                same_cert(c)
+                    && c.sender.is_ready()
                     && c.streams.load(Ordering::Acquire) < CLIENT_STREAMS_PER_CONNECTION
             });
             let conn = match reusable {
                 Some(c) => c,
                 None => {
-                    let conn = self.dial(key).await?;
+                    let conn = self.dial(key, current.clone()).await?;
                     conns.push(conn);
                     let Some(c) = conns.last() else {
                         return Err(HboneError::Status(StatusCode::INTERNAL_SERVER_ERROR));
@@ -240,7 +252,11 @@ impl HboneClient {
         })
     }
 
-    async fn dial(&self, key: &PoolKey) -> Result<Conn, HboneError> {
+    async fn dial(
+        &self,
+        key: &PoolKey,
+        creds: Option<Arc<Credentials>>,
+    ) -> Result<Conn, HboneError> {
         let config = self.tls.client(&key.source, &key.destination)?;
         let tcp = self
             .connect
@@ -284,6 +300,7 @@ impl HboneClient {
         });
         Ok(Conn {
             sender,
+            creds,
             streams: Arc::new(AtomicUsize::new(0)),
             last_used: Arc::new(AtomicU64::new(self.epoch.elapsed().as_millis() as u64)),
         })

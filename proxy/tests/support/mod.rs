@@ -85,9 +85,9 @@ pub async fn start_pod(ip: &str) {
     });
 }
 
-pub fn proxy_options(config: &PathBuf, node: &str, binds: &[&str]) -> ProxyOptions {
+pub fn proxy_options(config: &std::path::Path, node: &str, binds: &[&str]) -> ProxyOptions {
     ProxyOptions {
-        config_file: config.clone(),
+        config_file: config.to_path_buf(),
         node: node.into(),
         ca_token: format!("token-of-{node}-0123456789"),
         outbound_addr: "127.0.0.1:0".parse().unwrap(),
@@ -115,6 +115,15 @@ impl Mesh {
     }
 
     pub async fn start_with(policies: &str, tweak: impl Fn(&mut ProxyOptions)) -> Mesh {
+        Self::start_full(policies, LifetimePolicy::default(), tweak).await
+    }
+
+    /// Like [`Mesh::start_with`], with the CA issuing certificates per `lifetimes`.
+    pub async fn start_full(
+        policies: &str,
+        lifetimes: LifetimePolicy,
+        tweak: impl Fn(&mut ProxyOptions),
+    ) -> Mesh {
         nodemesh_identity::install_default_provider();
         let n = NEXT_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = tempfile::tempdir().unwrap();
@@ -129,12 +138,12 @@ impl Mesh {
         let ca = nodemesh_ca::start(
             ServeOptions {
                 root: RootSource::state_dir(dir.path().join("ca")),
-                config_file: config.clone(),
+                config_file: config.to_path_buf(),
                 tokens_file: tokens,
                 grpc_listen: "127.0.0.1:0".parse().unwrap(),
                 http_listen: "127.0.0.1:0".parse().unwrap(),
                 serving_names: vec!["127.0.0.1".into()],
-                lifetimes: LifetimePolicy::default(),
+                lifetimes,
                 reload_interval: Duration::from_millis(100),
             },
             Arc::new(SystemClock),
