@@ -527,3 +527,56 @@ async fn certificate_rotation_during_a_long_transfer() {
         "the old connection carried on"
     );
 }
+
+#[tokio::test]
+async fn admin_api_explains_policy_and_dumps_state() {
+    let deny = r#"
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: deny-web, namespace: shop}
+    spec: {action: DENY, rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}]}]}
+"#;
+    let mesh = Mesh::start(deny).await;
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let admin = nodemesh_proxy::admin::spawn(&mesh.a, any, any, any).unwrap();
+    let get = |addr: std::net::SocketAddr, path: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let explain = get(
+        admin.admin_addr(),
+        "/policy/explain?destination-namespace=shop&destination-port=8080&source-principal=cluster.local/ns/shop/sa/web".into(),
+    )
+    .await;
+    assert!(explain.starts_with("HTTP/1.1 200"), "{explain}");
+    assert!(
+        explain.contains("\"deny\"") && explain.contains("deny-web"),
+        "{explain}"
+    );
+    let bad = get(
+        admin.admin_addr(),
+        "/policy/explain?destination-port=x".into(),
+    )
+    .await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let dump = get(admin.admin_addr(), "/config_dump".into()).await;
+    assert!(
+        dump.contains("\"node\": \"node-a\"") && dump.contains("web-1"),
+        "{dump}"
+    );
+    let certs = get(admin.admin_addr(), "/certs".into()).await;
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/shop/sa/web"),
+        "{certs}"
+    );
+    let ready = get(admin.readiness_addr(), "/healthz/ready".into()).await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+}
