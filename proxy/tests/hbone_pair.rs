@@ -580,3 +580,82 @@ policies:
     let ready = get(admin.readiness_addr(), "/healthz/ready".into()).await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 }
+
+/// Sends one HTTP/1.1 request on `s` and returns the status and body of the answer.
+async fn http_request(s: &mut tokio::net::TcpStream, method: &str, path: &str) -> (u16, String) {
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nhost: db.shop\r\ncontent-length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn l7_policy_is_enforced_per_request_in_the_node_proxy() {
+    let l7 = r#"
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: public-get-only, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: db}}
+      rules:
+        - from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}]
+          to: [{operation: {methods: ["GET"], paths: ["/public/*"]}}]
+"#;
+    let mesh = Mesh::start(l7).await;
+    let mut s = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", HTTP)).await;
+    assert_eq!(
+        http_request(&mut s, "GET", "/public/x").await,
+        (200, "/public/x".into())
+    );
+    assert_eq!(
+        http_request(&mut s, "POST", "/public/x").await,
+        (403, "RBAC: access denied".into())
+    );
+    assert_eq!(http_request(&mut s, "GET", "/admin").await.0, 403);
+    assert_eq!(http_request(&mut s, "GET", "/public/../admin").await.0, 403);
+    assert_eq!(
+        http_request(&mut s, "GET", "/public/y").await,
+        (200, "/public/y".into()),
+        "same keep-alive connection"
+    );
+    // A non-HTTP stream to the same destination: L7 rules cannot match it, so ALLOW denies it.
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
+    assert!(echo_roundtrip(client, b"\x00\x01binary").await.is_empty());
+    let metrics = mesh.b.ctx().metrics.render();
+    let requests = |code: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total")
+                    && l.contains(&format!("response_code=\"{code}\""))
+            })
+            .unwrap_or_else(|| panic!("no {code}: {metrics}"))
+            .to_owned()
+    };
+    assert!(
+        requests("200").ends_with(" 2") && requests("200").contains(r#"request_protocol="http""#)
+    );
+    assert!(requests("403").ends_with(" 3"));
+}

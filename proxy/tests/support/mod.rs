@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub const ECHO: u16 = 8080;
 pub const NAME: u16 = 9090;
+pub const HTTP: u16 = 8081;
 
 /// Each mesh gets its own 127.N.0.0/16 so tests in one binary can run in parallel.
 static NEXT_NET: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(10);
@@ -54,8 +55,46 @@ pub struct Mesh {
     pub ca_section: String,
 }
 
-/// Echo on :8080 (half-close aware), name on :9090 (writes the pod IP, then closes).
+/// A keep-alive HTTP/1.1 server on :8081 that answers every request `200` with its path.
+async fn start_http(ip: &str) {
+    let http = TcpListener::bind((ip, HTTP)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = http.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(s);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        use tokio::io::AsyncBufReadExt;
+                        if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                        path.len()
+                    );
+                    if s.get_mut().write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Echo on :8080 (half-close aware), name on :9090 (writes the pod IP, then closes), HTTP on :8081.
 pub async fn start_pod(ip: &str) {
+    start_http(ip).await;
     let echo = TcpListener::bind((ip, ECHO)).await.unwrap();
     tokio::spawn(async move {
         loop {

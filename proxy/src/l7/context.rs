@@ -1,0 +1,167 @@
+//! What the L7 server needs to know about a tunnel, and what it reports per request.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodemesh_identity::SpiffeId;
+use nodemesh_policy::{Connection, Decision, Destination, Peer, PolicySet, Verdict};
+
+use super::sniff::HttpProtocol;
+
+/// The destination workload of a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L7Destination {
+    /// Namespace of the destination pod.
+    pub namespace: String,
+    /// Labels of the destination pod (for policy selectors).
+    pub labels: BTreeMap<String, String>,
+    /// The destination pod's IP.
+    pub ip: IpAddr,
+    /// The destination port on the pod.
+    pub port: u16,
+}
+
+/// The calling side of a tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L7Source {
+    /// The peer's verified SPIFFE ID; `None` for plaintext (permissive) traffic.
+    pub principal: Option<SpiffeId>,
+    /// The client pod's IP.
+    pub ip: IpAddr,
+}
+
+/// Abuse limits and timeouts of one L7 connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L7Limits {
+    /// How long the client may stay silent before the stream is taken for a server-first,
+    /// non-HTTP protocol.
+    pub sniff_timeout: Duration,
+    /// HTTP/1: time allowed to receive a request head. Hyper starts this timer as soon as the
+    /// connection goes idle, so it also bounds how long an idle keep-alive connection lives.
+    pub header_read_timeout: Duration,
+    /// Request head (HTTP/1) or header list (h2) size limit, in bytes.
+    pub max_header_bytes: usize,
+    /// A connection with no request in flight for this long is closed (h2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// h2: concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for L7Limits {
+    fn default() -> Self {
+        Self {
+            sniff_timeout: Duration::from_millis(200),
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            max_concurrent_streams: 200,
+        }
+    }
+}
+
+/// One HTTP request as the proxy saw it: what metrics and flow-log lines are made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP/1 or h2c.
+    pub protocol: HttpProtocol,
+    /// The method as sent.
+    pub method: String,
+    /// The request target as sent (query included), before normalization.
+    pub path: String,
+    /// `Host` / `:authority`; empty when absent.
+    pub authority: String,
+    /// The status answered downstream (the pod's, or the proxy's own 400/403/502/503).
+    pub status: u16,
+    /// The policy verdict.
+    pub verdict: Verdict,
+    /// The deciding policy, `namespace/name`, when one decided.
+    pub policy: Option<String>,
+    /// Why: a policy reason code (`allow_matched`, `no_allow_matched`, `invalid_path`, ...) or
+    /// `bad_request` when the request was refused before policy.
+    pub reason: &'static str,
+    /// Envoy-style response flags: `-`, `UF` (upstream connect failure), `UC` (upstream
+    /// connection failed mid-request), `UPE` (the pod switched protocols unasked).
+    pub response_flags: &'static str,
+    /// From the request head to the end of the response body (or its abandonment).
+    pub duration: Duration,
+}
+
+/// Receives a [`RequestRecord`] once per request, when its response is finished.
+pub type RequestSink = Arc<dyn Fn(RequestRecord) + Send + Sync>;
+
+/// Everything the L7 server knows about one tunnel. Owned, so that a decision can borrow from
+/// it ([`L7Context::connection`]) without allocating.
+#[derive(Clone)]
+pub struct L7Context {
+    /// The policies in force when the tunnel opened.
+    pub policies: Arc<PolicySet>,
+    /// The destination pod.
+    pub destination: L7Destination,
+    /// The client.
+    pub source: L7Source,
+    /// Timeouts and size limits.
+    pub limits: L7Limits,
+    /// Called once per request.
+    pub on_request: RequestSink,
+}
+
+impl L7Context {
+    /// A context with default limits that reports requests nowhere.
+    pub fn new(policies: Arc<PolicySet>, destination: L7Destination, source: L7Source) -> Self {
+        Self {
+            policies,
+            destination,
+            source,
+            limits: L7Limits::default(),
+            on_request: Arc::new(|_| {}),
+        }
+    }
+
+    /// Replaces the limits.
+    pub fn with_limits(mut self, limits: L7Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the per-request callback.
+    pub fn with_on_request(mut self, sink: impl Fn(RequestRecord) + Send + Sync + 'static) -> Self {
+        self.on_request = Arc::new(sink);
+        self
+    }
+
+    /// The connection as the policy engine sees it, borrowed from this context.
+    pub fn connection(&self) -> Connection<'_> {
+        Connection {
+            source: Peer {
+                principal: self.source.principal.as_ref().map(SpiffeId::as_str),
+                namespace: None,
+                ip: Some(self.source.ip),
+            },
+            destination: Destination {
+                namespace: &self.destination.namespace,
+                labels: &self.destination.labels,
+                ip: Some(self.destination.ip),
+                port: self.destination.port,
+            },
+        }
+    }
+
+    /// The L4 decision for this tunnel: what stands when the stream is not HTTP (the engine
+    /// takes L7 conditions as false in ALLOW rules and true in DENY rules).
+    pub fn decide_connection(&self) -> Decision<'_> {
+        self.policies.decide_connection(&self.connection())
+    }
+}
+
+impl fmt::Debug for L7Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("L7Context")
+            .field("destination", &self.destination)
+            .field("source", &self.source)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}

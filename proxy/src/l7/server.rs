@@ -1,0 +1,619 @@
+//! The HTTP server inside a tunnel: every request is authorized, allowed ones are forwarded to
+//! the pod over one shared connection.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use nodemesh_policy::path::normalize;
+use nodemesh_policy::{HttpRequest, Reason, Verdict};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::body::{ActiveGuard, Activity, Finish, L7Body};
+use super::context::{L7Context, RequestRecord};
+use super::sniff::{HttpProtocol, Rewind, sniff};
+use super::upstream::{ConnectFuture, Upstream, UpstreamError};
+
+/// The body of a request denied by policy, as Istio's proxies send it.
+pub const DENIED_BODY: &str = "RBAC: access denied";
+
+/// What became of a tunnelled stream.
+#[derive(Debug)]
+pub enum L7Outcome<S> {
+    /// The stream was HTTP and has been served to its end.
+    Served(L7Summary),
+    /// The stream is not HTTP: decide it at L4 ([`NotHttp::decide`]) and, if allowed, relay
+    /// its bytes (the ones already read are replayed first).
+    NotHttp(NotHttp<S>),
+}
+
+/// A stream that is not HTTP, handed back untouched.
+#[derive(Debug)]
+pub struct NotHttp<S> {
+    /// The stream, replaying what was peeked.
+    pub stream: Rewind<S>,
+    /// The context it came with.
+    pub context: L7Context,
+}
+
+impl<S> NotHttp<S> {
+    /// The L4 decision that stands for a non-HTTP stream (see [`L7Context::decide_connection`]).
+    pub fn decide(&self) -> nodemesh_policy::Decision<'_> {
+        self.context.decide_connection()
+    }
+}
+
+/// Bytes copied through an upgraded (WebSocket) connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpgradedBytes {
+    /// From the client to the pod.
+    pub from_client: u64,
+    /// From the pod to the client.
+    pub from_pod: u64,
+}
+
+/// What happened on a served HTTP stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L7Summary {
+    /// HTTP/1 or h2c.
+    pub protocol: HttpProtocol,
+    /// Requests received (each was reported through [`L7Context::on_request`]).
+    pub requests: u64,
+    /// Requests answered by the proxy itself with 400 or 403.
+    pub denied: u64,
+    /// Set when the connection was upgraded (WebSocket) and then relayed raw.
+    pub upgraded: Option<UpgradedBytes>,
+}
+
+/// Why serving a tunnel ended badly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum L7Error {
+    /// Reading the first bytes of the stream failed.
+    #[error("reading the first bytes of the tunnel failed: {0}")]
+    Sniff(#[source] io::Error),
+    /// The client's HTTP connection failed: a malformed request (answered 400 by the server),
+    /// a request head too slow or too large, or an I/O error.
+    #[error("client HTTP connection failed after {} requests: {source}", summary.requests)]
+    Downstream {
+        /// What hyper reported.
+        #[source]
+        source: hyper::Error,
+        /// What was served before.
+        summary: L7Summary,
+    },
+}
+
+impl L7Error {
+    /// What was served before the failure, when serving had begun.
+    pub fn summary(&self) -> Option<&L7Summary> {
+        match self {
+            L7Error::Sniff(_) => None,
+            L7Error::Downstream { summary, .. } => Some(summary),
+        }
+    }
+
+    /// Whether the client was too slow sending a request head.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, L7Error::Downstream { source, .. } if source.is_timeout())
+    }
+}
+
+/// Sniffs `stream` and, when it is HTTP/1 or h2c, serves it with [`serve_http`]; otherwise hands
+/// it back as [`L7Outcome::NotHttp`].
+///
+/// `connect` opens a TCP connection to the destination pod (the caller binds source addresses
+/// and sets socket marks); it is called lazily and again when the pod closed the connection.
+pub async fn serve_l7<S, C>(stream: S, ctx: L7Context, connect: C) -> Result<L7Outcome<S>, L7Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Fn() -> ConnectFuture + Send + Sync + 'static,
+{
+    let (protocol, stream) = sniff(stream, ctx.limits.sniff_timeout)
+        .await
+        .map_err(L7Error::Sniff)?;
+    match protocol {
+        None => Ok(L7Outcome::NotHttp(NotHttp {
+            stream,
+            context: ctx,
+        })),
+        Some(protocol) => serve_http(stream, protocol, ctx, connect)
+            .await
+            .map(L7Outcome::Served),
+    }
+}
+
+/// Serves an HTTP stream already known to be `protocol`: every request is decided with
+/// [`nodemesh_policy::PolicySet::decide_request`]; denied ones are answered `403`
+/// ([`DENIED_BODY`]), invalid paths `400`, allowed ones forwarded to the pod, and an allowed
+/// WebSocket upgrade that the pod accepts is relayed raw. Returns when the client's
+/// connection ends.
+pub async fn serve_http<S, C>(
+    stream: S,
+    protocol: HttpProtocol,
+    ctx: L7Context,
+    connect: C,
+) -> Result<L7Summary, L7Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Fn() -> ConnectFuture + Send + Sync + 'static,
+{
+    let limits = ctx.limits;
+    let (upgrades_tx, mut upgrades_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        protocol,
+        upstream: Upstream::new(connect, protocol),
+        activity: Activity::new(),
+        requests: AtomicU64::new(0),
+        denied: AtomicU64::new(0),
+        upgrades: upgrades_tx,
+        ctx,
+    });
+    let service = {
+        let shared = Arc::clone(&shared);
+        service_fn(move |req| {
+            let shared = Arc::clone(&shared);
+            async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+        })
+    };
+    let io = TokioIo::new(stream);
+    let result = match protocol {
+        HttpProtocol::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_header_size(limits.max_header_bytes)
+                // A head that never ends must not grow the buffer much past the limit either.
+                .max_buf_size(limits.max_header_bytes.saturating_add(8192))
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = shared.activity.idle_for(limits.idle_timeout) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        HttpProtocol::H2c => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = shared.activity.idle_for(limits.idle_timeout) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+
+    // The connection is done: no request can start another upgrade.
+    let mut upgraded = None;
+    while let Ok(task) = upgrades_rx.try_recv() {
+        match task.await {
+            Ok(Ok((from_client, from_pod))) => {
+                upgraded = Some(UpgradedBytes {
+                    from_client,
+                    from_pod,
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+                upgraded.get_or_insert_with(UpgradedBytes::default);
+            }
+            Err(e) => tracing::warn!(error = %e, "upgraded connection task failed"),
+        }
+    }
+    let summary = L7Summary {
+        protocol,
+        requests: shared.requests.load(Ordering::Relaxed),
+        denied: shared.denied.load(Ordering::Relaxed),
+        upgraded,
+    };
+    match result {
+        Ok(()) => Ok(summary),
+        Err(source) => Err(L7Error::Downstream { source, summary }),
+    }
+}
+
+type UpgradeTask = JoinHandle<io::Result<(u64, u64)>>;
+
+/// State shared by the requests of one tunnel.
+struct Shared<C> {
+    ctx: L7Context,
+    protocol: HttpProtocol,
+    upstream: Upstream<C>,
+    activity: Arc<Activity>,
+    requests: AtomicU64,
+    denied: AtomicU64,
+    upgrades: mpsc::UnboundedSender<UpgradeTask>,
+}
+
+impl<C> Shared<C> {
+    /// An answer of the proxy's own.
+    fn local(
+        &self,
+        status: StatusCode,
+        body: &'static str,
+        mut record: RequestRecord,
+        started: Instant,
+        active: ActiveGuard,
+    ) -> Response<L7Body> {
+        if matches!(status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN) {
+            self.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        record.status = status.as_u16();
+        let finish = Finish::new(record, started, Arc::clone(&self.ctx.on_request), active);
+        let mut resp = Response::new(L7Body::full(Bytes::from_static(body.as_bytes()), finish));
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp
+    }
+}
+
+async fn handle<C>(shared: &Shared<C>, mut req: Request<Incoming>) -> Response<L7Body>
+where
+    C: Fn() -> ConnectFuture + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let active = shared.activity.begin();
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let ctx = &shared.ctx;
+    let mut record = RequestRecord {
+        protocol: shared.protocol,
+        method: req.method().as_str().to_owned(),
+        path: raw_path(req.uri()).to_owned(),
+        authority: String::new(),
+        status: 0,
+        verdict: Verdict::Deny,
+        policy: None,
+        reason: "bad_request",
+        response_flags: "-",
+        duration: Duration::ZERO,
+    };
+    match request_authority(&req) {
+        Some(a) => record.authority = a,
+        None => {
+            return shared.local(
+                StatusCode::BAD_REQUEST,
+                "bad request: conflicting or invalid Host",
+                record,
+                started,
+                active,
+            );
+        }
+    }
+
+    let (verdict, reason) = {
+        let decision = ctx.policies.decide_request(
+            &ctx.connection(),
+            &HttpRequest {
+                method: req.method().as_str(),
+                path: raw_path(req.uri()),
+                host: &record.authority,
+                headers: req.headers(),
+            },
+        );
+        record.policy = decision.deciding_policy.map(ToString::to_string);
+        (decision.verdict, decision.reason)
+    };
+    record.verdict = verdict;
+    record.reason = reason.code();
+    if matches!(reason, Reason::InvalidPath(_)) {
+        return shared.local(
+            StatusCode::BAD_REQUEST,
+            "bad request: invalid path",
+            record,
+            started,
+            active,
+        );
+    }
+    if verdict == Verdict::Deny {
+        return shared.local(StatusCode::FORBIDDEN, DENIED_BODY, record, started, active);
+    }
+
+    let websocket = shared.protocol == HttpProtocol::Http1 && is_websocket_upgrade(req.headers());
+    let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let path_options = ctx.policies.options().path;
+    let Some(upstream_req) = to_upstream(
+        req,
+        shared.protocol,
+        websocket,
+        &record.authority,
+        ctx,
+        path_options,
+    ) else {
+        record.reason = "bad_request";
+        return shared.local(
+            StatusCode::BAD_REQUEST,
+            "bad request",
+            record,
+            started,
+            active,
+        );
+    };
+
+    let mut resp = match shared.upstream.send(upstream_req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(error = %e, "forwarding a request to the pod failed");
+            let (status, flags, body) = match e {
+                UpstreamError::Connect(_) | UpstreamError::Handshake(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UF",
+                    "upstream connect error",
+                ),
+                UpstreamError::Request(_) => {
+                    (StatusCode::BAD_GATEWAY, "UC", "upstream request failed")
+                }
+            };
+            record.response_flags = flags;
+            return shared.local(status, body, record, started, active);
+        }
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Whatever happens next, the pod connection is no longer HTTP.
+        shared.upstream.forget().await;
+        let Some(downstream) = on_upgrade else {
+            record.response_flags = "UPE";
+            return shared.local(
+                StatusCode::BAD_GATEWAY,
+                "upstream switched protocols unasked",
+                record,
+                started,
+                active,
+            );
+        };
+        let upstream = hyper::upgrade::on(&mut resp);
+        let _ = shared
+            .upgrades
+            .send(tokio::spawn(relay_upgraded(downstream, upstream)));
+        record.status = resp.status().as_u16();
+        let finish = Finish::new(record, started, Arc::clone(&ctx.on_request), active);
+        let (parts, _empty) = resp.into_parts();
+        return Response::from_parts(parts, L7Body::full(Bytes::new(), finish));
+    }
+
+    strip_hop_by_hop(resp.headers_mut(), false);
+    record.status = resp.status().as_u16();
+    let finish = Finish::new(record, started, Arc::clone(&ctx.on_request), active);
+    resp.map(|body| L7Body::upstream(body, finish))
+}
+
+/// Copies bytes both ways between the upgraded client and pod connections.
+async fn relay_upgraded(downstream: OnUpgrade, upstream: OnUpgrade) -> io::Result<(u64, u64)> {
+    let (downstream, upstream) =
+        tokio::try_join!(downstream, upstream).map_err(io::Error::other)?;
+    let mut downstream = TokioIo::new(downstream);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
+}
+
+/// The request target's path and query as sent (empty for authority-form).
+fn raw_path(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("", PathAndQuery::as_str)
+}
+
+/// `:authority` / the absolute-form authority, else `Host`; `None` when there are several
+/// `Host` headers, an unreadable one, or one that differs from the authority (the policy and
+/// the pod would then read different hosts).
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
+    let host = match host {
+        Some(v) => Some(v.to_str().ok()?),
+        None => None,
+    };
+    match (req.uri().authority(), host) {
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => None,
+        (Some(a), _) => Some(a.as_str().to_owned()),
+        (None, Some(h)) => Some(h.to_owned()),
+        (None, None) => Some(String::new()),
+    }
+}
+
+/// Whether `value` (a comma-separated header) lists `token`, case-insensitively.
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// An HTTP/1 WebSocket upgrade request. Other upgrades (h2c above all, which would carry
+/// requests past policy) are not honoured: their headers are stripped.
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, header::CONNECTION, "upgrade")
+        && has_token(headers, header::UPGRADE, "websocket")
+}
+
+/// Removes hop-by-hop headers; with `keep_upgrade`, keeps what a WebSocket upgrade needs.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The request as sent to the pod: the normalized path (so the pod acts on what the policy
+/// decided on), hop-by-hop headers removed, origin-form for HTTP/1 and absolute for h2.
+fn to_upstream(
+    req: Request<Incoming>,
+    protocol: HttpProtocol,
+    websocket: bool,
+    authority: &str,
+    ctx: &L7Context,
+    path_options: nodemesh_policy::PathOptions,
+) -> Option<Request<Incoming>> {
+    let (mut parts, body) = req.into_parts();
+    let normalized = normalize(raw_path(&parts.uri), path_options).ok()?;
+    let path_and_query = if normalized == parts.uri.path() {
+        parts.uri.path_and_query().cloned()?
+    } else {
+        let rebuilt = match parts.uri.query() {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized.into_owned(),
+        };
+        PathAndQuery::try_from(rebuilt).ok()?
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(path_and_query);
+    match protocol {
+        HttpProtocol::Http1 => {
+            if !parts.headers.contains_key(header::HOST) && !authority.is_empty() {
+                parts
+                    .headers
+                    .insert(header::HOST, HeaderValue::from_str(authority).ok()?);
+            }
+        }
+        HttpProtocol::H2c => {
+            uri.scheme = Some(parts.uri.scheme().cloned().unwrap_or(Scheme::HTTP));
+            uri.authority = Some(match parts.uri.authority() {
+                Some(a) => a.clone(),
+                None if !authority.is_empty() => Authority::try_from(authority).ok()?,
+                None => {
+                    let d = &ctx.destination;
+                    Authority::try_from(std::net::SocketAddr::new(d.ip, d.port).to_string()).ok()?
+                }
+            });
+        }
+    }
+    parts.uri = Uri::from_parts(uri).ok()?;
+    strip_hop_by_hop(&mut parts.headers, websocket);
+    Some(Request::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn websocket_upgrade_needs_both_headers() {
+        assert!(is_websocket_upgrade(&headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket")
+        ])));
+        assert!(!is_websocket_upgrade(&headers(&[("upgrade", "websocket")])));
+        assert!(!is_websocket_upgrade(&headers(&[
+            ("connection", "upgrade"),
+            ("upgrade", "h2c")
+        ])));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get("connection").map(HeaderValue::as_bytes),
+            Some(&b"upgrade"[..])
+        );
+        assert_eq!(
+            h.get("upgrade").map(HeaderValue::as_bytes),
+            Some(&b"websocket"[..])
+        );
+        assert!(h.contains_key("te"));
+    }
+
+    fn request(uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).expect("request")
+    }
+
+    #[test]
+    fn authority_comes_from_the_uri_or_the_single_host() {
+        assert_eq!(
+            request_authority(&request("/x", &["web.shop"])).as_deref(),
+            Some("web.shop")
+        );
+        assert_eq!(request_authority(&request("/x", &[])).as_deref(), Some(""));
+        assert_eq!(
+            request_authority(&request("http://web.shop/x", &["WEB.shop"])).as_deref(),
+            Some("web.shop")
+        );
+        assert_eq!(request_authority(&request("/x", &["a", "b"])), None);
+        assert_eq!(request_authority(&request("http://a/x", &["b"])), None);
+    }
+}
