@@ -1,0 +1,95 @@
+//! Outbound classification, without sockets: where each kind of destination goes.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+
+use nodemesh_config::Config;
+use nodemesh_proxy::observe::RefusalReason;
+use nodemesh_proxy::outbound::{Route, classify};
+use nodemesh_proxy::state::MeshState;
+
+const YAML: &str = r#"
+nodes:
+  - {name: node-a, address: 10.0.0.1, podCIDR: 10.1.0.0/24}
+  - {name: node-b, address: 10.0.0.2, podCIDR: 10.2.0.0/24}
+namespaces:
+  - {name: shop, labels: {nodemesh.io/mesh: enabled}}
+workloads:
+  - {name: web-1, namespace: shop, serviceAccount: web, ip: 10.1.0.11, node: node-a, labels: {app: web}}
+  - {name: local-1, namespace: shop, serviceAccount: local, ip: 10.1.0.12, node: node-a}
+  - {name: plain-1, namespace: legacy, ip: 10.1.0.13, node: node-a}
+  - {name: db-1, namespace: shop, serviceAccount: db, ip: 10.2.0.21, node: node-b, labels: {app: db}}
+  - {name: db-2, namespace: shop, serviceAccount: db, ip: 10.2.0.22, node: node-b, labels: {app: db}}
+services:
+  - {name: db, namespace: shop, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], selector: {app: db}}
+  - {name: none, namespace: shop, vip: 10.96.0.11, ports: [{port: 80}], selector: {app: nothing}}
+"#;
+
+fn state() -> MeshState {
+    MeshState::new(Config::from_yaml_str(YAML, "/").unwrap(), "node-a").unwrap()
+}
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn each_destination_kind_is_routed_or_refused() {
+    let st = state();
+    let web = a("10.1.0.11:40000");
+    let own = [a("127.0.0.1:15001"), a("10.1.0.11:15008")];
+    let route = |dst: &str| classify(&st, web, a(dst), &own).map(|(r, _)| r);
+
+    assert!(
+        matches!(route("10.2.0.21:8080"), Ok(Route::Hbone { target, .. }) if target == a("10.2.0.21:8080"))
+    );
+    assert!(matches!(route("10.1.0.12:8080"), Ok(Route::Local { .. })));
+    assert!(
+        matches!(route("10.1.0.13:8080"), Ok(Route::Passthrough { .. })),
+        "non-mesh pod"
+    );
+    assert!(
+        matches!(route("93.184.216.34:443"), Ok(Route::Passthrough { .. })),
+        "outside the mesh"
+    );
+    assert_eq!(
+        route("10.2.0.99:8080"),
+        Err(RefusalReason::UnknownDestination)
+    );
+    assert_eq!(route("10.96.0.11:80"), Err(RefusalReason::NoEndpoint));
+    assert_eq!(route("127.0.0.1:15001"), Err(RefusalReason::Loop));
+    assert_eq!(
+        classify(&st, a("10.1.0.77:1"), a("10.2.0.21:8080"), &own).map(|(r, _)| r),
+        Err(RefusalReason::UnknownSource)
+    );
+    assert_eq!(
+        classify(&st, a("10.2.0.21:1"), a("10.1.0.12:8080"), &own).map(|(r, _)| r),
+        Err(RefusalReason::UnknownSource),
+        "a pod of another node is no local source"
+    );
+}
+
+#[test]
+fn service_vip_round_robins_over_endpoints_with_the_target_port() {
+    let st = state();
+    let mut targets = Vec::new();
+    for _ in 0..4 {
+        let (route, service) = classify(&st, a("10.1.0.11:1"), a("10.96.0.10:80"), &[]).unwrap();
+        assert_eq!(service.as_deref(), Some("db.shop"));
+        let Route::Hbone {
+            target,
+            destination,
+            ..
+        } = route
+        else {
+            panic!("{route:?}")
+        };
+        assert_eq!(destination.as_str(), "spiffe://cluster.local/ns/shop/sa/db");
+        assert_eq!(target.port(), 8080);
+        targets.push(target.ip().to_string());
+    }
+    assert_eq!(
+        targets,
+        ["10.2.0.21", "10.2.0.22", "10.2.0.21", "10.2.0.22"]
+    );
+}
