@@ -65,10 +65,8 @@ async fn pod_handler(
         .map_or("", |p| p.as_str())
         .to_owned();
     let _ = seen.send(target.clone());
-    let upgrade = req
-        .headers()
-        .get("upgrade")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    // This pod switches to whatever protocol it is asked for, and on `/switch` unasked.
+    let upgrade = req.headers().contains_key("upgrade") || target.ends_with("/switch");
     if upgrade {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -82,8 +80,11 @@ async fn pod_handler(
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         resp.headers_mut()
             .insert("connection", "upgrade".parse().expect("value"));
-        resp.headers_mut()
-            .insert("upgrade", "websocket".parse().expect("value"));
+        let to = req.headers().get("upgrade").cloned();
+        resp.headers_mut().insert(
+            "upgrade",
+            to.unwrap_or_else(|| "websocket".parse().expect("value")),
+        );
         return Ok(resp);
     }
     let host = req
@@ -454,6 +455,39 @@ async fn allowed_websocket_upgrade_is_relayed_raw() {
     assert_eq!(drain(&mut pod.seen), ["/public/ws"]);
     let statuses: Vec<u16> = drain(&mut t.records).iter().map(|r| r.status).collect();
     assert_eq!(statuses, [403, 101]);
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_switch_protocols() {
+    let mut pod = start_pod(false).await;
+    let mut t = open_tunnel(pod.addr, WEB, fast_sniff()).await;
+    // An h2c upgrade would carry later requests past policy: the pod never sees it asked for.
+    let a = send(
+        &mut t.client,
+        "GET /public/h2 HTTP/1.1\r\nhost: web.shop\r\nconnection: Upgrade, HTTP2-Settings\r\n\
+         upgrade: h2c\r\nhttp2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "pod saw GET /public/h2 host=web.shop");
+    // A pod that switches protocols unasked gets no raw tunnel either.
+    let a = get(&mut t.client, "GET", "/public/switch").await;
+    assert_eq!(a.status, 502);
+    // The client's connection is still HTTP, on a new pod connection.
+    assert_eq!(get(&mut t.client, "GET", "/public/x").await.status, 200);
+    drop(t.client);
+    let summary = served(t.server).await;
+    assert_eq!((summary.requests, summary.upgraded), (3, None));
+    assert_eq!(pod.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        drain(&mut pod.seen),
+        ["/public/h2", "/public/switch", "/public/x"]
+    );
+    let flags: Vec<&str> = drain(&mut t.records)
+        .iter()
+        .map(|r| r.response_flags)
+        .collect();
+    assert_eq!(flags, ["-", "UPE", "-"]);
 }
 
 #[tokio::test]
