@@ -171,10 +171,7 @@ pub fn refused(ctx: &Ctx, refused: &Refused, mut flow: Flow) {
 /// Serves a connection captured on the inbound plaintext listener (15006): traffic to a local
 /// pod that did not come through HBONE. STRICT namespaces refuse it; PERMISSIVE ones apply policy
 /// with no principal.
-pub async fn serve_plaintext(ctx: &Ctx, stream: TcpStream, peer: SocketAddr) {
-    let Ok(target) = stream.local_addr() else {
-        return;
-    };
+pub async fn serve_plaintext(ctx: &Ctx, stream: TcpStream, peer: SocketAddr, target: SocketAddr) {
     let arrival = Arrival {
         peer: None,
         src: peer,

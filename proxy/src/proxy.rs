@@ -281,6 +281,18 @@ impl ProxyHandle {
         });
     }
 
+    /// Handles a plaintext connection to a local pod whose original destination is `orig_dst`:
+    /// the path the inbound plaintext listener takes after accept.
+    pub fn inbound_plaintext_entry(&self, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
+        let Ok(src) = stream.peer_addr() else { return };
+        let ctx = Arc::clone(&self.ctx);
+        let guard = ctx.drain.guard();
+        tokio::spawn(async move {
+            crate::inbound::serve_plaintext(&ctx, stream, src, orig_dst).await;
+            drop(guard);
+        });
+    }
+
     /// Drains: stop accepting, GOAWAY on HBONE, wait for in-flight connections up to the drain
     /// timeout, then stop everything.
     pub async fn drain(self) -> DrainOutcome {
@@ -339,7 +351,12 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, kind: Listener) {
                 Listener::Hbone => {
                     crate::hbone::server::serve_connection(Arc::clone(&ctx), stream, peer).await
                 }
-                Listener::Plaintext => crate::inbound::serve_plaintext(&ctx, stream, peer).await,
+                Listener::Plaintext => match stream.local_addr() {
+                    Ok(orig_dst) => {
+                        crate::inbound::serve_plaintext(&ctx, stream, peer, orig_dst).await
+                    }
+                    Err(error) => tracing::debug!(%error, "no original destination"),
+                },
             }
             drop(guard);
         });

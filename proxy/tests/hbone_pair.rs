@@ -659,3 +659,21 @@ policies:
     );
     assert!(requests("403").ends_with(" 3"));
 }
+
+#[tokio::test]
+async fn plaintext_into_a_strict_namespace_is_refused() {
+    let mesh = Mesh::start("").await;
+    let capture = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(addr(&mesh.ip("0.1"), 0)).unwrap();
+    let client = socket.connect(capture.local_addr().unwrap()).await.unwrap();
+    let (accepted, _) = capture.accept().await.unwrap();
+    mesh.b
+        .inbound_plaintext_entry(accepted, mesh.addr("2.21", ECHO));
+    assert!(read_all(client).await.is_empty());
+    let metrics = mesh.b.ctx().metrics.render();
+    assert!(
+        metrics.contains(r#"nodemesh_connections_refused_total{reason="strict_mtls"} 1"#),
+        "{metrics}"
+    );
+}
