@@ -94,6 +94,9 @@ async fn pod_handler(
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
+    if target.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let body = format!("pod saw {} {target} host={host}", req.method());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     if target.ends_with("/close") {
@@ -678,6 +681,31 @@ async fn unreachable_pod_gets_503() {
     served(t.server).await;
     let records = drain(&mut t.records);
     assert_eq!(records[0].response_flags, "UF");
+    assert_eq!(records[0].verdict, Verdict::Allow);
+}
+
+#[tokio::test]
+async fn client_leaving_mid_request_is_recorded() {
+    let pod = start_pod(false).await;
+    let mut t = open_tunnel(pod.addr, WEB, fast_sniff()).await;
+    t.client
+        .write_all(b"GET /public/slow HTTP/1.1\r\nhost: web.shop\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(t.client);
+    let ended = tokio::time::timeout(Duration::from_secs(1), t.server)
+        .await
+        .expect("the client's leaving ends serving before the pod answers")
+        .expect("no panic");
+    // Hyper reports the unanswered request as an incomplete message.
+    assert!(
+        matches!(&ended, Err(L7Error::Downstream { summary, .. }) if summary.requests == 1),
+        "{ended:?}"
+    );
+    let records = drain(&mut t.records);
+    assert_eq!(records.len(), 1);
+    assert_eq!((records[0].status, records[0].response_flags), (0, "DC"));
     assert_eq!(records[0].verdict, Verdict::Allow);
 }
 

@@ -67,9 +67,11 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Reports a request's record when dropped, with the time since the request head arrived.
+/// A request's record, reported when this drops (with the time since the request head
+/// arrived): after the response body, or when the client went away first.
 pub(crate) struct Finish {
-    record: Option<RequestRecord>,
+    /// Filled in as the request proceeds.
+    pub(crate) record: RequestRecord,
     started: Instant,
     sink: RequestSink,
     _active: ActiveGuard,
@@ -83,26 +85,26 @@ impl Finish {
         active: ActiveGuard,
     ) -> Self {
         Self {
-            record: Some(record),
+            record,
             started,
             sink,
             _active: active,
-        }
-    }
-
-    fn set_flags(&mut self, flags: &'static str) {
-        if let Some(r) = &mut self.record {
-            r.response_flags = flags;
         }
     }
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
-            record.duration = self.started.elapsed();
-            (self.sink)(record);
-        }
+        let r = &mut self.record;
+        let record = RequestRecord {
+            method: std::mem::take(&mut r.method),
+            path: std::mem::take(&mut r.path),
+            authority: std::mem::take(&mut r.authority),
+            policy: r.policy.take(),
+            duration: self.started.elapsed(),
+            ..*r
+        };
+        (self.sink)(record);
     }
 }
 
@@ -114,16 +116,17 @@ enum Kind {
 /// A response body: a local answer or the pod's, streamed.
 pub(crate) struct L7Body {
     kind: Kind,
-    finish: Option<Finish>,
+    ended: bool,
+    finish: Finish,
 }
 
 impl L7Body {
     /// A body of fixed bytes (may be empty).
-    pub(crate) fn full(bytes: impl Into<Bytes>, finish: Finish) -> Self {
-        let bytes = bytes.into();
+    pub(crate) fn full(bytes: Bytes, finish: Finish) -> Self {
         Self {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
-            finish: Some(finish),
+            ended: false,
+            finish,
         }
     }
 
@@ -131,7 +134,19 @@ impl L7Body {
     pub(crate) fn upstream(body: Incoming, finish: Finish) -> Self {
         Self {
             kind: Kind::Upstream(body),
-            finish: Some(finish),
+            ended: false,
+            finish,
+        }
+    }
+}
+
+impl Drop for L7Body {
+    fn drop(&mut self) {
+        let unfinished = !self.ended && !self.is_end_stream();
+        let flags = &mut self.finish.record.response_flags;
+        if unfinished && *flags == "-" {
+            // Dropped before its end: the client went away.
+            *flags = "DC";
         }
     }
 }
@@ -145,18 +160,19 @@ impl Body for L7Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        match &mut this.kind {
+        let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Err(_))) = &polled
-                    && let Some(f) = &mut this.finish
-                {
-                    f.set_flags("UC");
-                }
-                polled
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(Err(_))) => {
+                this.ended = true;
+                this.finish.record.response_flags = "UC";
             }
+            _ => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

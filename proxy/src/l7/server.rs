@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::body::{ActiveGuard, Activity, Finish, L7Body};
+use super::body::{Activity, Finish, L7Body};
 use super::context::{L7Context, RequestRecord};
 use super::sniff::{HttpProtocol, Rewind, sniff};
 use super::upstream::{ConnectFuture, Upstream, UpstreamError};
@@ -254,15 +254,12 @@ impl<C> Shared<C> {
         &self,
         status: StatusCode,
         body: &'static str,
-        mut record: RequestRecord,
-        started: Instant,
-        active: ActiveGuard,
+        mut finish: Finish,
     ) -> Response<L7Body> {
         if matches!(status, StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN) {
             self.denied.fetch_add(1, Ordering::Relaxed);
         }
-        record.status = status.as_u16();
-        let finish = Finish::new(record, started, Arc::clone(&self.ctx.on_request), active);
+        finish.record.status = status.as_u16();
         let mut resp = Response::new(L7Body::full(Bytes::from_static(body.as_bytes()), finish));
         *resp.status_mut() = status;
         resp.headers_mut()
@@ -275,32 +272,33 @@ async fn handle<C>(shared: &Shared<C>, mut req: Request<Incoming>) -> Response<L
 where
     C: Fn() -> ConnectFuture + Send + Sync + 'static,
 {
-    let started = Instant::now();
-    let active = shared.activity.begin();
     shared.requests.fetch_add(1, Ordering::Relaxed);
     let ctx = &shared.ctx;
-    let mut record = RequestRecord {
-        protocol: shared.protocol,
-        method: req.method().as_str().to_owned(),
-        path: raw_path(req.uri()).to_owned(),
-        authority: String::new(),
-        status: 0,
-        verdict: Verdict::Deny,
-        policy: None,
-        reason: "bad_request",
-        response_flags: "-",
-        duration: Duration::ZERO,
-    };
+    // Reported when the response ends, or now if this future is dropped: the client left.
+    let mut finish = Finish::new(
+        RequestRecord {
+            protocol: shared.protocol,
+            method: req.method().as_str().to_owned(),
+            path: raw_path(req.uri()).to_owned(),
+            authority: String::new(),
+            status: 0,
+            verdict: Verdict::Deny,
+            policy: None,
+            reason: "bad_request",
+            response_flags: "DC",
+            duration: Duration::ZERO,
+        },
+        Instant::now(),
+        Arc::clone(&ctx.on_request),
+        shared.activity.begin(),
+    );
+    let record = &mut finish.record;
     match request_authority(&req) {
         Some(a) => record.authority = a,
         None => {
-            return shared.local(
-                StatusCode::BAD_REQUEST,
-                "bad request: conflicting or invalid Host",
-                record,
-                started,
-                active,
-            );
+            record.response_flags = "-";
+            let body = "bad request: conflicting or invalid Host";
+            return shared.local(StatusCode::BAD_REQUEST, body, finish);
         }
     }
 
@@ -320,37 +318,29 @@ where
     record.verdict = verdict;
     record.reason = reason.code();
     if matches!(reason, Reason::InvalidPath(_)) {
-        return shared.local(
-            StatusCode::BAD_REQUEST,
-            "bad request: invalid path",
-            record,
-            started,
-            active,
-        );
+        record.response_flags = "-";
+        return shared.local(StatusCode::BAD_REQUEST, "bad request: invalid path", finish);
     }
     if verdict == Verdict::Deny {
-        return shared.local(StatusCode::FORBIDDEN, DENIED_BODY, record, started, active);
+        record.response_flags = "-";
+        return shared.local(StatusCode::FORBIDDEN, DENIED_BODY, finish);
     }
 
     let websocket = shared.protocol == HttpProtocol::Http1 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let path_options = ctx.policies.options().path;
-    let Some(upstream_req) = to_upstream(
+    let upstream_req = to_upstream(
         req,
         shared.protocol,
         websocket,
         &record.authority,
         ctx,
         path_options,
-    ) else {
+    );
+    let Some(upstream_req) = upstream_req else {
         record.reason = "bad_request";
-        return shared.local(
-            StatusCode::BAD_REQUEST,
-            "bad request",
-            record,
-            started,
-            active,
-        );
+        record.response_flags = "-";
+        return shared.local(StatusCode::BAD_REQUEST, "bad request", finish);
     };
 
     let mut resp = match shared.upstream.send(upstream_req).await {
@@ -367,8 +357,8 @@ where
                     (StatusCode::BAD_GATEWAY, "UC", "upstream request failed")
                 }
             };
-            record.response_flags = flags;
-            return shared.local(status, body, record, started, active);
+            finish.record.response_flags = flags;
+            return shared.local(status, body, finish);
         }
     };
 
@@ -376,28 +366,23 @@ where
         // Whatever happens next, the pod connection is no longer HTTP.
         shared.upstream.forget().await;
         let Some(downstream) = on_upgrade else {
-            record.response_flags = "UPE";
-            return shared.local(
-                StatusCode::BAD_GATEWAY,
-                "upstream switched protocols unasked",
-                record,
-                started,
-                active,
-            );
+            finish.record.response_flags = "UPE";
+            let body = "upstream switched protocols unasked";
+            return shared.local(StatusCode::BAD_GATEWAY, body, finish);
         };
         let upstream = hyper::upgrade::on(&mut resp);
         let _ = shared
             .upgrades
             .send(tokio::spawn(relay_upgraded(downstream, upstream)));
-        record.status = resp.status().as_u16();
-        let finish = Finish::new(record, started, Arc::clone(&ctx.on_request), active);
+        finish.record.status = resp.status().as_u16();
+        finish.record.response_flags = "-";
         let (parts, _empty) = resp.into_parts();
         return Response::from_parts(parts, L7Body::full(Bytes::new(), finish));
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
-    record.status = resp.status().as_u16();
-    let finish = Finish::new(record, started, Arc::clone(&ctx.on_request), active);
+    finish.record.status = resp.status().as_u16();
+    finish.record.response_flags = "-";
     resp.map(|body| L7Body::upstream(body, finish))
 }
 
