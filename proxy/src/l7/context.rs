@@ -73,7 +73,8 @@ pub struct RequestRecord {
     pub path: String,
     /// `Host` / `:authority`; empty when absent.
     pub authority: String,
-    /// The status answered downstream (the pod's, or the proxy's own 400/403/502/503).
+    /// The status answered downstream (the pod's, or the proxy's own 400/403/502/503); 0 when
+    /// the client left before any answer.
     pub status: u16,
     /// The policy verdict.
     pub verdict: Verdict,
@@ -83,7 +84,8 @@ pub struct RequestRecord {
     /// `bad_request` when the request was refused before policy.
     pub reason: &'static str,
     /// Envoy-style response flags: `-`, `UF` (upstream connect failure), `UC` (upstream
-    /// connection failed mid-request), `UPE` (the pod switched protocols unasked).
+    /// connection failed mid-request), `UPE` (the pod switched protocols unasked), `DC` (the
+    /// client left before the response ended).
     pub response_flags: &'static str,
     /// From the request head to the end of the response body (or its abandonment).
     pub duration: Duration,
