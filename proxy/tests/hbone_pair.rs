@@ -22,7 +22,7 @@ fn checksum(data: &[u8]) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_round_trip_intact_across_nodes() {
     let mesh = Mesh::start("").await;
-    for size in [1usize, 64 * 1024, 64 * 1024 * 1024] {
+    for size in [1usize, 64 * 1024, 256 * 1024 * 1024] {
         let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
         let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
         let back = echo_roundtrip(client, &data).await;
@@ -265,8 +265,8 @@ policies:
 
 #[tokio::test]
 async fn drain_lets_in_flight_transfers_finish_and_refuses_new_ones() {
-    let mesh = Mesh::start("").await;
-    let data: Vec<u8> = (0..16 * 1024 * 1024)
+    let mesh = Mesh::start_with("", |o| o.drain_timeout = Duration::from_secs(120)).await;
+    let data: Vec<u8> = (0..100 * 1024 * 1024)
         .map(|i: usize| (i % 253) as u8)
         .collect();
     let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
@@ -275,7 +275,7 @@ async fn drain_lets_in_flight_transfers_finish_and_refuses_new_ones() {
     let outbound = mesh.a.listening.outbound;
     let outcome = mesh.a.drain().await;
     assert!(outcome.is_clean(), "{outcome:?}");
-    assert_eq!(transfer.await.unwrap(), 16 * 1024 * 1024);
+    assert_eq!(transfer.await.unwrap(), 100 * 1024 * 1024);
     assert!(
         tokio::net::TcpStream::connect(outbound).await.is_err(),
         "listener closed"
