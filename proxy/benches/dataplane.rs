@@ -116,5 +116,59 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// Resident memory of this process, in bytes (Linux).
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// RSS growth per idle proxied connection, over 1,000 connections held open through both
+/// proxies (client socket, both proxies' state, the HBONE stream, the echo server's task: the
+/// whole path in one process). Printed, not timed.
+fn idle_connection_memory(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mesh = rt.block_on(Mesh::start(""));
+    let echo = mesh.addr("2.21", ECHO);
+    let web = mesh.web();
+    let per_connection = rt.block_on(async {
+        // Warm up the pool and allocator first.
+        let mut warm = Vec::new();
+        for _ in 0..100 {
+            warm.push(dial(&mesh.a, &web, echo).await);
+        }
+        for s in &mut warm {
+            s.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+        }
+        let before = rss();
+        let mut held = Vec::new();
+        for _ in 0..1000 {
+            let mut s = dial(&mesh.a, &web, echo).await;
+            s.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            held.push(s);
+        }
+        let after = rss();
+        drop(held);
+        drop(warm);
+        (after.saturating_sub(before)) / 1000
+    });
+    eprintln!(
+        "idle_connection_memory: {} bytes of RSS per idle proxied connection (whole path, 1,000 connections)",
+        per_connection
+    );
+    let _ = c;
+}
+
+criterion_group!(benches, bench, idle_connection_memory);
 criterion_main!(benches);
