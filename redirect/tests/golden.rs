@@ -1,0 +1,82 @@
+//! Golden tests: the rendered rules compared exactly with the text under `tests/golden/`.
+//!
+//! After an intended change, regenerate with `NODEMESH_BLESS=1 cargo test -p nodemesh-redirect
+//! --test golden` and review the diff.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use nodemesh_redirect::{Backend, RuleSet};
+
+fn rules(backend: Backend) -> RuleSet {
+    RuleSet::parse(backend, ["10.200.1.12", "10.200.1.11", "10.200.1.13"]).unwrap()
+}
+
+fn check(name: &str, rendered: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("NODEMESH_BLESS").is_some() {
+        std::fs::write(&path, rendered).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (bless with NODEMESH_BLESS=1)", path.display()));
+    assert_eq!(
+        rendered,
+        expected,
+        "{} differs from the rendering",
+        path.display()
+    );
+}
+
+#[test]
+fn iptables_restore_input() {
+    check(
+        "iptables-restore.txt",
+        &rules(Backend::Iptables).render_iptables(true),
+    );
+}
+
+#[test]
+fn iptables_restore_input_without_jump() {
+    check(
+        "iptables-restore-nojump.txt",
+        &rules(Backend::Iptables).render_iptables(false),
+    );
+}
+
+#[test]
+fn ipset_restore_input() {
+    check(
+        "ipset-restore.txt",
+        &rules(Backend::Iptables).render_ipset(),
+    );
+}
+
+#[test]
+fn ipset_restore_input_empty() {
+    let empty = RuleSet::new(Backend::Iptables, std::iter::empty::<Ipv4Addr>());
+    check("ipset-restore-empty.txt", &empty.render_ipset());
+}
+
+#[test]
+fn nft_script() {
+    check("nft.txt", &rules(Backend::Nftables).render_nft());
+}
+
+#[test]
+fn nft_script_empty() {
+    let empty = RuleSet::new(Backend::Nftables, std::iter::empty::<Ipv4Addr>());
+    check("nft-empty.txt", &empty.render_nft());
+}
+
+#[test]
+fn nft_set_update() {
+    check("nft-set.txt", &rules(Backend::Nftables).render_nft_set());
+}
+
+#[test]
+fn ip_commands() {
+    check("ip.txt", &rules(Backend::Iptables).render_ip());
+}
