@@ -2,6 +2,7 @@
 //!
 //! After an intended change, regenerate with `NODEMESH_BLESS=1 cargo test -p nodemesh-redirect
 //! --test golden` and review the diff.
+#![allow(clippy::unwrap_used)] // Test helpers: a panic is a failed test.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

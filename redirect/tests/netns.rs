@@ -1,0 +1,411 @@
+//! Root tier: apply, re-apply, update, status and remove in a network namespace of each test's
+//! own, for both backends.
+//!
+//! Runs when root. Without root the tests print a skip line and pass, unless `NODEMESH_E2E=1`,
+//! where a skip is a failure. The namespace is deleted by a guard, even when a test fails.
+#![allow(clippy::unwrap_used)] // Test helpers: a panic is a failed test.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nodemesh_redirect::{
+    Backend, Host, ItemState, NFT_TABLE, RedirectError, RuleSet, Tool, apply, remove, status,
+};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the root tier runs here; panics when it must run and cannot.
+fn root_tier(test: &str) -> bool {
+    let forced = std::env::var("NODEMESH_E2E").is_ok_and(|v| v == "1");
+    let missing: Vec<_> = [
+        Tool::Ip,
+        Tool::IptablesRestore,
+        Tool::IptablesSave,
+        Tool::Ipset,
+        Tool::Nft,
+    ]
+    .into_iter()
+    .filter_map(|t| t.locate().err())
+    .map(|e| e.to_string())
+    .collect();
+    let reason = if !is_root() {
+        Some("not root".to_owned())
+    } else if !missing.is_empty() {
+        Some(missing.join("; "))
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(reason) if forced => panic!("{test}: NODEMESH_E2E=1 but cannot run: {reason}"),
+        Some(reason) => {
+            eprintln!("skip {test}: {reason} (set NODEMESH_E2E=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+/// A network namespace of our own, deleted on drop (its processes killed first).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "nm-redir-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        // A new namespace has `lo` down; the local route of table 133 needs it up.
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn host(&self) -> Host {
+        Host::netns(&self.name)
+    }
+
+    fn exec(&self, argv: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn sh(argv: &[&str]) -> String {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Everything of the namespace's firewall and routing that capture could touch, with
+/// `iptables-save` comments and counters stripped.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    iptables: Vec<String>,
+    ipsets: String,
+    nft: String,
+    rules: String,
+    routes: String,
+}
+
+fn snapshot(ns: &Netns) -> Snapshot {
+    let iptables = ns
+        .exec(&["iptables-save"])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.find(" [") {
+            Some(i) if l.starts_with(':') => l[..i].to_owned(),
+            _ => l.to_owned(),
+        })
+        .collect();
+    Snapshot {
+        iptables,
+        ipsets: ns.exec(&["ipset", "save"]),
+        nft: ns.exec(&["nft", "list", "ruleset"]),
+        rules: ns.exec(&["ip", "-4", "rule", "list"]),
+        routes: ns.exec(&["ip", "-4", "route", "show", "table", "all"]),
+    }
+}
+
+/// The parts of a snapshot that are ours.
+fn ours(s: &Snapshot) -> Vec<String> {
+    let mut found: Vec<String> = s
+        .iptables
+        .iter()
+        .filter(|l| l.contains("NODEMESH"))
+        .cloned()
+        .collect();
+    found.extend(s.ipsets.lines().map(str::to_owned));
+    found.extend(
+        s.nft
+            .lines()
+            .filter(|l| l.contains(NFT_TABLE))
+            .map(str::to_owned),
+    );
+    found.extend(
+        s.rules
+            .lines()
+            .filter(|l| l.contains("lookup 133"))
+            .map(str::to_owned),
+    );
+    found.extend(
+        s.routes
+            .lines()
+            .filter(|l| l.contains("table 133"))
+            .map(str::to_owned),
+    );
+    found
+}
+
+/// The iptables rules that are not ours (built-in chain policies and others' rules).
+fn not_ours(s: &Snapshot) -> Vec<String> {
+    s.iptables
+        .iter()
+        .filter(|l| l.starts_with("-A") && !l.contains("NODEMESH"))
+        .cloned()
+        .collect()
+}
+
+/// Our nft chain as listed, or nothing when it is not there.
+fn nft_chain(ns: &Netns) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "nft", "list", "chain", "ip", NFT_TABLE,
+        ])
+        .arg("NODEMESH-PREROUTING")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pods(last: &[u8]) -> Vec<Ipv4Addr> {
+    last.iter().map(|&n| Ipv4Addr::new(10, 200, 1, n)).collect()
+}
+
+fn lifecycle(backend: Backend) {
+    let ns = Netns::new();
+    let host = ns.host();
+    // Someone else's rule, which must survive us.
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "mangle",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "udp",
+        "-j",
+        "ACCEPT",
+    ]);
+    let before = snapshot(&ns);
+    assert!(ours(&before).is_empty(), "{:?}", ours(&before));
+
+    let rules = RuleSet::new(backend, pods(&[11, 12]));
+    let st = status(&host, &rules).unwrap();
+    assert!(st.nothing_installed(), "{st}");
+    assert!(!st.in_sync());
+
+    let first = apply(&host, &rules).unwrap();
+    assert!(!first.changed.is_empty());
+    let st = status(&host, &rules).unwrap();
+    assert!(st.in_sync(), "{st}");
+    let installed = snapshot(&ns);
+    match backend {
+        Backend::Iptables => {
+            assert!(
+                installed
+                    .iptables
+                    .contains(&"-A PREROUTING -j NODEMESH-PREROUTING".to_owned())
+            );
+            for rule in rules.iptables_rules() {
+                assert!(
+                    installed.iptables.contains(&rule),
+                    "{rule} not in {:?}",
+                    installed.iptables
+                );
+            }
+            assert!(
+                installed.ipsets.contains("add nodemesh-pods 10.200.1.11"),
+                "{}",
+                installed.ipsets
+            );
+            assert!(installed.ipsets.contains("add nodemesh-pods 10.200.1.12"));
+            assert!(!installed.ipsets.contains("nodemesh-pods-new"));
+        }
+        Backend::Nftables => {
+            for line in rules.nft_chain_lines() {
+                assert!(
+                    installed.nft.contains(&line),
+                    "{line} not in {}",
+                    installed.nft
+                );
+            }
+            assert!(
+                installed.nft.contains("10.200.1.11, 10.200.1.12"),
+                "{}",
+                installed.nft
+            );
+        }
+    }
+    assert!(
+        installed
+            .rules
+            .contains("100:\tfrom all fwmark 0x111/0xfff lookup 133"),
+        "{}",
+        installed.rules
+    );
+    assert!(
+        installed.routes.contains("local default dev lo table 133"),
+        "{}",
+        installed.routes
+    );
+    assert_eq!(
+        ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "1"
+    );
+
+    // Idempotent: a second apply changes nothing at all.
+    let again = apply(&host, &rules).unwrap();
+    assert!(again.changed.is_empty(), "{:?}", again.changed);
+    assert_eq!(snapshot(&ns), installed);
+
+    // A new pod replaces the set's members only.
+    let chain_before = nft_chain(&ns);
+    let more = rules.with_pods(pods(&[11, 12, 13]));
+    let st = status(&host, &more).unwrap();
+    assert!(!st.in_sync());
+    let update = apply(&host, &more).unwrap();
+    assert_eq!(update.changed.len(), 1, "{:?}", update.changed);
+    assert!(update.changed[0].contains("set"), "{:?}", update.changed);
+    let updated = snapshot(&ns);
+    assert_eq!(updated.iptables, installed.iptables);
+    assert_eq!(updated.rules, installed.rules);
+    assert_eq!(updated.routes, installed.routes);
+    match backend {
+        Backend::Iptables => {
+            assert_eq!(updated.nft, installed.nft);
+            assert_ne!(updated.ipsets, installed.ipsets);
+            assert!(updated.ipsets.contains("add nodemesh-pods 10.200.1.13"));
+        }
+        Backend::Nftables => {
+            assert_eq!(nft_chain(&ns), chain_before);
+            assert!(updated.nft.contains("10.200.1.13"), "{}", updated.nft);
+        }
+    }
+    assert!(status(&host, &more).unwrap().in_sync());
+
+    // Remove leaves nothing of ours and everything else as it was.
+    let removed = remove(&host, &more).unwrap();
+    assert!(!removed.changed.is_empty());
+    let after = snapshot(&ns);
+    assert!(ours(&after).is_empty(), "{:?}", ours(&after));
+    assert_eq!(not_ours(&after), not_ours(&before));
+    assert_eq!(after.rules, before.rules);
+    assert_eq!(after.routes, before.routes);
+    if backend == Backend::Nftables {
+        assert_eq!(after.iptables, before.iptables);
+    }
+    assert!(status(&host, &more).unwrap().nothing_installed());
+    // Removing again is a no-op.
+    assert!(remove(&host, &more).unwrap().changed.is_empty());
+}
+
+#[test]
+fn lifecycle_iptables() {
+    if root_tier("lifecycle_iptables") {
+        lifecycle(Backend::Iptables);
+    }
+}
+
+#[test]
+fn lifecycle_nftables() {
+    if root_tier("lifecycle_nftables") {
+        lifecycle(Backend::Nftables);
+    }
+}
+
+fn drift_repair(backend: Backend) {
+    let ns = Netns::new();
+    let host = ns.host();
+    let rules = RuleSet::new(backend, pods(&[11]));
+    apply(&host, &rules).unwrap();
+    let installed = snapshot(&ns);
+    match backend {
+        Backend::Iptables => {
+            ns.exec(&["iptables", "-t", "mangle", "-D", "NODEMESH-PREROUTING", "3"]);
+            ns.exec(&[
+                "iptables",
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-j",
+                "NODEMESH-PREROUTING",
+            ]);
+        }
+        Backend::Nftables => {
+            ns.exec(&[
+                "nft",
+                "flush",
+                "chain",
+                "ip",
+                NFT_TABLE,
+                "NODEMESH-PREROUTING",
+            ]);
+        }
+    }
+    ns.exec(&["ip", "rule", "del", "pref", "100"]);
+    let st = status(&host, &rules).unwrap();
+    assert!(!st.in_sync(), "{st}");
+    assert!(
+        st.items.iter().any(
+            |i| matches!(i.state, ItemState::Drift(_) | ItemState::Missing)
+                && i.name.contains("chain")
+        ),
+        "{st}"
+    );
+    apply(&host, &rules).unwrap();
+    assert!(status(&host, &rules).unwrap().in_sync());
+    assert_eq!(snapshot(&ns), installed);
+    remove(&host, &rules).unwrap();
+}
+
+#[test]
+fn drift_is_reported_and_repaired_iptables() {
+    if root_tier("drift_is_reported_and_repaired_iptables") {
+        drift_repair(Backend::Iptables);
+    }
+}
+
+#[test]
+fn drift_is_reported_and_repaired_nftables() {
+    if root_tier("drift_is_reported_and_repaired_nftables") {
+        drift_repair(Backend::Nftables);
+    }
+}
+
+#[test]
+fn unknown_namespace_is_refused_before_anything() {
+    if !root_tier("unknown_namespace_is_refused_before_anything") {
+        return;
+    }
+    let host = Host::netns(format!("nm-redir-{}-absent", std::process::id()));
+    let rules = RuleSet::new(Backend::Iptables, pods(&[11]));
+    let err = apply(&host, &rules).unwrap_err();
+    assert!(matches!(err, RedirectError::NoNetns { .. }), "{err}");
+}
