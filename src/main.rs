@@ -31,6 +31,9 @@ enum Command {
     /// Check, explain and lint AuthorizationPolicies offline.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
+    /// Install, remove and check the node's capture rules (iptables or nftables TPROXY).
+    #[command(subcommand)]
+    Redirect(cli::redirect::RedirectCommand),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Ca(cmd) => run_async(cli::ca::run(cmd)),
         Command::Proxy(args) => cli::proxy::run(args),
+        Command::Redirect(cmd) => cli::redirect::run(cmd),
     }
 }
 

@@ -533,7 +533,9 @@ pub fn apply(host: &Host, rules: &RuleSet) -> Result<ApplyReport, RedirectError>
                     Some(&rules.render_nft()),
                     "install our table",
                 )?;
-                report.changed.push(name(3));
+                if state(3) != ItemState::InSync {
+                    report.changed.push(name(3));
+                }
                 report.changed.push(name(4));
             } else if state(3) != ItemState::InSync {
                 host.run(
