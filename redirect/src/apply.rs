@@ -551,13 +551,57 @@ pub fn apply(host: &Host, rules: &RuleSet) -> Result<ApplyReport, RedirectError>
     Ok(report)
 }
 
-/// Deletes every chain, set, ip rule and route of ours on `host` for `rules.backend`; what is
-/// not there is skipped. `ip_forward` is left as it is.
+/// Deletes every chain, set, ip rule and route of ours on `host`: those of `rules.backend`, and
+/// those of the other backend when its tools are installed. What is not there is skipped;
+/// `ip_forward` is left as it is.
 pub fn remove(host: &Host, rules: &RuleSet) -> Result<ApplyReport, RedirectError> {
     preflight(host, rules.backend)?;
     let seen = observe(host, rules)?;
     let mut report = ApplyReport::default();
-    match &seen.firewall {
+    remove_firewall(host, &seen.firewall, &mut report)?;
+    // What the other backend left (the backend was switched): removed too when its tools exist.
+    let other = match rules.backend {
+        Backend::Iptables => Backend::Nftables,
+        Backend::Nftables => Backend::Iptables,
+    };
+    if tools(other).iter().all(|t| t.locate().is_ok()) {
+        let leftover = match other {
+            Backend::Iptables => observe_iptables(host)?,
+            Backend::Nftables => observe_nft(host)?,
+        };
+        remove_firewall(host, &leftover, &mut report)?;
+    }
+    let want_rule = rules.ip_rule_line();
+    let pref = rules.rule_pref.to_string();
+    for line in &seen.rule_lines {
+        if *line == want_rule {
+            let mut argv = vec!["-4", "rule", "del"];
+            let args = rules.ip_rule_args();
+            argv.extend(args.iter().map(String::as_str));
+            host.run(Tool::Ip, &argv, None, "delete the ip rule")?;
+            report.changed.push(format!("ip rule pref {pref}"));
+        }
+    }
+    if seen.route_lines.as_ref().is_some_and(|r| !r.is_empty()) {
+        let table = rules.table.to_string();
+        host.run(
+            Tool::Ip,
+            &["-4", "route", "flush", "table", &table],
+            None,
+            "delete our routes",
+        )?;
+        report.changed.push(format!("route table {table}"));
+    }
+    Ok(report)
+}
+
+/// Deletes the chains, sets or table of `firewall` that exist.
+fn remove_firewall(
+    host: &Host,
+    firewall: &Firewall,
+    report: &mut ApplyReport,
+) -> Result<(), RedirectError> {
+    match firewall {
         Firewall::Iptables {
             chains,
             jumps,
@@ -601,26 +645,5 @@ pub fn remove(host: &Host, rules: &RuleSet) -> Result<ApplyReport, RedirectError
             }
         }
     }
-    let want_rule = rules.ip_rule_line();
-    let pref = rules.rule_pref.to_string();
-    for line in &seen.rule_lines {
-        if *line == want_rule {
-            let mut argv = vec!["-4", "rule", "del"];
-            let args = rules.ip_rule_args();
-            argv.extend(args.iter().map(String::as_str));
-            host.run(Tool::Ip, &argv, None, "delete the ip rule")?;
-            report.changed.push(format!("ip rule pref {pref}"));
-        }
-    }
-    if seen.route_lines.as_ref().is_some_and(|r| !r.is_empty()) {
-        let table = rules.table.to_string();
-        host.run(
-            Tool::Ip,
-            &["-4", "route", "flush", "table", &table],
-            None,
-            "delete our routes",
-        )?;
-        report.changed.push(format!("route table {table}"));
-    }
-    Ok(report)
+    Ok(())
 }

@@ -409,3 +409,20 @@ fn unknown_namespace_is_refused_before_anything() {
     let err = apply(&host, &rules).unwrap_err();
     assert!(matches!(err, RedirectError::NoNetns { .. }), "{err}");
 }
+
+#[test]
+fn remove_also_clears_the_other_backend() {
+    if !root_tier("remove_also_clears_the_other_backend") {
+        return;
+    }
+    let ns = Netns::new();
+    let host = ns.host();
+    let before = snapshot(&ns);
+    apply(&host, &RuleSet::new(Backend::Iptables, pods(&[11]))).unwrap();
+    apply(&host, &RuleSet::new(Backend::Nftables, pods(&[11]))).unwrap();
+    remove(&host, &RuleSet::new(Backend::Nftables, pods(&[11]))).unwrap();
+    let after = snapshot(&ns);
+    assert!(ours(&after).is_empty(), "{:?}", ours(&after));
+    assert_eq!(after.rules, before.rules);
+    assert_eq!(after.routes, before.routes);
+}
