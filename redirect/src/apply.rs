@@ -647,3 +647,93 @@ fn remove_firewall(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(backend: Backend) -> RuleSet {
+        RuleSet::new(
+            backend,
+            [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
+        )
+    }
+
+    fn installed(rules: &RuleSet) -> Observed {
+        let firewall = match rules.backend {
+            Backend::Iptables => Firewall::Iptables {
+                rules: rules.iptables_rules(),
+                chains: vec![CHAIN_DIVERT.into(), CHAIN_PREROUTING.into()],
+                jumps: 1,
+                sets: vec![IPSET_NAME.into()],
+                members: Some(rules.pods().clone()),
+            },
+            Backend::Nftables => Firewall::Nftables {
+                chain: Some(rules.nft_chain_lines()),
+                members: Some(rules.pods().clone()),
+            },
+        };
+        Observed {
+            ip_forward: "1".into(),
+            rule_lines: vec![rules.ip_rule_line()],
+            route_lines: Some(vec![rules.route_line().into()]),
+            firewall,
+        }
+    }
+
+    #[test]
+    fn what_apply_installs_is_in_sync() {
+        for backend in [Backend::Iptables, Backend::Nftables] {
+            let r = rules(backend);
+            let st = compare(&r, &installed(&r));
+            assert!(st.in_sync(), "{st}");
+            assert!(!st.nothing_installed());
+        }
+    }
+
+    #[test]
+    fn drift_is_named() {
+        let r = rules(Backend::Iptables);
+        let mut seen = installed(&r);
+        seen.ip_forward = "0".into();
+        if let Firewall::Iptables { jumps, members, .. } = &mut seen.firewall {
+            *jumps = 2;
+            members.as_mut().unwrap().insert(Ipv4Addr::new(10, 0, 0, 9));
+        }
+        let st = compare(&r, &seen);
+        let text = st.to_string();
+        assert!(text.contains("ip_forward: drift: is 0"), "{text}");
+        assert!(text.contains("2 jumps from mangle PREROUTING"), "{text}");
+        assert!(text.contains("unexpected [10.0.0.9]"), "{text}");
+        assert!(text.ends_with("capture: drift"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_nft_rule_is_drift() {
+        let r = rules(Backend::Nftables);
+        let mut seen = installed(&r);
+        if let Firewall::Nftables { chain: Some(c), .. } = &mut seen.firewall {
+            c.pop();
+        }
+        let st = compare(&r, &seen);
+        assert!(
+            st.items
+                .iter()
+                .any(|i| i.state == ItemState::Drift("1 rule(s) missing, 0 unexpected".into())),
+            "{st}"
+        );
+    }
+
+    #[test]
+    fn nft_json_members() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"set": {"family": "ip", "name": "pods", "table": "nodemesh", "type": "ipv4_addr",
+             "elem": ["10.1.1.1", "10.1.1.2"]}}]}"#;
+        let members = parse_nft_members(json).unwrap();
+        assert_eq!(members.len(), 2);
+        let empty = r#"{"nftables": [{"set": {"name": "pods"}}]}"#;
+        assert!(parse_nft_members(empty).unwrap().is_empty());
+        assert!(parse_nft_members(r#"{"nftables": [{"set": {"elem": ["::1"]}}]}"#).is_err());
+        assert!(parse_nft_members("not json").is_err());
+    }
+}
