@@ -426,3 +426,53 @@ fn remove_also_clears_the_other_backend() {
     assert_eq!(after.rules, before.rules);
     assert_eq!(after.routes, before.routes);
 }
+
+/// Set to a namespace name by [`read_only_proc_sys_is_refused_before_anything`] for the child run.
+const RO_CHILD_ENV: &str = "NODEMESH_REDIRECT_RO_NETNS";
+
+#[test]
+fn read_only_proc_sys_is_refused_before_anything() {
+    if !root_tier("read_only_proc_sys_is_refused_before_anything") {
+        return;
+    }
+    let ns = Netns::new();
+    // The child test runs in a mount namespace of its own where /proc/sys is read-only.
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount --bind -o ro /proc/sys /proc/sys && exec {} --exact read_only_proc_sys_child \
+         --nocapture",
+        exe.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env(RO_CHILD_ENV, &ns.name)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing was touched.
+    assert!(ns.exec(&["ip", "rule", "list", "pref", "100"]).is_empty());
+    assert_eq!(
+        ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "0"
+    );
+}
+
+/// The child of [`read_only_proc_sys_is_refused_before_anything`]; does nothing on its own.
+#[test]
+fn read_only_proc_sys_child() {
+    let Ok(name) = std::env::var(RO_CHILD_ENV) else {
+        return;
+    };
+    let err = apply(
+        &Host::netns(name),
+        &RuleSet::new(Backend::Iptables, pods(&[11])),
+    )
+    .unwrap_err();
+    assert!(matches!(err, RedirectError::IpForward { .. }), "{err}");
+    assert!(err.to_string().contains("read-only"), "{err}");
+}
