@@ -5,45 +5,22 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use nodemesh_identity::{
-    CredentialStore, Credentials, SpiffeId, SvidUsage, TrustBundle, TrustDomain,
-    WatchedCertResolver, client_config, crypto_provider, placeholder_server_name, server_config,
-    verify_svid,
+    CredentialStore, Credentials, SpiffeId, SvidUsage, TrustDomain, WatchedCertResolver,
+    client_config, crypto_provider, placeholder_server_name, server_config, verify_svid,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConnection, ServerConnection};
+use support::TestCa;
 use tokio::sync::watch;
 
-fn root() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let cert = params.self_signed(&key).unwrap().der().clone();
-    (cert, Issuer::new(params, key))
-}
-
-fn store(
-    root: &(CertificateDer<'static>, Issuer<'static, KeyPair>),
-    id: &str,
-) -> Arc<CredentialStore> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let leaf = params.signed_by(&key, &root.1).unwrap().der().clone();
+fn store(ca: &TestCa, id: &str) -> Arc<CredentialStore> {
+    let (chain, key) = ca.svid(id);
     let id = SpiffeId::new(id).unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let creds = Credentials::new(&id, vec![leaf, root.0.clone()], key, &crypto_provider()).unwrap();
+    let creds = Credentials::new(&id, chain, key, &crypto_provider()).unwrap();
     let store = Arc::new(CredentialStore::new(id));
     store.replace(Arc::new(creds));
     store
@@ -74,8 +51,8 @@ fn pump(client: &mut ClientConnection, server: &mut ServerConnection, buf: &mut 
 }
 
 fn bench(c: &mut Criterion) {
-    let root = root();
-    let bundle = TrustBundle::from_der(vec![root.0.clone()]).unwrap();
+    let root = TestCa::new("bench root");
+    let bundle = root.bundle();
     let (_tx, bundle_rx) = watch::channel(Arc::new(bundle.clone()));
     let server_id = "spiffe://cluster.local/ns/shop/sa/db";
     let server_store = store(&root, server_id);
