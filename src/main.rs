@@ -34,6 +34,11 @@ enum Command {
     /// Install, remove and check the node's capture rules (iptables or nftables TPROXY).
     #[command(subcommand)]
     Redirect(cli::redirect::RedirectCommand),
+    /// Build a mini-cluster from network namespaces and show the mesh at work (needs root).
+    Demo(cli::demo::DemoArgs),
+    /// A pod's HTTP and TCP echo server, for the demo and tests.
+    #[command(hide = true)]
+    TestbedApp(cli::demo::AppArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,8 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => run_async(cli::ca::run(cmd)),
         Command::Proxy(args) => cli::proxy::run(args),
         Command::Redirect(cmd) => cli::redirect::run(cmd),
+        Command::Demo(args) => cli::demo::run(args),
+        Command::TestbedApp(args) => cli::demo::run_app(args),
     }
 }
 
