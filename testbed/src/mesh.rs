@@ -191,6 +191,31 @@ impl Testbed {
         Ok(process.stop(signal, Duration::from_secs(10)))
     }
 
+    /// Starts `argv` inside namespace `ns` (a pod or node of this testbed) as the process
+    /// `key`, with its output in `<dir>/<key>.log`; it is killed at teardown.
+    pub fn start_process(
+        &mut self,
+        key: &str,
+        ns: &Netns,
+        argv: &[&str],
+    ) -> Result<(), TestbedError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| TestbedError::Spec("empty command".into()))?;
+        let mut cmd = ns.command(program);
+        cmd.args(args);
+        let log = self.dir.join(format!("{}.log", key.replace('/', "-")));
+        let process = Process::start(key, cmd, &log)?;
+        self.processes.insert(key.to_owned(), process);
+        Ok(())
+    }
+
+    /// The pid of a running process (`ca`, `proxy/<node>`, `app/<pod>`, or a key given to
+    /// [`Testbed::start_process`]).
+    pub fn pid(&self, process: &str) -> Option<u32> {
+        self.processes.get(process).and_then(Process::pid)
+    }
+
     /// The flow log file of `node`'s proxy.
     pub fn flow_log_path(&self, node: &str) -> PathBuf {
         self.dir.join(node).join("flows.jsonl")
