@@ -15,8 +15,10 @@ const NGINX_PORT: u16 = 8081;
 const IPERF_PORT: u16 = 5201;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo test --benches` lists; nothing to list
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("the netns bench runs under `cargo bench --bench netns` (scripts/bench-netns)");
+        return;
     }
     nodemesh_testbed::check_prerequisites().expect("the netns bench needs root");
     let workers: usize = std::env::var("NODEMESH_BENCH_WORKERS")
