@@ -94,6 +94,36 @@ fn demo_steps(backend: Backend) {
     );
 }
 
+/// With only `CAP_NET_ADMIN` and `CAP_NET_RAW` (the Helm chart's DaemonSet capabilities), the
+/// proxies install capture and serve the demo's traffic.
+fn runs_with_only_net_admin_and_net_raw(backend: Backend) {
+    if !root_tier("runs_with_only_net_admin_and_net_raw", backend) {
+        return;
+    }
+    let mut opts = options(backend);
+    opts.only_net_caps = true;
+    let bed = shop(scenario::shop(), &opts);
+    for node in ["node-a", "node-b"] {
+        let pid = bed.pid(&format!("proxy/{node}")).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let effective = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        const NET_ADMIN: u64 = 1 << 12;
+        const NET_RAW: u64 = 1 << 13;
+        assert_eq!(effective, NET_ADMIN | NET_RAW, "{node} proxy capabilities");
+    }
+    for step in [
+        scenario::allowed_via_service,
+        scenario::l7_deny,
+        scenario::strict_refuses_plaintext,
+    ] {
+        assert_ok(&bed, &step(&bed).unwrap());
+    }
+}
+
 /// SIGTERM (drain) and SIGKILL (crash) of node-b's proxy both leave capture in place: calls
 /// fail, nothing reaches the underlay in plaintext, and a restarted proxy serves again.
 fn stopped_proxy_fails_closed(backend: Backend) {
@@ -380,6 +410,7 @@ macro_rules! per_backend {
 
 per_backend!(
     demo_steps,
+    runs_with_only_net_admin_and_net_raw,
     stopped_proxy_fails_closed,
     same_node_goes_through_policy,
     preserves_source_ip,

@@ -33,6 +33,9 @@ pub struct MeshOptions {
     pub preserve_source_ip: bool,
     /// Data-plane threads per proxy.
     pub worker_threads: usize,
+    /// Run the proxies with only `CAP_NET_ADMIN` and `CAP_NET_RAW` (`setpriv --bounding-set`),
+    /// as the Helm chart's DaemonSet does.
+    pub only_net_caps: bool,
 }
 
 impl MeshOptions {
@@ -43,6 +46,7 @@ impl MeshOptions {
             backend: Backend::Iptables,
             preserve_source_ip: false,
             worker_threads: 1,
+            only_net_caps: false,
         }
     }
 }
@@ -143,7 +147,20 @@ impl Testbed {
     fn spawn_proxy(&mut self, node: &str, opts: &MeshOptions) -> Result<(), TestbedError> {
         let ns = self.node(node)?.clone();
         let dir = self.dir.join(node);
-        let mut cmd = ns.command(&opts.binary);
+        let mut cmd = if opts.only_net_caps {
+            let mut cmd = ns.command("setpriv");
+            cmd.args([
+                "--bounding-set",
+                "-all,+net_admin,+net_raw",
+                "--inh-caps",
+                "-all",
+                "--",
+            ])
+            .arg(&opts.binary);
+            cmd
+        } else {
+            ns.command(&opts.binary)
+        };
         cmd.arg("proxy")
             .arg("--config")
             .arg(self.config_file())
