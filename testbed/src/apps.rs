@@ -20,11 +20,18 @@ pub const ECHO_PORT: u16 = 9000;
 /// Largest request body the HTTP server reads.
 const MAX_BODY: usize = 1 << 20;
 
-/// Serves HTTP on `http` and TCP echo on `echo` until the process ends. The HTTP answer is one
-/// line: `pod=NAME peer=IP:PORT method=M path=P bytes=N`.
+/// Serves HTTP on `http` and echo on `echo` (TCP and UDP) until the process ends. The HTTP
+/// answer is one line: `pod=NAME peer=IP:PORT method=M path=P bytes=N`.
 pub async fn serve(name: String, http: SocketAddr, echo: SocketAddr) -> std::io::Result<()> {
     let http = TcpListener::bind(http).await?;
+    let udp = tokio::net::UdpSocket::bind(echo).await?;
     let echo = TcpListener::bind(echo).await?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(&buf[..n], from).await;
+        }
+    });
     let name: std::sync::Arc<str> = name.into();
     tokio::spawn(async move {
         loop {
@@ -166,6 +173,26 @@ pub async fn echo(
         sent.map_err(io)?;
         received.map_err(io)?;
         Ok(back)
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or(Err(CallError::Timeout(target, timeout)))
+}
+
+/// Sends `payload` as one UDP datagram to the echo server at `target` and returns the answer.
+pub async fn udp_echo(
+    target: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, CallError> {
+    let call = async {
+        let io = |e: std::io::Error| CallError::NoAnswer(target, e.to_string());
+        let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.map_err(io)?;
+        socket.send_to(payload, target).await.map_err(io)?;
+        let mut buf = vec![0u8; 65536];
+        let n = socket.recv(&mut buf).await.map_err(io)?;
+        buf.truncate(n);
+        Ok(buf)
     };
     tokio::time::timeout(timeout, call)
         .await

@@ -36,6 +36,8 @@ pub struct Testbed {
     pub(crate) processes: BTreeMap<String, Process>,
     /// How the mesh was started, for restarts.
     pub(crate) mesh: Option<crate::mesh::MeshOptions>,
+    /// Each node's WireGuard public key, once created.
+    pub(crate) wireguard_keys: BTreeMap<String, String>,
     kept: bool,
 }
 
@@ -71,6 +73,7 @@ impl Testbed {
             pods: BTreeMap::new(),
             processes: BTreeMap::new(),
             mesh: None,
+            wireguard_keys: BTreeMap::new(),
             kept: false,
         };
         bed.wire()?; // on error, `bed` is dropped and tears down what exists

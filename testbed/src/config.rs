@@ -23,18 +23,27 @@ pub fn ca_address(plan: &Plan) -> (Ipv4Addr, u16) {
 }
 
 /// The standalone config of `spec` placed by `plan`, with the CA on the first node and its
-/// trust bundle at `ca/trust-bundle.pem` (relative to the file).
-pub fn render(spec: &ClusterSpec, plan: &Plan) -> Value {
+/// trust bundle at `ca/trust-bundle.pem` (relative to the file), and each node's WireGuard public
+/// key when `wireguard_keys` has one.
+pub fn render(
+    spec: &ClusterSpec,
+    plan: &Plan,
+    wireguard_keys: &std::collections::BTreeMap<String, String>,
+) -> Value {
     let (ca_ip, ca_port) = ca_address(plan);
     let nodes: Vec<Value> = plan
         .nodes
         .iter()
         .map(|n| {
-            json!({
+            let mut node = json!({
                 "name": n.name,
                 "address": n.address.to_string(),
                 "podCIDR": format!("{}/24", n.pod_cidr),
-            })
+            });
+            if let Some(key) = wireguard_keys.get(&n.name) {
+                node["wireguardPublicKey"] = json!(key);
+            }
+            node
         })
         .collect();
     let namespaces: Vec<Value> = spec
@@ -84,7 +93,7 @@ pub fn render(spec: &ClusterSpec, plan: &Plan) -> Value {
 
 /// Writes the testbed's config file and checks it with the real parser.
 pub(crate) fn write(bed: &Testbed) -> Result<(), TestbedError> {
-    write_value(bed, &render(&bed.spec, &bed.plan))
+    write_value(bed, &render(&bed.spec, &bed.plan, &bed.wireguard_keys))
 }
 
 /// Replaces the testbed's config file (the proxies reload it) after checking it.
@@ -133,7 +142,11 @@ mod tests {
             ..ClusterSpec::default()
         };
         let plan = Plan::new(&spec).unwrap();
-        let text = serde_json::to_string_pretty(&render(&spec, &plan)).unwrap();
+        let keys = [(
+            "node-a".to_owned(),
+            "NnLgH3tQ+w6qKh93FGRMiHrpZzPdp5OuqCItQjv/ygg=".to_owned(),
+        )];
+        let text = serde_json::to_string_pretty(&render(&spec, &plan, &keys.into())).unwrap();
         let config = nodemesh_config::Config::from_yaml_str(&text, "/tmp").unwrap();
         let a1 = config
             .workload_by_ip(Ipv4Addr::new(10, 200, 1, 11))
@@ -147,5 +160,19 @@ mod tests {
             .workload_by_ip(Ipv4Addr::new(10, 200, 2, 11))
             .unwrap();
         assert!(!config.in_mesh(b1));
+        assert!(
+            config
+                .node("node-a")
+                .unwrap()
+                .wireguard_public_key
+                .is_some()
+        );
+        assert!(
+            config
+                .node("node-b")
+                .unwrap()
+                .wireguard_public_key
+                .is_none()
+        );
     }
 }

@@ -36,6 +36,9 @@ pub struct MeshOptions {
     /// Run the proxies with only `CAP_NET_ADMIN` and `CAP_NET_RAW` (`setpriv --bounding-set`),
     /// as the Helm chart's DaemonSet does.
     pub only_net_caps: bool,
+    /// Run WireGuard between the nodes inside the proxies (`--wireguard`); each node's key is
+    /// created in its state directory and published in the config.
+    pub wireguard: bool,
 }
 
 impl MeshOptions {
@@ -47,6 +50,7 @@ impl MeshOptions {
             preserve_source_ip: false,
             worker_threads: 1,
             only_net_caps: false,
+            wireguard: false,
         }
     }
 }
@@ -56,6 +60,9 @@ impl Testbed {
     pub fn start_mesh(&mut self, opts: &MeshOptions) -> Result<(), TestbedError> {
         self.mesh = Some(opts.clone());
         self.start_apps(&opts.binary)?;
+        if opts.wireguard {
+            self.create_wireguard_keys(&opts.binary)?;
+        }
         self.start_ca(&opts.binary)?;
         let nodes: Vec<String> = self.plan.nodes.iter().map(|n| n.name.clone()).collect();
         for node in &nodes {
@@ -135,6 +142,19 @@ impl Testbed {
         self.await_proxy(node)
     }
 
+    /// Creates each node's WireGuard key (`nodemesh wireguard pubkey`) and writes the public keys
+    /// into the config.
+    pub fn create_wireguard_keys(&mut self, binary: &std::path::Path) -> Result<(), TestbedError> {
+        for node in self.plan.nodes.clone() {
+            let dir = self.dir.join(&node.name);
+            let key = run(std::process::Command::new(binary)
+                .args(["wireguard", "pubkey", "--state-dir"])
+                .arg(&dir))?;
+            self.wireguard_keys.insert(node.name, key.trim().to_owned());
+        }
+        crate::config::write(self)
+    }
+
     /// Starts `node`'s proxy again with the options of [`Testbed::start_mesh`].
     pub fn restart_proxy(&mut self, node: &str) -> Result<(), TestbedError> {
         let opts = self
@@ -178,6 +198,9 @@ impl Testbed {
             );
         if opts.preserve_source_ip {
             cmd.arg("--preserve-source-ip");
+        }
+        if opts.wireguard {
+            cmd.arg("--wireguard");
         }
         let process = Process::start(
             &format!("proxy {node}"),

@@ -427,3 +427,88 @@ pub fn proxy_down_fails_closed(
     }
     Ok(vec![down, up])
 }
+
+/// Step (with WireGuard on): what HBONE does not carry — UDP, ICMP and TCP of pods outside the
+/// mesh — still crosses between nodes, and the underlay shows it only as WireGuard (UDP 51820):
+/// no frame with a pod address, no marker.
+pub fn wireguard_carries_the_rest(bed: &Testbed) -> Result<Outcome, TestbedError> {
+    use crate::packets::Transport;
+    let mut out =
+        Outcome::new("UDP, ping and non-mesh TCP between nodes cross only inside WireGuard");
+    let capture = bed.capture_underlay()?;
+    let m = marker(bed, "wireguard");
+    let udp_target = SocketAddr::from((bed.pod_ip("web-b")?, apps::ECHO_PORT));
+    let payload = m.clone().into_bytes();
+    let back = bed
+        .pod("frontend-a")?
+        .block_on(async move { apps::udp_echo(udp_target, &payload, CALL_TIMEOUT).await })?;
+    match back {
+        Ok(b) => out.check(
+            b == m.as_bytes(),
+            format!("UDP echo frontend-a -> {udp_target}"),
+        ),
+        Err(e) => out.check(false, format!("UDP echo frontend-a -> {udp_target}: {e}")),
+    }
+    let web_ip = bed.pod_ip("web-b")?.to_string();
+    let ping = bed.pod("frontend-a")?.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-p",
+        "4e4d4d41524b",
+        &web_ip,
+    ]);
+    out.check(ping.is_ok(), format!("ping frontend-a -> {web_ip}"));
+    let legacy = pod_http(bed, "legacy-b")?;
+    let path = format!("/?m={m}");
+    match call(bed, "legacy-a", legacy, "GET", &path, "")? {
+        Ok(r) => out.check(
+            r.status == 200,
+            format!("legacy-a -> legacy-b plain TCP answered {}", r.status),
+        ),
+        Err(e) => out.check(false, format!("legacy-a -> legacy-b plain TCP: {e}")),
+    }
+    let captured = capture.finish()?;
+    let pods: Vec<std::net::Ipv4Addr> = bed
+        .plan()
+        .nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().map(|p| p.ip))
+        .collect();
+    let bare = captured
+        .ipv4()
+        .filter(|f| pods.contains(&f.src) || pods.contains(&f.dst))
+        .filter(|f| {
+            !matches!(
+                f.transport,
+                Transport::Tcp(15008, _) | Transport::Tcp(_, 15008)
+            )
+        })
+        .count();
+    out.check(
+        bare == 0,
+        format!("{bare} frames to or from a pod outside WireGuard (HBONE aside)"),
+    );
+    let wg = captured
+        .ipv4()
+        .filter(|f| {
+            matches!(
+                f.transport,
+                Transport::Udp(51820, _) | Transport::Udp(_, 51820)
+            )
+        })
+        .count();
+    out.check(
+        wg > 0,
+        format!("{wg} WireGuard frames (UDP 51820) between the nodes"),
+    );
+    out.check(
+        captured.containing(m.as_bytes()).is_empty(),
+        format!("marker {m} never in plaintext"),
+    );
+    Ok(out)
+}
