@@ -34,6 +34,9 @@ enum Command {
     /// Install, remove and check the node's capture rules (iptables or nftables TPROXY).
     #[command(subcommand)]
     Redirect(cli::redirect::RedirectCommand),
+    /// Print the AuthorizationPolicy CustomResourceDefinition the Helm chart ships.
+    #[command(hide = true)]
+    Crd,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,13 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => run_async(cli::ca::run(cmd)),
         Command::Proxy(args) => cli::proxy::run(args),
         Command::Redirect(cmd) => cli::redirect::run(cmd),
+        Command::Crd => match cli::kube::print_crd() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
