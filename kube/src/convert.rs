@@ -212,3 +212,94 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
         ports,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn td() -> TrustDomain {
+        "cluster.local".parse().unwrap()
+    }
+
+    fn pod(extra_spec: serde_json::Value, status: serde_json::Value) -> Pod {
+        let mut spec = json!({"nodeName": "node-a", "containers": [{"name": "c"}]});
+        for (k, v) in extra_spec.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "shop"}, "spec": spec, "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_outside_the_view_are_skipped() {
+        let running = json!({"phase": "Running", "podIP": "10.1.1.5"});
+        let w = workload(&pod(json!({}), running.clone()), &td()).unwrap();
+        assert_eq!(w.service_account, "default");
+        assert_eq!(
+            w.identity.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/default"
+        );
+        assert!(workload(&pod(json!({"hostNetwork": true}), running), &td()).is_none());
+        let done = json!({"phase": "Succeeded", "podIP": "10.1.1.5"});
+        assert!(workload(&pod(json!({}), done), &td()).is_none());
+        let pending = json!({"phase": "Pending"});
+        assert!(workload(&pod(json!({}), pending), &td()).is_none());
+        let v6 = json!({"phase": "Running", "podIP": "fd00::5"});
+        assert!(workload(&pod(json!({}), v6), &td()).is_none());
+    }
+
+    #[test]
+    fn nodes_need_an_internal_ipv4() {
+        let n: KubeNode = serde_json::from_value(json!({
+            "metadata": {"name": "n", "annotations": {WIREGUARD_KEY_ANNOTATION: "not-a-key"}},
+            "spec": {"podCIDR": "10.1.1.0/24"},
+            "status": {"addresses": [{"type": "Hostname", "address": "n"},
+                                     {"type": "InternalIP", "address": "fd00::1"},
+                                     {"type": "InternalIP", "address": "10.0.0.1"}]},
+        }))
+        .unwrap();
+        let node = node(&n).unwrap();
+        assert_eq!(node.address.to_string(), "10.0.0.1");
+        assert!(node.wireguard_public_key.is_none(), "a bad key is dropped");
+        let bare: KubeNode = serde_json::from_value(json!({"metadata": {"name": "n"}})).unwrap();
+        assert!(super::node(&bare).is_none());
+    }
+
+    #[test]
+    fn services_and_slices() {
+        let headless: Service = serde_json::from_value(json!({
+            "metadata": {"name": "h", "namespace": "shop"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        assert!(service(&headless).is_none());
+        let named: Service = serde_json::from_value(json!({
+            "metadata": {"name": "s", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [
+                {"name": "http", "port": 80, "targetPort": "web"},
+                {"name": "dns", "port": 53, "protocol": "UDP"}]},
+        }))
+        .unwrap();
+        let s = service(&named).unwrap();
+        assert_eq!(s.ports.len(), 1, "UDP ports are not ours");
+        assert_eq!(
+            s.ports[0].target_port, None,
+            "named: resolved by the slices"
+        );
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "s-1", "namespace": "shop",
+                         "labels": {SERVICE_NAME_LABEL: "s"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.1.1"]},
+                          {"addresses": ["10.1.1.2"], "conditions": {"ready": false}}],
+            "ports": [{"name": "http", "port": 8080}],
+        }))
+        .unwrap();
+        let info = endpoint_slice(&slice).unwrap();
+        assert_eq!(info.ready, ["10.1.1.1".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(info.ports.get("http"), Some(&8080));
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -188,10 +188,14 @@ impl RootStore {
 
     fn write_files(&self, secret: &Secret) -> Result<(), RootError> {
         let data = secret.data.clone().unwrap_or_default();
-        std::fs::create_dir_all(&self.state_dir).map_err(|source| RootError::Io {
-            path: self.state_dir.clone(),
-            source,
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.state_dir)
+            .map_err(|source| RootError::Io {
+                path: self.state_dir.clone(),
+                source,
+            })?;
         for (file, mode) in [(TRUST_BUNDLE, 0o644), (ROOT_KEY, 0o600), (ROOT_CERT, 0o644)] {
             let bytes = data.get(file).ok_or(RootError::Incomplete {
                 secret: ROOT_SECRET.to_owned(),

@@ -3,6 +3,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod fake_api;
+pub mod kube_ca;
 pub mod objects;
 
 use std::time::Duration;
