@@ -88,13 +88,6 @@ impl MeshView {
         }
     }
 
-    /// Removes one object.
-    pub fn delete(&mut self, kind: Kind, key: &str) {
-        if let Some(map) = self.maps.get_mut(&kind) {
-            map.remove(key);
-        }
-    }
-
     /// Replaces every object of `kind` after a full (re)list and marks the kind synced.
     pub fn reset(&mut self, kind: Kind, objects: BTreeMap<String, Object>) {
         self.maps.insert(kind, objects);
