@@ -376,6 +376,19 @@ async fn policies_update_and_fail_closed_with_status() {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(api.get(ISTIO_POLICIES, "shop", "istio-deny").unwrap()["status"].is_null());
+    api.put(
+        ISTIO_BETA_POLICIES,
+        policy("shop", "istio-beta", json!({"action": "AUDIT"})),
+    );
+    eventually("istio v1beta1 policy loaded", || {
+        store
+            .load()
+            .config()
+            .policies()
+            .iter()
+            .any(|p| p.name() == Some("istio-beta"))
+    })
+    .await;
     api.delete(ISTIO_POLICIES, "shop", "istio-deny");
     eventually("istio policy gone", || {
         !store

@@ -9,6 +9,7 @@ pub const SERVICES: &str = "v1/services";
 pub const SLICES: &str = "discovery.k8s.io/v1/endpointslices";
 pub const POLICIES: &str = "security.nodemesh.io/v1/authorizationpolicies";
 pub const ISTIO_POLICIES: &str = "security.istio.io/v1/authorizationpolicies";
+pub const ISTIO_BETA_POLICIES: &str = "security.istio.io/v1beta1/authorizationpolicies";
 pub const SECRETS: &str = "v1/secrets";
 pub const CONFIGMAPS: &str = "v1/configmaps";
 
