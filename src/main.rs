@@ -39,6 +39,9 @@ enum Command {
     /// A pod's HTTP and TCP echo server, for the demo and tests.
     #[command(hide = true)]
     TestbedApp(cli::demo::AppArgs),
+    /// Print the AuthorizationPolicy CustomResourceDefinition the Helm chart ships.
+    #[command(hide = true)]
+    Crd,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,13 @@ fn main() -> ExitCode {
         Command::Redirect(cmd) => cli::redirect::run(cmd),
         Command::Demo(args) => cli::demo::run(args),
         Command::TestbedApp(args) => cli::demo::run_app(args),
+        Command::Crd => match cli::kube::print_crd() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

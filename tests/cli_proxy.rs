@@ -37,8 +37,10 @@ async fn proxy_process_becomes_ready_serves_admin_and_drains_on_sigterm() {
     let ca = nodemesh_ca::start(
         ServeOptions {
             root: RootSource::state_dir(dir.path().join("ca")),
-            config_file: config.clone(),
-            tokens_file: tokens,
+            callers: nodemesh_ca::Callers::Files {
+                config_file: config.clone(),
+                tokens_file: tokens,
+            },
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             serving_names: vec!["127.0.0.1".into()],

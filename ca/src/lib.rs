@@ -6,6 +6,7 @@
 //! [`server`], [`http`] and [`client`] bring the sockets.
 
 pub mod authz;
+pub mod callers;
 pub mod client;
 pub mod csr;
 pub mod http;
@@ -21,6 +22,7 @@ pub mod proto {
     tonic::include_proto!("istio.v1.auth");
 }
 
+pub use callers::{AuthError, AuthFuture, Authenticator, Callers};
 pub use client::{CaClient, ClientError, IdentityIssuer};
 pub use issuer::{Authority, LifetimePolicy, Validity};
 pub use server::{RunningCa, ServeError, ServeOptions, start};

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::authz::{NodeIndex, Tokens};
+use crate::callers::Callers;
 use crate::http::serve_http;
 use crate::issuer::{Authority, LifetimePolicy};
 use crate::proto::istio_certificate_service_server::IstioCertificateServiceServer;
@@ -37,10 +38,8 @@ pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
 pub struct ServeOptions {
     /// Where the root is kept.
     pub root: RootSource,
-    /// The standalone YAML: trust domain and which workloads run on which node.
-    pub config_file: PathBuf,
-    /// The tokens file: `TOKEN NODE-NAME` per line.
-    pub tokens_file: PathBuf,
+    /// Who may call, and which workloads run on which node.
+    pub callers: Callers,
     /// gRPC (TLS) listen address.
     pub grpc_listen: SocketAddr,
     /// Plain HTTP listen address.
@@ -87,20 +86,33 @@ pub enum ServeError {
 
 /// Reads the config, tokens and root into one snapshot.
 pub(crate) fn load_snapshot(opts: &ServeOptions) -> Result<(CaSnapshot, TrustDomain), ServeError> {
-    let config =
-        Config::from_file(&opts.config_file).map_err(|e| ServeError::Config(e.to_string()))?;
-    let tokens_text =
-        std::fs::read_to_string(&opts.tokens_file).map_err(|e| ServeError::Tokens {
-            path: opts.tokens_file.clone(),
-            reason: e.to_string(),
-        })?;
+    let (config_file, tokens_file) = match &opts.callers {
+        Callers::Files {
+            config_file,
+            tokens_file,
+        } => (config_file, tokens_file),
+        Callers::External { trust_domain, .. } => {
+            let authority = opts.root.load(trust_domain)?;
+            let snapshot = CaSnapshot {
+                authority,
+                tokens: Tokens::default(),
+                nodes: NodeIndex::default(),
+            };
+            return Ok((snapshot, trust_domain.clone()));
+        }
+    };
+    let config = Config::from_file(config_file).map_err(|e| ServeError::Config(e.to_string()))?;
+    let tokens_text = std::fs::read_to_string(tokens_file).map_err(|e| ServeError::Tokens {
+        path: tokens_file.clone(),
+        reason: e.to_string(),
+    })?;
     let tokens = Tokens::parse(&tokens_text).map_err(|e| ServeError::Tokens {
-        path: opts.tokens_file.clone(),
+        path: tokens_file.clone(),
         reason: e.to_string(),
     })?;
     for node in tokens.nodes() {
         if config.node(node).is_none() {
-            tracing::warn!(node, file = %opts.tokens_file.display(), "token for a node that is not in the config");
+            tracing::warn!(node, file = %tokens_file.display(), "token for a node that is not in the config");
         }
     }
     let trust_domain = config.trust_domain().clone();
@@ -119,6 +131,16 @@ pub(crate) fn load_snapshot(opts: &ServeOptions) -> Result<(CaSnapshot, TrustDom
         },
         trust_domain,
     ))
+}
+
+/// The trust domain: given, or read from the standalone YAML.
+fn trust_domain(opts: &ServeOptions) -> Result<TrustDomain, ServeError> {
+    match &opts.callers {
+        Callers::Files { config_file, .. } => Config::from_file(config_file)
+            .map(|c| c.trust_domain().clone())
+            .map_err(|e| ServeError::Config(e.to_string())),
+        Callers::External { trust_domain, .. } => Ok(trust_domain.clone()),
+    }
 }
 
 /// Issues a serving certificate in rustls form.
@@ -181,9 +203,8 @@ impl RunningCa {
 /// Initialises the state directory if needed, binds both listeners and starts serving.
 pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningCa, ServeError> {
     // The trust domain comes from the config; read it before touching the state dir.
-    let config =
-        Config::from_file(&opts.config_file).map_err(|e| ServeError::Config(e.to_string()))?;
-    if opts.root.init(config.trust_domain(), clock.now())? {
+    let trust_domain = trust_domain(&opts)?;
+    if opts.root.init(&trust_domain, clock.now())? {
         tracing::info!(dir = %opts.root.state_dir.display(), "created a new root CA");
     }
     let (snapshot, _) = load_snapshot(&opts)?;
@@ -221,7 +242,12 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningC
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
-    let service = CertificateService::new(snapshot_rx.clone(), opts.lifetimes, Arc::clone(&clock));
+    let authenticator = match &opts.callers {
+        Callers::External { authenticator, .. } => Some(Arc::clone(authenticator)),
+        Callers::Files { .. } => None,
+    };
+    let service = CertificateService::new(snapshot_rx.clone(), opts.lifetimes, Arc::clone(&clock))
+        .with_authenticator(authenticator);
     let (conn_tx, conn_rx) = mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(64);
     let mut stop = stop_rx.clone();
     let grpc_server = tokio::spawn(async move {
@@ -259,13 +285,16 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningC
 
 fn watched_files(opts: &ServeOptions) -> Vec<PathBuf> {
     let (cert, key) = opts.root.root_files();
-    vec![
-        cert,
-        key,
-        opts.root.bundle_file(),
-        opts.config_file.clone(),
-        opts.tokens_file.clone(),
-    ]
+    let mut files = vec![cert, key, opts.root.bundle_file()];
+    if let Callers::Files {
+        config_file,
+        tokens_file,
+    } = &opts.callers
+    {
+        files.push(config_file.clone());
+        files.push(tokens_file.clone());
+    }
+    files
 }
 
 /// Accepts TCP connections and hands each finished TLS handshake to tonic. Handshakes run in

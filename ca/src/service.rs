@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use nodemesh_identity::{Clock, der_to_pem};
+use nodemesh_identity::{Clock, SpiffeId, der_to_pem};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::authz::{NodeIndex, Tokens, bearer_token};
+use crate::callers::{AuthError, Authenticator};
 use crate::csr::{CsrError, check_csr};
 use crate::issuer::{Authority, LifetimeError, LifetimePolicy, SignError};
 use crate::proto::istio_certificate_service_server::IstioCertificateService;
@@ -35,6 +36,9 @@ pub enum Refusal {
     /// No token, or a token of no node (`Unauthenticated`).
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
+    /// The external authenticator refused the token (`Unauthenticated`).
+    #[error("unauthenticated: {0}")]
+    Refused(#[from] AuthError),
     /// The identity does not run on the caller's node (`PermissionDenied`).
     #[error("identity does not run on node {node:?}")]
     ForeignIdentity {
@@ -61,7 +65,7 @@ pub enum Refusal {
 impl From<&Refusal> for tonic::Code {
     fn from(r: &Refusal) -> Self {
         match r {
-            Refusal::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Refusal::Unauthenticated(_) | Refusal::Refused(_) => tonic::Code::Unauthenticated,
             Refusal::ForeignIdentity { .. } => tonic::Code::PermissionDenied,
             Refusal::ImpersonationMismatch { .. } | Refusal::Csr(_) | Refusal::Lifetime(_) => {
                 tonic::Code::InvalidArgument
@@ -99,6 +103,22 @@ pub fn handle_request(
         .authenticate(token)
         .ok_or(Refusal::Unauthenticated("unknown token"))?;
     facts.node = Some(node.to_owned());
+    let runs_on = |node: &str, id: &SpiffeId| snapshot.nodes.runs_on(node, id);
+    handle_authenticated(snapshot, node, &runs_on, request, lifetimes, now, facts)
+}
+
+/// Decides one request of a caller already authenticated as `node` (no I/O); `runs_on` says
+/// whether an identity runs on a node.
+pub fn handle_authenticated(
+    snapshot: &CaSnapshot,
+    node: &str,
+    runs_on: &dyn Fn(&str, &SpiffeId) -> bool,
+    request: &IstioCertificateRequest,
+    lifetimes: &LifetimePolicy,
+    now: SystemTime,
+    facts: &mut RequestFacts,
+) -> Result<Vec<String>, Refusal> {
+    facts.node = Some(node.to_owned());
     let csr = check_csr(&request.csr, snapshot.authority.trust_domain())?;
     facts.identity = Some(csr.identity.to_string());
     if let Some(impersonated) = impersonated_identity(request)
@@ -109,7 +129,7 @@ pub fn handle_request(
         });
     }
     let validity = lifetimes.window(request.validity_duration, now)?;
-    if !snapshot.nodes.runs_on(node, &csr.identity) {
+    if !runs_on(node, &csr.identity) {
         return Err(Refusal::ForeignIdentity {
             node: node.to_owned(),
         });
@@ -139,6 +159,7 @@ pub struct CertificateService {
     snapshot: watch::Receiver<Arc<CaSnapshot>>,
     lifetimes: LifetimePolicy,
     clock: Arc<dyn Clock>,
+    authenticator: Option<Arc<dyn Authenticator>>,
 }
 
 impl CertificateService {
@@ -152,7 +173,51 @@ impl CertificateService {
             snapshot,
             lifetimes,
             clock,
+            authenticator: None,
         }
+    }
+
+    /// Authenticates callers and authorizes by node with `authenticator` instead of the
+    /// snapshot's tokens and node index.
+    pub fn with_authenticator(mut self, authenticator: Option<Arc<dyn Authenticator>>) -> Self {
+        self.authenticator = authenticator;
+        self
+    }
+
+    async fn decide(
+        &self,
+        authorization: Option<&str>,
+        message: &IstioCertificateRequest,
+        facts: &mut RequestFacts,
+    ) -> Result<Vec<String>, Refusal> {
+        let snapshot = Arc::clone(&self.snapshot.borrow());
+        let now = self.clock.now();
+        let Some(auth) = &self.authenticator else {
+            return handle_request(
+                &snapshot,
+                authorization,
+                message,
+                &self.lifetimes,
+                now,
+                facts,
+            );
+        };
+        let token = authorization
+            .and_then(bearer_token)
+            .ok_or(Refusal::Unauthenticated(
+                "missing `authorization: Bearer <token>`",
+            ))?;
+        let node = auth.authenticate(token).await?;
+        let runs_on = |node: &str, id: &SpiffeId| auth.runs_on(node, id);
+        handle_authenticated(
+            &snapshot,
+            &node,
+            &runs_on,
+            message,
+            &self.lifetimes,
+            now,
+            facts,
+        )
     }
 }
 
@@ -168,16 +233,10 @@ impl IstioCertificateService for CertificateService {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let message = request.into_inner();
-        let snapshot = Arc::clone(&self.snapshot.borrow());
         let mut facts = RequestFacts::default();
-        let result = handle_request(
-            &snapshot,
-            authorization.as_deref(),
-            &message,
-            &self.lifetimes,
-            self.clock.now(),
-            &mut facts,
-        );
+        let result = self
+            .decide(authorization.as_deref(), &message, &mut facts)
+            .await;
         let node = facts.node.as_deref().unwrap_or("-");
         let identity = facts.identity.as_deref().unwrap_or("-");
         match result {

@@ -43,16 +43,26 @@ pub struct Config {
     by_ip: BTreeMap<Ipv4Addr, usize>,
 }
 
-/// The sections of a config, once each has been read and checked.
-pub(crate) struct Parts {
-    pub(crate) trust_domain: TrustDomain,
-    pub(crate) root_namespace: String,
-    pub(crate) ca: Option<Ca>,
-    pub(crate) nodes: Vec<Node>,
-    pub(crate) namespaces: Vec<Namespace>,
-    pub(crate) workloads: Vec<Workload>,
-    pub(crate) services: Vec<Service>,
-    pub(crate) policies: Vec<RawPolicy>,
+/// The sections of a config, typed: what the YAML parser produces, or what another source (the
+/// Kubernetes watchers) assembles with [`Config::assemble`].
+#[derive(Debug, Clone)]
+pub struct Parts {
+    /// The SPIFFE trust domain.
+    pub trust_domain: TrustDomain,
+    /// The root namespace.
+    pub root_namespace: String,
+    /// The CA settings.
+    pub ca: Option<Ca>,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The namespaces with labels.
+    pub namespaces: Vec<Namespace>,
+    /// The workloads; their IPs must be unique (the last one of an IP wins).
+    pub workloads: Vec<Workload>,
+    /// The Services.
+    pub services: Vec<Service>,
+    /// The policy documents.
+    pub policies: Vec<RawPolicy>,
 }
 
 /// A node with everything `--wireguard` needs (see [`Config::require_wireguard`]).
@@ -68,6 +78,12 @@ pub struct WireguardNode<'a> {
 }
 
 impl Config {
+    /// A config from typed parts, without the YAML's cross-checks: for a source that keeps its
+    /// own invariants (the Kubernetes watchers keep one running pod per IP).
+    pub fn assemble(p: Parts) -> Self {
+        Self::from_parts(p)
+    }
+
     pub(crate) fn from_parts(p: Parts) -> Self {
         let by_ip = p
             .workloads
@@ -257,12 +273,27 @@ impl Config {
         &workload.identity
     }
 
-    /// The workloads behind `service`: those of its namespace that carry every label of its
-    /// selector (none for an empty selector), mesh or not.
+    /// The workloads behind `service`: its explicit endpoints when it has them (Kubernetes), else
+    /// those of its namespace that carry every label of its selector (none for an empty
+    /// selector), mesh or not.
     pub fn service_endpoints<'a>(
         &'a self,
         service: &'a Service,
     ) -> impl Iterator<Item = &'a Workload> {
+        let explicit = service.endpoints.as_deref().map(|ips| {
+            ips.iter()
+                .filter_map(|ip| self.workload_by_ip(*ip))
+                .filter(|w| w.namespace == service.namespace)
+        });
+        let selected = explicit
+            .is_none()
+            .then(|| self.selected(service))
+            .into_iter()
+            .flatten();
+        explicit.into_iter().flatten().chain(selected)
+    }
+
+    fn selected<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Workload> {
         self.workloads.iter().filter(move |w| {
             !service.selector.is_empty()
                 && w.namespace == service.namespace

@@ -17,6 +17,7 @@
 //! assert_eq!(config.spiffe_id(web).as_str(), "spiffe://cluster.local/ns/shop/sa/default");
 //! ```
 
+mod build;
 mod config;
 mod error;
 mod model;
@@ -26,7 +27,8 @@ mod reader;
 mod validate;
 mod values;
 
-pub use config::{Config, WireguardNode};
+pub use build::WorkloadFields;
+pub use config::{Config, Parts, WireguardNode};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use model::{
     Ca, DEFAULT_ROOT_NAMESPACE, DEFAULT_SERVICE_ACCOUNT, Labels, MESH_LABEL, MTLS_MODE_LABEL,

@@ -105,6 +105,10 @@ pub struct Service {
     /// The labels a workload must have (all of them) to be an endpoint. Empty selects nothing.
     #[serde(skip_serializing_if = "Labels::is_empty")]
     pub selector: Labels,
+    /// Explicit ready endpoints by IP (from Kubernetes EndpointSlices), used instead of the
+    /// selector when set. Never set by the standalone YAML.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<Ipv4Addr>>,
 }
 
 /// One port of a [`Service`].
@@ -148,7 +152,8 @@ impl fmt::Display for Protocol {
 pub struct RawPolicy(serde_json::Value);
 
 impl RawPolicy {
-    pub(crate) fn new(document: serde_json::Value) -> Self {
+    /// Wraps a policy document (a JSON mapping), e.g. an object read from Kubernetes.
+    pub fn new(document: serde_json::Value) -> Self {
         Self(document)
     }
 

@@ -243,6 +243,7 @@ fn service(errs: &mut Errors, at: &str, value: &Value, checks: &mut Checks) -> O
         vip: vip?,
         ports: ports?.into_iter().map(|(_, p)| p).collect(),
         selector: selector.unwrap_or_default(),
+        endpoints: None,
     })
 }
 

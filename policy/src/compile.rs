@@ -103,6 +103,40 @@ pub fn compile_fail_closed(
     }
 }
 
+/// The fail-closed stand-in for a policy object whose spec does not even parse (read from
+/// Kubernetes, where one bad object must not stop the others): its `action` and
+/// `selector.matchLabels` are read leniently; an unreadable action counts as DENY, so the
+/// policy denies everything it may select rather than allowing anything.
+pub fn fail_closed_unparsable(id: PolicyRef, spec: &serde_json::Value, reason: String) -> Policy {
+    let action = match spec.get("action") {
+        None => Action::Allow,
+        Some(serde_json::Value::String(a)) if a == "ALLOW" => Action::Allow,
+        Some(serde_json::Value::String(a)) if a == "AUDIT" => Action::Audit,
+        Some(_) => Action::Deny,
+    };
+    let selector = spec
+        .pointer("/selector/matchLabels")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                    (Box::<str>::from(k.as_str()), v.into_boxed_str())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Policy {
+        id,
+        action,
+        selector: Selector(selector),
+        dry_run: false,
+        body: Body::Invalid {
+            reasons: vec![reason].into(),
+        },
+    }
+}
+
 impl PolicyDocument {
     /// `namespace/name`, when the document has a namespace.
     pub fn policy_ref(&self) -> Option<PolicyRef> {

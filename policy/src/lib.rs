@@ -26,8 +26,9 @@ pub mod path;
 pub mod policy;
 pub mod request;
 mod rule;
+pub mod status;
 
-pub use compile::{compile, compile_fail_closed};
+pub use compile::{compile, compile_fail_closed, fail_closed_unparsable};
 pub use decision::{Decision, DryRunOutcome, Reason, Verdict};
 pub use engine::{DEFAULT_ROOT_NAMESPACE, EngineOptions, PolicySet};
 pub use error::{CompileError, CompileErrorKind, CompileErrors};

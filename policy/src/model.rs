@@ -34,6 +34,7 @@ pub const DRY_RUN_ANNOTATIONS: [&str; 2] = ["nodemesh.io/dry-run", "istio.io/dry
         kind = "AuthorizationPolicy",
         plural = "authorizationpolicies",
         namespaced,
+        status = "crate::status::AuthorizationPolicyStatus",
         doc = "An Istio-compatible authorization policy enforced by the nodemesh node proxy."
     )
 )]

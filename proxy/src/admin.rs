@@ -57,7 +57,9 @@ impl AdminState for State {
     }
 
     fn metrics(&self) -> String {
-        self.ctx.metrics.render()
+        let mut out = self.ctx.metrics.render();
+        out.push_str(&self.ctx.store.health().render(std::time::SystemTime::now()));
+        out
     }
 
     fn quit(&self) {

@@ -27,12 +27,19 @@ pub struct CaSettings {
     pub address: String,
     /// This node's bearer token.
     pub token: String,
+    /// Where the token is re-read from when it rotates (a projected ServiceAccount token);
+    /// `None` keeps `token` for good.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The current CA client, rebuilt when the trust bundle changes.
 #[derive(Debug)]
 struct ClientSlot {
     settings: CaSettings,
+    /// The token in use (it may have rotated since start).
+    token: ArcSwap<String>,
+    /// The bundle PEM in use.
+    bundle_pem: ArcSwap<String>,
     client: ArcSwap<CaClient>,
 }
 
@@ -70,6 +77,14 @@ pub enum CertError {
     /// The CA settings are invalid.
     #[error(transparent)]
     Client(#[from] nodemesh_ca::ClientError),
+    /// The token file is unreadable.
+    #[error("CA token {path}: {reason}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Certificates of this node's workloads.
@@ -116,6 +131,8 @@ impl CertManager {
             stores: ArcSwap::from_pointee(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             slot: Arc::new(ClientSlot {
+                token: ArcSwap::from_pointee(settings.token.clone()),
+                bundle_pem: ArcSwap::from_pointee(pem),
                 settings,
                 client: ArcSwap::from_pointee(client),
             }),
@@ -138,9 +155,35 @@ impl CertManager {
         if bundle.roots() == self.bundle.borrow().roots() {
             return Ok(false);
         }
-        let client = CaClient::new(&self.slot.settings.address, &pem, &self.slot.settings.token)?;
+        let client = CaClient::new(&self.slot.settings.address, &pem, &self.slot.token.load())?;
         self.slot.client.store(Arc::new(client));
+        self.slot.bundle_pem.store(Arc::new(pem));
         self.bundle.send_replace(Arc::new(bundle));
+        Ok(true)
+    }
+
+    /// Re-reads the token file (when configured); a changed token replaces the CA client.
+    pub fn reload_token(&self) -> Result<bool, CertError> {
+        let Some(path) = &self.slot.settings.token_file else {
+            return Ok(false);
+        };
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| CertError::Token {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?
+            .trim()
+            .to_owned();
+        if token.is_empty() || **self.slot.token.load() == token {
+            return Ok(false);
+        }
+        let client = CaClient::new(
+            &self.slot.settings.address,
+            &self.slot.bundle_pem.load(),
+            &token,
+        )?;
+        self.slot.client.store(Arc::new(client));
+        self.slot.token.store(Arc::new(token));
         Ok(true)
     }
 

@@ -19,4 +19,4 @@ pub mod socket;
 pub mod state;
 pub mod tls;
 
-pub use proxy::{Ctx, Listening, ProxyHandle, ProxyOptions, StartError};
+pub use proxy::{Ctx, Listening, ProxyHandle, ProxyOptions, StartError, StateSource};

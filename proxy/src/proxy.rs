@@ -20,15 +20,28 @@ use crate::socket::{self, ConnectOptions, PROXY_MARK};
 use crate::state::{FileSource, StateError, WorkloadStore};
 use crate::tls::TlsConfigs;
 
+/// Where the proxy's view of the mesh comes from.
+#[derive(Debug, Clone)]
+pub enum StateSource {
+    /// The standalone YAML, re-read when it changes.
+    File(PathBuf),
+    /// A store another source keeps fed (the Kubernetes watchers); it must hold a first full
+    /// state already.
+    Store(Arc<WorkloadStore>),
+}
+
 /// Everything `nodemesh proxy` is told.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
-    /// The standalone YAML.
-    pub config_file: PathBuf,
+    /// Where the state comes from.
+    pub source: StateSource,
     /// This node's name.
     pub node: String,
     /// This node's CA token.
     pub ca_token: String,
+    /// The file `ca_token` came from, re-read when it rotates (projected tokens); `None` keeps
+    /// `ca_token` for good.
+    pub ca_token_file: Option<PathBuf>,
     /// Outbound capture listener (15001).
     pub outbound_addr: SocketAddr,
     /// HBONE listener (15008); with `inbound_binds`, only its port is used.
@@ -152,8 +165,15 @@ fn bind(addr: SocketAddr, transparent: bool) -> Result<TcpListener, StartError> 
 impl ProxyHandle {
     /// Starts a proxy: loads the config, binds every listener, starts fetching certificates.
     pub async fn start(opts: ProxyOptions) -> Result<Self, StartError> {
-        let mut source = FileSource::new(&opts.config_file, &opts.node);
-        let state = source.load()?;
+        let (store, file_source) = match &opts.source {
+            StateSource::File(path) => {
+                let mut source = FileSource::new(path, &opts.node);
+                let state = source.load()?;
+                (Arc::new(WorkloadStore::new(state)), Some(source))
+            }
+            StateSource::Store(store) => (Arc::clone(store), None),
+        };
+        let state = store.load();
         let ca = state
             .config()
             .require_ca()
@@ -164,13 +184,14 @@ impl ProxyHandle {
             CaSettings {
                 address: ca.address.to_string(),
                 token: opts.ca_token.clone(),
+                token_file: opts.ca_token_file.clone(),
             },
             ca.root_cert.clone(),
             clock,
             opts.backoff,
         )?);
         let trust_domain = state.config().trust_domain().clone();
-        let store = Arc::new(WorkloadStore::new(state));
+        drop(state);
         let tls = Arc::new(TlsConfigs::new(Arc::clone(&certs), trust_domain));
         let connect = ConnectOptions {
             mark: opts.mark_sockets.then_some(PROXY_MARK),
@@ -240,9 +261,11 @@ impl ProxyHandle {
                 Listener::Plaintext,
             )));
         }
-        tasks.push(tokio::spawn(
-            source.watch(Arc::clone(&ctx.store), opts.reload_interval),
-        ));
+        if let Some(source) = file_source {
+            tasks.push(tokio::spawn(
+                source.watch(Arc::clone(&ctx.store), opts.reload_interval),
+            ));
+        }
         tasks.push(tokio::spawn(follow_state(
             Arc::clone(&ctx),
             opts.reload_interval,
@@ -394,6 +417,11 @@ async fn follow_state(ctx: Arc<Ctx>, interval: Duration) {
                     Ok(true) => tracing::info!("trust bundle reloaded"),
                     Ok(false) => {}
                     Err(error) => tracing::error!(%error, "trust bundle reload refused; keeping the old bundle"),
+                }
+                match ctx.certs.reload_token() {
+                    Ok(true) => tracing::info!("CA token reloaded"),
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(%error, "CA token reload failed; keeping the old token"),
                 }
                 for (id, creds) in ctx.certs.all() {
                     if let Some(c) = creds {

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use nodemesh_config::{Config, Service, Workload};
@@ -67,9 +67,6 @@ pub struct ServiceTarget<'a> {
 impl MeshState {
     /// Builds a state for `node` from a validated config, compiling its policies (failing closed).
     pub fn new(config: Config, node: &str) -> Result<Self, StateError> {
-        if config.node(node).is_none() {
-            return Err(StateError::UnknownNode(node.to_owned()));
-        }
         let mut compiled: Vec<Policy> = Vec::new();
         let mut policy_problems = Vec::new();
         for (index, raw) in config.policies().iter().enumerate() {
@@ -102,6 +99,20 @@ impl MeshState {
                 });
             }
             compiled.push(policy);
+        }
+        Self::with_policies(config, node, compiled, policy_problems)
+    }
+
+    /// Builds a state for `node` from a config and policies compiled already (a source that
+    /// compiles each policy once, when it changes); `config.policies()` is not read.
+    pub fn with_policies(
+        config: Config,
+        node: &str,
+        compiled: Vec<Policy>,
+        policy_problems: Vec<PolicyProblem>,
+    ) -> Result<Self, StateError> {
+        if config.node(node).is_none() {
+            return Err(StateError::UnknownNode(node.to_owned()));
         }
         let options = EngineOptions {
             root_namespace: config.root_namespace().to_owned(),
@@ -226,6 +237,7 @@ impl MeshState {
 pub struct WorkloadStore {
     current: ArcSwap<MeshState>,
     changed: watch::Sender<u64>,
+    health: SourceHealth,
 }
 
 impl WorkloadStore {
@@ -234,7 +246,13 @@ impl WorkloadStore {
         Self {
             current: ArcSwap::from_pointee(initial),
             changed: watch::Sender::new(0),
+            health: SourceHealth::default(),
         }
+    }
+
+    /// Whether the source feeding the store is in touch with its input.
+    pub fn health(&self) -> &SourceHealth {
+        &self.health
     }
 
     /// The current state.
@@ -252,6 +270,53 @@ impl WorkloadStore {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+}
+
+/// How stale the published state may be: a source that loses its input (the Kubernetes API
+/// going away) marks itself stale and keeps the last state serving; the admin API exports the
+/// age as `nodemesh_source_stale_seconds`.
+#[derive(Debug, Default)]
+pub struct SourceHealth {
+    /// Unix milliseconds since which the source is out of touch; 0 when in touch.
+    stale_since_ms: AtomicU64,
+}
+
+impl SourceHealth {
+    /// The source is in touch with its input again.
+    pub fn mark_fresh(&self) {
+        self.stale_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The source lost its input at `now` (kept from the first loss until fresh again).
+    pub fn mark_stale(&self, now: SystemTime) {
+        let ms = unix_ms(now).max(1);
+        let _ = self
+            .stale_since_ms
+            .compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// How long the state has been possibly stale at `now` (zero when in touch).
+    pub fn stale_for(&self, now: SystemTime) -> Duration {
+        match self.stale_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(unix_ms(now).saturating_sub(since)),
+        }
+    }
+
+    /// The Prometheus text of `nodemesh_source_stale_seconds` at `now`.
+    pub fn render(&self, now: SystemTime) -> String {
+        format!(
+            "# HELP nodemesh_source_stale_seconds How long the state source (Kubernetes API) has been out of reach; 0 when in sync.\n\
+             # TYPE nodemesh_source_stale_seconds gauge\n\
+             nodemesh_source_stale_seconds {}\n",
+            self.stale_for(now).as_secs_f64()
+        )
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Keeps a [`WorkloadStore`] fed from the standalone YAML: re-reads it when it changes; a bad new

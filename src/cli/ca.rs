@@ -18,6 +18,7 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/nodemesh/ca";
 
 /// The CA: issues SPIFFE X.509-SVIDs to node proxies over Istio's certificate API.
 #[derive(Debug, clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // Parsed once at start-up; boxing would only add noise.
 pub enum CaCommand {
     /// Serve gRPC (TLS, Istio's `IstioCertificateService`) and HTTP (`/trust-bundle`,
     /// `/healthz/ready`). Creates the state directory and a root on first start.
@@ -35,13 +36,28 @@ pub enum CaCommand {
 /// Flags of `nodemesh ca serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// Where callers and workload placement come from: the standalone files, or the
+    /// Kubernetes API (TokenReview, pods; root in the Secret nodemesh-ca-root).
+    #[arg(long, value_enum, default_value_t = super::Source::File)]
+    source: super::Source,
     /// The standalone YAML: trust domain and which workloads run on which node.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, value_name = "FILE", required_if_eq("source", "file"))]
+    config: Option<PathBuf>,
     /// Node tokens: one `TOKEN NODE-NAME` per line, `#` comments allowed.
-    #[arg(long, value_name = "FILE")]
-    tokens: PathBuf,
-    /// State directory (root-cert.pem, root-key.pem, trust-bundle.pem).
+    #[arg(long, value_name = "FILE", required_if_eq("source", "file"))]
+    tokens: Option<PathBuf>,
+    /// Kubernetes: the CA's namespace (Secret, ConfigMap, default caller).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "nodemesh-system")]
+    namespace: String,
+    /// Kubernetes: ServiceAccounts allowed to call, `namespace/name`; repeat or separate with
+    /// commas [default: <namespace>/nodemesh-proxy]. Add `istio-system/ztunnel` for Istio.
+    #[arg(long, value_delimiter = ',')]
+    allowed_callers: Vec<nodemesh_kube::ca::CallerRef>,
+    /// Kubernetes: the SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: TrustDomain,
+    /// State directory (root-cert.pem, root-key.pem, trust-bundle.pem); with Kubernetes, a
+    /// private copy of the Secret (an in-memory volume).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// gRPC (TLS) listen address.
@@ -136,13 +152,40 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if lifetimes.default < lifetimes.min || lifetimes.default > lifetimes.max {
         bail!("--default-lifetime must lie between 1m and --max-lifetime");
     }
+    let (root, callers) = match (args.source, args.config, args.tokens) {
+        (super::Source::File, Some(config_file), Some(tokens_file)) => (
+            RootSource {
+                state_dir: args.state_dir,
+                supplied: args.root_cert.zip(args.root_key),
+            },
+            nodemesh_ca::Callers::Files {
+                config_file,
+                tokens_file,
+            },
+        ),
+        (super::Source::File, ..) => bail!("--source file needs --config and --tokens"),
+        (super::Source::Kubernetes, ..) => {
+            let allowed = if args.allowed_callers.is_empty() {
+                vec![
+                    format!("{}/nodemesh-proxy", args.namespace)
+                        .parse()
+                        .map_err(anyhow::Error::msg)?,
+                ]
+            } else {
+                args.allowed_callers
+            };
+            super::kube::ca_callers(super::kube::CaKube {
+                namespace: args.namespace,
+                state_dir: args.state_dir,
+                trust_domain: args.trust_domain,
+                allowed,
+            })
+            .await?
+        }
+    };
     let opts = ServeOptions {
-        root: RootSource {
-            state_dir: args.state_dir,
-            supplied: args.root_cert.zip(args.root_key),
-        },
-        config_file: args.config,
-        tokens_file: args.tokens,
+        root,
+        callers,
         grpc_listen: args.listen,
         http_listen: args.http_listen,
         serving_names: args.serving_names,
@@ -154,9 +197,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         "nodemesh CA: gRPC on {}, HTTP on {}",
         ca.grpc_addr, ca.http_addr
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+    }
     ca.shutdown().await;
     Ok(())
 }

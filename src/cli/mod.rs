@@ -4,6 +4,16 @@ pub mod ca;
 pub mod capture;
 pub mod config;
 pub mod demo;
+pub mod kube;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+
+/// Where a command learns about the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The standalone files.
+    File,
+    /// The Kubernetes API.
+    Kubernetes,
+}

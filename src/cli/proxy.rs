@@ -8,14 +8,44 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nodemesh_identity::Backoff;
 use nodemesh_proxy::observe::FlowLogTarget;
-use nodemesh_proxy::{ProxyHandle, ProxyOptions};
+use nodemesh_proxy::{ProxyHandle, ProxyOptions, StateSource};
 
 /// Run the node proxy: capture listeners, HBONE mTLS, inline L4/L7 authorization.
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
+    /// Where the mesh comes from: the standalone YAML, or the Kubernetes API (watchers).
+    #[arg(long, value_enum, default_value_t = super::Source::File)]
+    source: super::Source,
     /// The standalone YAML (shared by all nodes); reloaded when it changes.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, value_name = "FILE", required_if_eq("source", "file"))]
+    config: Option<PathBuf>,
+    /// Kubernetes: also enforce Istio's `security.istio.io` v1 and v1beta1 AuthorizationPolicies.
+    #[arg(long)]
+    istio_policies: bool,
+    /// Kubernetes: the CA's gRPC address.
+    #[arg(long, default_value = "https://nodemesh-ca.nodemesh-system.svc:15012")]
+    ca_address: http::Uri,
+    /// Kubernetes: the trust bundle (the ConfigMap nodemesh-trust-bundle, mounted); re-read
+    /// when it changes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/var/run/nodemesh/trust/trust-bundle.pem"
+    )]
+    trust_bundle: PathBuf,
+    /// Kubernetes: the SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: nodemesh_identity::TrustDomain,
+    /// Kubernetes: the root namespace (its policies apply mesh-wide).
+    #[arg(long, default_value = nodemesh_config::DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
+    /// Kubernetes: the mTLS mode of mesh namespaces without the label `nodemesh.io/mtls-mode`.
+    #[arg(long, value_enum, default_value_t = MtlsMode::Strict)]
+    default_mtls_mode: MtlsMode,
+    /// Kubernetes: publish this WireGuard public key (base64) as the Node annotation
+    /// `nodemesh.io/wireguard-public-key`.
+    #[arg(long, value_name = "KEY")]
+    wireguard_public_key: Option<String>,
     /// This node's name in the config.
     #[arg(long, env = "NODE_NAME")]
     node: String,
@@ -73,6 +103,15 @@ pub struct ProxyArgs {
     capture_backend: nodemesh_redirect::Backend,
 }
 
+/// How mesh namespaces treat plaintext from outside the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MtlsMode {
+    /// Refuse it.
+    Strict,
+    /// Accept it.
+    Permissive,
+}
+
 /// Runs the proxy until SIGTERM or Ctrl-C, then drains.
 pub fn run(args: ProxyArgs) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -110,10 +149,34 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         })?
         .trim()
         .to_owned();
+    // Kept alive for as long as the proxy runs: dropping it stops the watchers.
+    let mut kube_source = None;
+    let source = match (args.source, args.config) {
+        (super::Source::File, Some(path)) => StateSource::File(path),
+        (super::Source::File, None) => anyhow::bail!("--source file needs --config"),
+        (super::Source::Kubernetes, _) => {
+            let source = super::kube::proxy_source(super::kube::ProxyKube {
+                settings: nodemesh_kube::mesh::MeshSettings {
+                    node: args.node.clone(),
+                    trust_domain: args.trust_domain,
+                    root_namespace: args.root_namespace,
+                    ca: nodemesh_config::Ca::new(args.ca_address, args.trust_bundle),
+                    default_permissive: args.default_mtls_mode == MtlsMode::Permissive,
+                },
+                istio_policies: args.istio_policies,
+                wireguard_public_key: args.wireguard_public_key,
+            })
+            .await?;
+            let store = std::sync::Arc::clone(source.store());
+            kube_source = Some(source);
+            StateSource::Store(store)
+        }
+    };
     let opts = ProxyOptions {
-        config_file: args.config,
+        source,
         node: args.node,
         ca_token: token,
+        ca_token_file: (args.source == super::Source::Kubernetes).then(|| token_file.clone()),
         outbound_addr: args.outbound_addr,
         inbound_addr: args.inbound_addr,
         inbound_plaintext_addr: args.inbound_plaintext_addr,
@@ -158,5 +221,6 @@ async fn serve(args: ProxyArgs) -> Result<()> {
     tracing::info!("draining");
     let outcome = proxy.drain().await;
     tracing::info!(?outcome, "drained");
+    drop(kube_source);
     Ok(())
 }

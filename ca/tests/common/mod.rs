@@ -44,8 +44,10 @@ workloads:
         .unwrap();
         let opts = ServeOptions {
             root: RootSource::state_dir(dir.path().join("state")),
-            config_file: config,
-            tokens_file: tokens,
+            callers: nodemesh_ca::Callers::Files {
+                config_file: config,
+                tokens_file: tokens,
+            },
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             serving_names: vec!["localhost".into(), "127.0.0.1".into()],

@@ -126,9 +126,10 @@ pub async fn start_pod(ip: &str) {
 
 pub fn proxy_options(config: &std::path::Path, node: &str, binds: &[&str]) -> ProxyOptions {
     ProxyOptions {
-        config_file: config.to_path_buf(),
+        source: nodemesh_proxy::StateSource::File(config.to_path_buf()),
         node: node.into(),
         ca_token: format!("token-of-{node}-0123456789"),
+        ca_token_file: None,
         outbound_addr: "127.0.0.1:0".parse().unwrap(),
         inbound_addr: "0.0.0.0:15008".parse().unwrap(),
         inbound_plaintext_addr: "0.0.0.0:15006".parse().unwrap(),
@@ -177,8 +178,10 @@ impl Mesh {
         let ca = nodemesh_ca::start(
             ServeOptions {
                 root: RootSource::state_dir(dir.path().join("ca")),
-                config_file: config.to_path_buf(),
-                tokens_file: tokens,
+                callers: nodemesh_ca::Callers::Files {
+                    config_file: config.to_path_buf(),
+                    tokens_file: tokens,
+                },
                 grpc_listen: "127.0.0.1:0".parse().unwrap(),
                 http_listen: "127.0.0.1:0".parse().unwrap(),
                 serving_names: vec!["127.0.0.1".into()],

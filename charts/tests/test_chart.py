@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Renders and lints charts/nodemesh with a real Helm (helm-python-sdk, Helm v4 as a library)
+and validates every rendered manifest against the Kubernetes 1.37 schemas (kubernetes-validate,
+strict: unknown fields are errors). Run by scripts/test-chart inside its virtualenv.
+
+Checks: `helm lint --strict` is clean; default values and a set of overrides render and
+validate; the DaemonSet has exactly NET_ADMIN and NET_RAW, is not privileged, runs on the host
+network at system-node-critical, tolerates everything, mounts /dev/net/tun and a token with
+audience nodemesh-ca, probes 15021, is annotated for scraping, and outlives its drain timeout;
+the CA has its Service (15012, 15014) and PodDisruptionBudget; RBAC and the admission policy
+are there; bad values fail schema validation naming the key.
+"""
+
+import pathlib
+import sys
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+CHART = pathlib.Path(__file__).resolve().parent.parent / "nodemesh"
+KUBE = "1.37"
+NS = "nodemesh-system"
+
+OVERRIDES = [
+    {},
+    {"wireguard": {"enabled": False}, "capture": {"backend": "nftables"}},
+    {"istioPolicies": True, "mtls": {"defaultMode": "PERMISSIVE"},
+     "ca": {"replicas": 1, "allowIstioZtunnel": True, "extraAllowedCallers": ["team-a/agent"]}},
+    {"cleanup": {"enabled": False}, "proxy": {"drainTimeoutSeconds": 120, "logLevel": "debug"},
+     "image": {"repository": "registry.example/nodemesh", "tag": "dev", "pullPolicy": "Always"}},
+]
+
+BAD_VALUES = [
+    ({"capture": {"backend": "ebpf"}}, "backend"),
+    ({"proxy": {"ports": {"metrics": -1}}}, "metrics"),
+    ({"ca": {"grpcPort": 70000}}, "grpcPort"),
+    ({"mtls": {"defaultMode": "OFF"}}, "defaultMode"),
+    ({"wireguard": {"enable": True}}, "enable"),
+]
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print(f"FAIL {what}")
+
+
+def manifests(rendered):
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                yield path, doc
+
+
+def by_kind(docs, kind, name):
+    return next((d for _, d in docs if d["kind"] == kind and d["metadata"]["name"] == name), None)
+
+
+def lint():
+    report = helm.lint(str(CHART), strict=True, namespace=NS, kube_version="v1.37.0")
+    problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    for m in problems:
+        print(f"lint: {m}")
+    check(not problems and not report.get("errors"), f"helm lint --strict: {report}")
+
+
+def validate(docs, label):
+    for path, doc in docs:
+        try:
+            kubernetes_validate.validate(doc, KUBE, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            check(False, f"{label}: {path} {doc['kind']}/{doc['metadata']['name']}: "
+                         f"{'.'.join(map(str, e.path))}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            check(False, f"{label}: {path}: no schema: {e.message}")
+
+
+def check_defaults(docs, values):
+    ds = by_kind(docs, "DaemonSet", "nodemesh-proxy")
+    check(ds is not None, "proxy DaemonSet rendered")
+    pod = ds["spec"]["template"]["spec"]
+    proxy = pod["containers"][0]
+    sc = proxy["securityContext"]
+    check(sorted(sc["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"], f"capabilities {sc}")
+    check(sc["capabilities"]["drop"] == ["ALL"], "drops every other capability")
+    check(sc.get("privileged") is False, "not privileged")
+    check(sc.get("allowPrivilegeEscalation") is False, "no privilege escalation")
+    check(all("securityContext" not in c or "add" not in c["securityContext"].get("capabilities", {})
+              for c in pod.get("initContainers", [])), "no init container adds capabilities")
+    check(pod["hostNetwork"] is True, "host network")
+    check(pod["priorityClassName"] == "system-node-critical", "system-node-critical")
+    check({"operator": "Exists"} in pod["tolerations"], "tolerates every taint")
+    check(pod["terminationGracePeriodSeconds"] > values["proxy"]["drainTimeoutSeconds"],
+          "grace period longer than the drain timeout")
+    check(f"--drain-timeout={values['proxy']['drainTimeoutSeconds']}s" in proxy["args"],
+          "drain timeout passed")
+    for probe in ("readinessProbe", "livenessProbe"):
+        check(proxy[probe]["httpGet"]["port"] == 15021, f"{probe} on 15021")
+    ann = ds["spec"]["template"]["metadata"]["annotations"]
+    check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "15020",
+          f"scrape annotations {ann}")
+    tokens = [s["serviceAccountToken"] for v in pod["volumes"] if "projected" in v
+              for s in v["projected"]["sources"] if "serviceAccountToken" in s]
+    check([t["audience"] for t in tokens] == ["nodemesh-ca"], f"projected token {tokens}")
+    tun = [v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == "/dev/net/tun"]
+    check(len(tun) == 1 and any(m["mountPath"] == "/dev/net/tun" for m in proxy["volumeMounts"]),
+          "/dev/net/tun mounted")
+
+    svc = by_kind(docs, "Service", "nodemesh-ca")
+    check(svc is not None and sorted(p["port"] for p in svc["spec"]["ports"]) == [15012, 15014],
+          "CA Service on 15012 and 15014")
+    check(by_kind(docs, "Deployment", "nodemesh-ca") is not None, "CA Deployment")
+    check(by_kind(docs, "PodDisruptionBudget", "nodemesh-ca") is not None, "CA PDB")
+    check(by_kind(docs, "ValidatingAdmissionPolicy", "nodemesh-proxy-node-patch") is not None,
+          "node-patch admission policy")
+    check(by_kind(docs, "ValidatingAdmissionPolicyBinding", "nodemesh-proxy-node-patch") is not None,
+          "admission policy binding")
+    role = by_kind(docs, "ClusterRole", "nodemesh-proxy")
+    verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"]
+             for g in rule["apiGroups"] for r in rule["resources"]}
+    check(verbs.get(("", "nodes")) == {"get", "list", "watch", "patch"}, f"proxy node verbs {verbs}")
+    check(verbs.get(("security.nodemesh.io", "authorizationpolicies/status")) == {"patch"},
+          "proxy writes policy status only")
+    check(all(not (v & {"create", "delete", "update"}) for v in verbs.values()),
+          f"proxy creates, updates and deletes nothing {verbs}")
+    hook = by_kind(docs, "DaemonSet", "nodemesh-cleanup")
+    check(hook is not None and hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete",
+          "pre-delete cleanup hook")
+    script = hook["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
+    check("nodemesh redirect remove" in script and "nodemesh wireguard down" in script,
+          "cleanup removes capture rules and WireGuard")
+
+
+def main():
+    print(f"helm {helm.helm_sdk_version()}, kubernetes-validate {KUBE}")
+    chart = helm.Chart.load(str(CHART))
+    lint()
+    for crd in chart.crds:
+        for doc in yaml.safe_load_all(crd.get("data") or crd.get("content") or ""):
+            if doc:
+                validate([(crd.get("name", "crd"), doc)], "crds/")
+    for i, overrides in enumerate(OVERRIDES):
+        values = chart.merge_values(overrides)
+        rendered = chart.render(overrides, name="nodemesh", namespace=NS, is_install=True)
+        docs = list(manifests(rendered))
+        check(len(docs) > 10, f"overrides[{i}]: rendered {len(docs)} objects")
+        validate(docs, f"overrides[{i}]")
+        if i == 0:
+            check_defaults(docs, values)
+        print(f"ok overrides[{i}]: {len(docs)} objects rendered and valid")
+    for bad, key in BAD_VALUES:
+        try:
+            chart.validate_schema(bad)
+            check(False, f"bad values {bad} accepted")
+        except helm.HelmValuesError as e:
+            check(key in str(e), f"bad values {bad}: message does not name {key!r}: {e}")
+            print(f"ok refused {bad}: {str(e).splitlines()[-1].strip()}")
+    if failures:
+        print(f"{len(failures)} chart check(s) failed")
+        return 1
+    print("chart: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

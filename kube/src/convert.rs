@@ -1,0 +1,305 @@
+//! Kubernetes objects to the proxy's domain types, once per watch event (no I/O). Only the fields
+//! nodemesh uses survive: a pod becomes a [`Workload`] of a few strings and an IP.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Node as KubeNode, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use nodemesh_config::{DEFAULT_SERVICE_ACCOUNT, Namespace, Node, Workload, WorkloadFields};
+use nodemesh_identity::TrustDomain;
+
+/// The Node annotation holding the node's WireGuard public key (base64).
+pub const WIREGUARD_KEY_ANNOTATION: &str = "nodemesh.io/wireguard-public-key";
+/// The EndpointSlice label naming its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `namespace/name` of an object (`name` alone for cluster-scoped ones).
+pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    let name = meta.name.as_deref().unwrap_or_default();
+    match meta.namespace.as_deref() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// A pod as a workload: `None` for pods outside the proxy's view (no IPv4 pod IP yet, host
+/// network, not scheduled, finished, or an identity that is not a valid SPIFFE ID).
+pub fn workload(pod: &Pod, trust_domain: &TrustDomain) -> Option<Workload> {
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    if pod.metadata.deletion_timestamp.is_some() && status.pod_ip.is_none() {
+        return None;
+    }
+    let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
+    let fields = WorkloadFields {
+        name: pod.metadata.name.clone()?,
+        namespace: pod.metadata.namespace.clone()?,
+        service_account: spec
+            .service_account_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned()),
+        ip,
+        node: spec.node_name.clone()?,
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+    };
+    match Workload::new(trust_domain, fields) {
+        Ok(w) => Some(w),
+        Err(error) => {
+            tracing::warn!(pod = %object_key(&pod.metadata), %error, "pod skipped: no valid SPIFFE ID");
+            None
+        }
+    }
+}
+
+/// A namespace with its labels.
+pub fn namespace(ns: &KubeNamespace) -> Option<Namespace> {
+    Some(Namespace::new(
+        ns.metadata.name.clone()?,
+        ns.metadata.labels.clone().unwrap_or_default(),
+    ))
+}
+
+/// A node: its InternalIP (IPv4), podCIDR and WireGuard key annotation. `None` without an IPv4
+/// InternalIP; a bad podCIDR or key is dropped with a warning.
+pub fn node(node: &KubeNode) -> Option<Node> {
+    let name = node.metadata.name.clone()?;
+    let address: Ipv4Addr = node
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())?;
+    let pod_cidr = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_deref())
+        .and_then(|c| match c.parse() {
+            Ok(net) => Some(net),
+            Err(_) => {
+                tracing::debug!(node = %name, cidr = c, "podCIDR is not IPv4; ignored");
+                None
+            }
+        });
+    let key = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(WIREGUARD_KEY_ANNOTATION))
+        .and_then(|k| match k.parse() {
+            Ok(key) => Some(key),
+            Err(error) => {
+                tracing::warn!(node = %name, %error, "bad {WIREGUARD_KEY_ANNOTATION} annotation; ignored");
+                None
+            }
+        });
+    Some(Node::new(name, address, pod_cidr, key))
+}
+
+/// One port of a Service, before its EndpointSlices resolve named target ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    /// The port on the VIP.
+    pub port: u16,
+    /// Its name (empty when unnamed).
+    pub name: String,
+    /// A numeric `targetPort`, when the Service gives one.
+    pub target_port: Option<u16>,
+}
+
+/// A Service with a ClusterIP (IPv4) and TCP ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The ClusterIP.
+    pub vip: Ipv4Addr,
+    /// TCP ports.
+    pub ports: Vec<ServicePortInfo>,
+}
+
+/// A Service: `None` for headless Services, non-IPv4 ClusterIPs and Services without TCP ports.
+pub fn service(svc: &Service) -> Option<ServiceInfo> {
+    let spec = svc.spec.as_ref()?;
+    let vip: Ipv4Addr = spec.cluster_ip.as_deref()?.parse().ok()?;
+    let ports: Vec<ServicePortInfo> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| {
+            Some(ServicePortInfo {
+                port: u16::try_from(p.port).ok().filter(|p| *p != 0)?,
+                name: p.name.clone().unwrap_or_default(),
+                target_port: match &p.target_port {
+                    Some(IntOrString::Int(n)) => u16::try_from(*n).ok().filter(|p| *p != 0),
+                    Some(IntOrString::String(_)) => None,
+                    None => u16::try_from(p.port).ok(),
+                },
+            })
+        })
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    Some(ServiceInfo {
+        namespace: svc.metadata.namespace.clone()?,
+        name: svc.metadata.name.clone()?,
+        vip,
+        ports,
+    })
+}
+
+/// The ready IPv4 endpoints of one EndpointSlice and its named ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    /// The namespace.
+    pub namespace: String,
+    /// The Service it belongs to.
+    pub service: String,
+    /// Ready endpoint addresses.
+    pub ready: Vec<Ipv4Addr>,
+    /// Port name (empty when unnamed) to endpoint port.
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// An EndpointSlice: `None` unless IPv4 and labelled with its Service. Endpoints count as ready
+/// unless `conditions.ready` is false (the API's rule).
+pub fn endpoint_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_NAME_LABEL)?
+        .clone();
+    let ready = slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.iter())
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| {
+            let port = u16::try_from(p.port?).ok()?;
+            Some((p.name.clone().unwrap_or_default(), port))
+        })
+        .collect();
+    Some(SliceInfo {
+        namespace: slice.metadata.namespace.clone()?,
+        service,
+        ready,
+        ports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn td() -> TrustDomain {
+        "cluster.local".parse().unwrap()
+    }
+
+    fn pod(extra_spec: serde_json::Value, status: serde_json::Value) -> Pod {
+        let mut spec = json!({"nodeName": "node-a", "containers": [{"name": "c"}]});
+        for (k, v) in extra_spec.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "shop"}, "spec": spec, "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_outside_the_view_are_skipped() {
+        let running = json!({"phase": "Running", "podIP": "10.1.1.5"});
+        let w = workload(&pod(json!({}), running.clone()), &td()).unwrap();
+        assert_eq!(w.service_account, "default");
+        assert_eq!(
+            w.identity.as_str(),
+            "spiffe://cluster.local/ns/shop/sa/default"
+        );
+        assert!(workload(&pod(json!({"hostNetwork": true}), running), &td()).is_none());
+        let done = json!({"phase": "Succeeded", "podIP": "10.1.1.5"});
+        assert!(workload(&pod(json!({}), done), &td()).is_none());
+        let pending = json!({"phase": "Pending"});
+        assert!(workload(&pod(json!({}), pending), &td()).is_none());
+        let v6 = json!({"phase": "Running", "podIP": "fd00::5"});
+        assert!(workload(&pod(json!({}), v6), &td()).is_none());
+    }
+
+    #[test]
+    fn nodes_need_an_internal_ipv4() {
+        let n: KubeNode = serde_json::from_value(json!({
+            "metadata": {"name": "n", "annotations": {WIREGUARD_KEY_ANNOTATION: "not-a-key"}},
+            "spec": {"podCIDR": "10.1.1.0/24"},
+            "status": {"addresses": [{"type": "Hostname", "address": "n"},
+                                     {"type": "InternalIP", "address": "fd00::1"},
+                                     {"type": "InternalIP", "address": "10.0.0.1"}]},
+        }))
+        .unwrap();
+        let node = node(&n).unwrap();
+        assert_eq!(node.address.to_string(), "10.0.0.1");
+        assert!(node.wireguard_public_key.is_none(), "a bad key is dropped");
+        let bare: KubeNode = serde_json::from_value(json!({"metadata": {"name": "n"}})).unwrap();
+        assert!(super::node(&bare).is_none());
+    }
+
+    #[test]
+    fn services_and_slices() {
+        let headless: Service = serde_json::from_value(json!({
+            "metadata": {"name": "h", "namespace": "shop"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        assert!(service(&headless).is_none());
+        let named: Service = serde_json::from_value(json!({
+            "metadata": {"name": "s", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [
+                {"name": "http", "port": 80, "targetPort": "web"},
+                {"name": "dns", "port": 53, "protocol": "UDP"}]},
+        }))
+        .unwrap();
+        let s = service(&named).unwrap();
+        assert_eq!(s.ports.len(), 1, "UDP ports are not ours");
+        assert_eq!(
+            s.ports[0].target_port, None,
+            "named: resolved by the slices"
+        );
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "s-1", "namespace": "shop",
+                         "labels": {SERVICE_NAME_LABEL: "s"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.1.1"]},
+                          {"addresses": ["10.1.1.2"], "conditions": {"ready": false}}],
+            "ports": [{"name": "http", "port": 8080}],
+        }))
+        .unwrap();
+        let info = endpoint_slice(&slice).unwrap();
+        assert_eq!(info.ready, ["10.1.1.1".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(info.ports.get("http"), Some(&8080));
+    }
+}

@@ -1,0 +1,24 @@
+//! nodemesh on Kubernetes: the one crate that depends on kube-rs and k8s-openapi, so the rest of
+//! the workspace builds without them.
+//!
+//! - [`source`]: watchers for Pods, Namespaces, Nodes, Services, EndpointSlices and
+//!   AuthorizationPolicies feeding the proxy's `WorkloadStore`
+//!   ([`convert`] and [`policy`] turn objects into domain types once per event, [`mesh`] keeps
+//!   them per kind and assembles snapshots, [`watch`] runs one list/watch loop per kind,
+//!   [`status`] writes policy conditions).
+//! - [`node`]: publishes this node's WireGuard public key as a Node annotation.
+//! - [`ca`]: TokenReview authentication, the pod placement index and the root Secret for
+//!   `nodemesh ca serve --source kubernetes`.
+//! - [`crd`]: the AuthorizationPolicy CRD as the chart ships it.
+
+pub mod ca;
+pub mod convert;
+pub mod crd;
+pub mod mesh;
+pub mod node;
+pub mod policy;
+pub mod source;
+pub mod status;
+pub mod watch;
+
+pub use source::{KubeSource, SourceError, SourceOptions};
