@@ -17,8 +17,9 @@ pub enum RedirectCommand {
     /// Install or update the rules; only what differs is changed (running it twice changes
     /// nothing). Exit status: 0 done, 2 error (nothing is touched on bad input).
     Install(RedirectArgs),
-    /// Delete every chain, set, ip rule and route we made. Exit status: 0 done, 2 error.
-    Remove(RedirectArgs),
+    /// Delete every chain, set, ip rule and route we made (no config needed). Exit status: 0
+    /// done, 2 error.
+    Remove(RemoveArgs),
     /// Show what is installed and whether it matches the config. Exit status: 0 in sync,
     /// 1 drift or not installed, 2 error.
     Status(RedirectArgs),
@@ -39,6 +40,23 @@ pub struct RedirectArgs {
     /// Work in this network namespace (`ip netns exec NAME`) instead of the current one.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+}
+
+/// Where the rules are removed from.
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    /// The backend whose rules to remove first (the other backend's leftovers go too).
+    #[arg(long, default_value = "iptables")]
+    backend: Backend,
+    /// Work in this network namespace (`ip netns exec NAME`) instead of the current one.
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+    /// Accepted for symmetry with `install`; removal does not depend on the config.
+    #[arg(long, value_name = "FILE", hide = true)]
+    config: Option<PathBuf>,
+    /// Accepted for symmetry with `install`; removal does not depend on the node.
+    #[arg(long, env = "NODE_NAME", hide = true)]
+    node: Option<String>,
 }
 
 impl RedirectArgs {
@@ -79,8 +97,10 @@ fn try_run(cmd: RedirectCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RedirectCommand::Remove(args) => {
-            let rules = rule_set(&args.config, &args.node, args.backend)?;
-            let report = nodemesh_redirect::remove(&args.host(), &rules)
+            // Removal deletes our chains, sets, rule and route by name: no pod list needed.
+            let rules = RuleSet::new(args.backend, []);
+            let host = args.netns.as_ref().map_or_else(Host::local, Host::netns);
+            let report = nodemesh_redirect::remove(&host, &rules)
                 .context("cannot remove the capture rules")?;
             if report.changed.is_empty() {
                 println!("no capture rules were installed");

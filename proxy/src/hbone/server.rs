@@ -60,8 +60,11 @@ pub async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAd
             return refuse(RefusalReason::NoCertificate);
         }
     };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(super::buffered(tcp)))
-        .await
+    let tls = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TlsAcceptor::from(config).accept(super::buffered(tcp)),
+    )
+    .await
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
