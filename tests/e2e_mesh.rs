@@ -361,16 +361,16 @@ fn redirect_cli_is_idempotent_and_reversible(backend: Backend) {
     let bed = Testbed::build(scenario::shop()).unwrap();
     let ns = bed.node("node-a").unwrap();
     let redirect = |verb: &str| {
-        let out = Command::new(BINARY)
-            .args(["redirect", verb, "--config"])
-            .arg(bed.config_file())
-            .args([
-                "--node",
-                "node-a",
-                "--backend",
-                &backend.to_string(),
-                "--netns",
-            ])
+        let mut cmd = Command::new(BINARY);
+        cmd.args(["redirect", verb]);
+        if verb != "remove" {
+            // Removal needs no config: it deletes what nodemesh made by name.
+            cmd.arg("--config")
+                .arg(bed.config_file())
+                .args(["--node", "node-a"]);
+        }
+        let out = cmd
+            .args(["--backend", &backend.to_string(), "--netns"])
             .arg(ns.name())
             .output()
             .unwrap();
