@@ -39,6 +39,9 @@ pub struct MeshOptions {
     /// Run WireGuard between the nodes inside the proxies (`--wireguard`); each node's key is
     /// created in its state directory and published in the config.
     pub wireguard: bool,
+    /// Feed the proxies from the Kubernetes API this kubeconfig points at (`--source
+    /// kubernetes`) instead of the testbed's YAML; the CA still reads the YAML.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl MeshOptions {
@@ -51,6 +54,7 @@ impl MeshOptions {
             worker_threads: 1,
             only_net_caps: false,
             wireguard: false,
+            kubeconfig: None,
         }
     }
 }
@@ -181,10 +185,22 @@ impl Testbed {
         } else {
             ns.command(&opts.binary)
         };
-        cmd.arg("proxy")
-            .arg("--config")
-            .arg(self.config_file())
-            .args(["--node", node])
+        cmd.arg("proxy");
+        match &opts.kubeconfig {
+            None => {
+                cmd.arg("--config").arg(self.config_file());
+            }
+            Some(kubeconfig) => {
+                let (ca_ip, ca_port) = crate::config::ca_address(&self.plan);
+                cmd.args(["--source", "kubernetes"])
+                    .args(["--ca-address", &format!("https://{ca_ip}:{ca_port}")])
+                    .arg("--trust-bundle")
+                    .arg(self.dir.join("ca").join("trust-bundle.pem"))
+                    .env("KUBECONFIG", kubeconfig)
+                    .env_remove("KUBERNETES_SERVICE_HOST");
+            }
+        }
+        cmd.args(["--node", node])
             .arg("--state-dir")
             .arg(&dir)
             .arg("--flow-log")

@@ -146,9 +146,14 @@ fn kind_of(collection: &str) -> (&'static str, &'static str) {
 }
 
 impl FakeApi {
-    /// Starts the server on an ephemeral port.
+    /// Starts the server on an ephemeral loopback port.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts the server on `addr` (e.g. a testbed node's underlay address).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let api = FakeApi {
             inner: Arc::new(RwLock::new(Inner::default())),
