@@ -76,17 +76,7 @@ async fn kubernetes_mode_processes() {
     );
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-            api.addr
-        ),
-    )
-    .unwrap();
+    api.write_kubeconfig(&kubeconfig);
 
     let mut ca = Command::new(env!("CARGO_BIN_EXE_nodemesh"))
         .args([

@@ -125,17 +125,7 @@ fn proxies_follow_the_kubernetes_api() {
     let mut bed = Testbed::build(scenario::shop()).unwrap();
     let api = fake_api_for(&bed);
     let kubeconfig = bed.dir().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
-            api.addr
-        ),
-    )
-    .unwrap();
+    api.write_kubeconfig(&kubeconfig);
     let mut opts = MeshOptions::new(BINARY);
     opts.backend = Backend::Nftables;
     opts.kubeconfig = Some(kubeconfig);

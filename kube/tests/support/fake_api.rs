@@ -187,6 +187,21 @@ impl FakeApi {
         api
     }
 
+    /// Writes a kubeconfig pointing at this server (for processes under test).
+    pub fn write_kubeconfig(&self, path: &std::path::Path) {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+    }
+
     /// A kube client talking to this server.
     pub fn client(&self) -> kube::Client {
         let url: http::Uri = format!("http://{}", self.addr).parse().unwrap();
