@@ -34,6 +34,9 @@ enum Command {
     /// Install, remove and check the node's capture rules (iptables or nftables TPROXY).
     #[command(subcommand)]
     Redirect(cli::redirect::RedirectCommand),
+    /// Node-to-node WireGuard for everything HBONE does not carry: keys, device, routing.
+    #[command(subcommand)]
+    Wireguard(cli::wireguard::WireguardCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => run_async(cli::ca::run(cmd)),
         Command::Proxy(args) => cli::proxy::run(args),
         Command::Redirect(cmd) => cli::redirect::run(cmd),
+        Command::Wireguard(cmd) => run_async(cli::wireguard::run(cmd)),
     }
 }
 

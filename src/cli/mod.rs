@@ -5,3 +5,4 @@ pub mod config;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+pub mod wireguard;

@@ -63,6 +63,11 @@ pub struct ProxyArgs {
     /// (tests, debugging). Never in production.
     #[arg(long)]
     no_capture: bool,
+    /// Also run WireGuard to the other nodes for everything HBONE does not carry, as `nodemesh
+    /// wireguard up` does (needs every node's podCIDR and wireguardPublicKey; key in the state
+    /// directory). The routing stays when the proxy stops (fail closed).
+    #[arg(long)]
+    wireguard: bool,
 }
 
 /// Runs the proxy until SIGTERM or Ctrl-C, then drains.
@@ -102,6 +107,15 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         })?
         .trim()
         .to_owned();
+    let wireguard = if args.wireguard {
+        let options = nodemesh_wireguard::NodeOptions::new(&args.state_dir);
+        let handle = nodemesh_wireguard::WireguardHandle::start(&args.config, &args.node, options)
+            .await
+            .context("cannot bring WireGuard up")?;
+        Some(handle)
+    } else {
+        None
+    };
     let opts = ProxyOptions {
         config_file: args.config,
         node: args.node,
@@ -145,5 +159,8 @@ async fn serve(args: ProxyArgs) -> Result<()> {
     tracing::info!("draining");
     let outcome = proxy.drain().await;
     tracing::info!(?outcome, "drained");
+    if let Some(wireguard) = wireguard {
+        wireguard.shutdown().await.context("WireGuard")?;
+    }
     Ok(())
 }

@@ -77,7 +77,7 @@ pub(crate) fn try_run(
     let spawn_err = |source| WireguardError::Spawn {
         tool: tool.name(),
         action: action.to_owned(),
-        source,
+        error: source,
     };
     let mut child = Command::new(tool.locate()?)
         .args(args)

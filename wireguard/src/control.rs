@@ -35,7 +35,7 @@ impl ControlSocket {
             move |source| WireguardError::Control {
                 path,
                 action,
-                source,
+                error: source,
             }
         };
         if let Some(dir) = path.parent() {
@@ -80,7 +80,7 @@ pub fn query(path: &Path) -> Result<DeviceStatus, WireguardError> {
         move |source| WireguardError::Control {
             path,
             action,
-            source,
+            error: source,
         }
     };
     let mut stream =

@@ -70,7 +70,7 @@ impl UserspaceDevice {
         // gotatun binds only once it has a peer: find a taken port now, before any change.
         drop(
             UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
-                .map_err(|source| WireguardError::UdpPort { port, source })?,
+                .map_err(|source| WireguardError::UdpPort { port, error: source })?,
         );
         let tun = Tun::create(name, MTU)?;
         let mut builder = DeviceBuilder::new()
@@ -83,7 +83,7 @@ impl UserspaceDevice {
             builder = builder.with_uapi(uapi);
         }
         let device = builder.build().await.map_err(|e| match e {
-            gotatun::device::Error::Bind(source, _) => WireguardError::UdpPort { port, source },
+            gotatun::device::Error::Bind(source, _) => WireguardError::UdpPort { port, error: source },
             other => device_error("start")(other),
         })?;
         Ok(Self {

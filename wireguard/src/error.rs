@@ -10,14 +10,14 @@ use std::process::ExitStatus;
 #[non_exhaustive]
 pub enum WireguardError {
     /// The key file or state directory could not be read or written.
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {error}", path.display())]
     KeyIo {
         /// What was being done (`read the private key`, `create the state directory`).
         action: &'static str,
         /// The file or directory.
         path: PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The private key file may be read by others than its owner.
     #[error(
@@ -46,23 +46,29 @@ pub enum WireguardError {
         /// What is wrong.
         reason: String,
     },
+    /// The config file could not be loaded.
+    #[error(transparent)]
+    Load(#[from] nodemesh_config::LoadError),
+    /// The config lacks what WireGuard needs (every node's podCIDR and key).
+    #[error("the config lacks what WireGuard needs:\n{0}")]
+    NotReady(nodemesh_config::ConfigErrors),
     /// `/dev/net/tun` is missing or the TUN device cannot be created.
     #[error(
-        "cannot create the TUN device {name:?} (is /dev/net/tun present, and are we root?): {source}"
+        "cannot create the TUN device {name:?} (is /dev/net/tun present, and are we root?): {error}"
     )]
     Tun {
         /// The interface name asked for.
         name: String,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The WireGuard UDP port is taken or cannot be bound.
-    #[error("cannot bind the WireGuard UDP port {port}: {source}")]
+    #[error("cannot bind the WireGuard UDP port {port}: {error}")]
     UdpPort {
         /// The port.
         port: u16,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The userspace WireGuard device failed.
     #[error("the WireGuard device failed to {action}: {reason}")]
@@ -73,14 +79,14 @@ pub enum WireguardError {
         reason: String,
     },
     /// The control socket could not be served or queried.
-    #[error("control socket {}: cannot {action}: {source}", path.display())]
+    #[error("control socket {}: cannot {action}: {error}", path.display())]
     Control {
         /// The socket's path.
         path: PathBuf,
         /// What was being done.
         action: &'static str,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The control socket answered something we cannot read.
     #[error("control socket {}: unexpected answer: {reason}", path.display())]
@@ -99,14 +105,14 @@ pub enum WireguardError {
         package: &'static str,
     },
     /// A tool could not be started.
-    #[error("cannot run {tool} to {action}: {source}")]
+    #[error("cannot run {tool} to {action}: {error}")]
     Spawn {
         /// The program.
         tool: &'static str,
         /// What it was run for.
         action: String,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A tool ran and failed.
     #[error("{tool} failed to {action} ({status}): {stderr}")]

@@ -83,7 +83,7 @@ impl KeyStore {
         let meta = fs::metadata(&path).map_err(|source| WireguardError::KeyIo {
             action: "read the private key",
             path: path.clone(),
-            source,
+            error: source,
         })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -92,7 +92,7 @@ impl KeyStore {
         let text = fs::read_to_string(&path).map_err(|source| WireguardError::KeyIo {
             action: "read the private key",
             path: path.clone(),
-            source,
+            error: source,
         })?;
         PrivateKey::from_base64(&text)
             .map_err(|reason| WireguardError::KeyMalformed { path, reason })
@@ -111,7 +111,7 @@ impl KeyStore {
             Err(source) => Err(WireguardError::KeyIo {
                 action: "read the private key",
                 path: self.path(),
-                source,
+                error: source,
             }),
         }
     }
@@ -130,7 +130,7 @@ impl KeyStore {
             move |source| WireguardError::KeyIo {
                 action,
                 path,
-                source,
+                error: source,
             }
         };
         fs::DirBuilder::new()

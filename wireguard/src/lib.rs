@@ -6,12 +6,14 @@
 //! - [`device`]: the userspace device (gotatun on a tun-rs TUN, MTU 1420), behind a trait;
 //! - [`routing`]: `ip rule`/table 134/mangle chains per DESIGN.md, failing closed;
 //! - [`control`] and [`status`]: a unix socket speaking WireGuard's configuration protocol;
-//! - [`WireguardNode`]: all of it brought up in one call (`nodemesh wireguard up`, or the proxy).
+//! - [`WireguardNode`]: all of it brought up in one call; [`WireguardHandle`]: that, kept in step
+//!   with the config file and key in the background (`nodemesh wireguard up`, `proxy --wireguard`).
 
 pub mod command;
 pub mod control;
 pub mod device;
 mod error;
+mod handle;
 pub mod keys;
 mod node;
 pub mod peers;
@@ -21,6 +23,7 @@ mod tun;
 mod udp;
 
 pub use error::WireguardError;
+pub use handle::{RELOAD_INTERVAL, WireguardHandle};
 pub use keys::{KeyStore, PrivateKey};
 pub use node::{DEFAULT_INTERFACE, NodeOptions, WireguardNode};
 pub use peers::{DEFAULT_PORT, Desired, NodeEntry, PeerChange, diff, nodes_of};

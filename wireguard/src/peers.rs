@@ -31,10 +31,7 @@ pub struct NodeEntry {
 pub fn nodes_of(config: &Config) -> Result<Vec<NodeEntry>, WireguardError> {
     let nodes = config
         .require_wireguard()
-        .map_err(|errors| WireguardError::Config {
-            path: "nodes".into(),
-            reason: errors.to_string(),
-        })?;
+        .map_err(WireguardError::NotReady)?;
     Ok(nodes
         .into_iter()
         .map(|n| NodeEntry {

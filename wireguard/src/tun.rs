@@ -28,7 +28,7 @@ impl Tun {
             .build_async()
             .map_err(|source| WireguardError::Tun {
                 name: name.to_owned(),
-                source,
+                error: source,
             })?;
         Ok(Self {
             dev: Arc::new(dev),
