@@ -458,6 +458,15 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            // The processes' logs, to see why.
+            for entry in fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    let text = fs::read_to_string(entry.path()).unwrap_or_default();
+                    eprintln!("--- {}\n{text}", entry.path().display());
+                }
+            }
+        }
         for ns in &self.namespaces {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {

@@ -20,12 +20,14 @@ use crate::udp::FastUdp;
 pub trait WireguardDevice: Send + Sync {
     /// The interface's name.
     fn name(&self) -> &str;
-    /// Applies peer changes; peers not named keep their sessions.
+    /// Applies peer changes; peers not named keep their sessions. (A device started without
+    /// peers has no UDP socket yet: restart it with its first peers instead.)
     fn apply(
         &self,
         changes: &[PeerChange],
     ) -> impl Future<Output = Result<(), WireguardError>> + Send;
-    /// Replaces the private key (sessions re-handshake with the new key).
+    /// Replaces the private key (sessions re-handshake with the new key). gotatun reports its
+    /// socket rebind as a fatal error, so [`crate::WireguardNode`] restarts the device instead.
     fn set_private_key(
         &self,
         key: &PrivateKey,
@@ -102,9 +104,6 @@ impl UserspaceDevice {
         self.device.wait().await;
     }
 
-    async fn peer_count(&self) -> usize {
-        self.device.read(async |d| d.peers().await.len()).await
-    }
 }
 
 impl WireguardDevice for UserspaceDevice {
@@ -116,7 +115,6 @@ impl WireguardDevice for UserspaceDevice {
         if changes.is_empty() {
             return Ok(());
         }
-        let had_peers = self.peer_count().await > 0;
         self.device
             .write(async |d| {
                 for change in changes {
@@ -143,14 +141,6 @@ impl WireguardDevice for UserspaceDevice {
             })
             .await
             .map_err(device_error("change its peers"))?;
-        // A device started without peers has no socket yet: a suspend/resume cycle binds it.
-        if !had_peers && self.peer_count().await > 0 {
-            self.device.suspend().await;
-            self.device
-                .resume()
-                .await
-                .map_err(device_error("start its first tunnel"))?;
-        }
         Ok(())
     }
 

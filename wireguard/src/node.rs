@@ -47,8 +47,44 @@ pub struct WireguardNode {
     options: NodeOptions,
     key: PrivateKey,
     desired: Desired,
+    /// None only after a restart failed: [`WireguardNode::failed`] then returns at once.
+    running: Option<Running>,
+}
+
+/// The device and the control socket it serves.
+struct Running {
     device: UserspaceDevice,
     control: ControlSocket,
+}
+
+impl Running {
+    async fn start(
+        options: &NodeOptions,
+        key: &PrivateKey,
+        desired: &Desired,
+    ) -> Result<Self, WireguardError> {
+        let (control, uapi) = ControlSocket::bind(&options.control_socket())?;
+        match UserspaceDevice::start(
+            &options.interface,
+            options.port,
+            key,
+            &desired.peers,
+            Some(uapi),
+        )
+        .await
+        {
+            Ok(device) => Ok(Self { device, control }),
+            Err(e) => {
+                control.close();
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.control.close();
+        self.device.stop().await;
+    }
 }
 
 impl WireguardNode {
@@ -69,28 +105,12 @@ impl WireguardNode {
         }
         warn_on_stale_key(&desired, &key);
         routing::preflight()?;
-        let (control, uapi) = ControlSocket::bind(&options.control_socket())?;
-        let device = match UserspaceDevice::start(
-            &options.interface,
-            options.port,
-            &key,
-            &desired.peers,
-            Some(uapi),
-        )
-        .await
-        {
-            Ok(device) => device,
-            Err(e) => {
-                control.close();
-                return Err(e);
-            }
-        };
+        let running = Running::start(&options, &key, &desired).await?;
         let node = Self {
             options,
             key,
             desired,
-            device,
-            control,
+            running: Some(running),
         };
         let had_routing = routing::installed().map(|i| !i.is_empty()).unwrap_or(true);
         if let Err(e) = routing::apply(&node.routing()) {
@@ -127,8 +147,12 @@ impl WireguardNode {
         let desired = Desired::plan(nodes, &self.desired.local.name, self.options.port)?;
         let changes = diff(&self.desired.peers, &desired.peers);
         warn_on_stale_key(&desired, &self.key);
-        self.device.apply(&changes).await?;
+        let first_peers = self.desired.peers.is_empty() && !desired.peers.is_empty();
         self.desired = desired;
+        match &self.running {
+            Some(running) if !first_peers => running.device.apply(&changes).await?,
+            _ => self.restart().await?,
+        }
         routing::apply(&self.routing())?;
         for change in &changes {
             tracing::info!("{change}");
@@ -143,10 +167,21 @@ impl WireguardNode {
         if key.public_key() == self.key.public_key() {
             return Ok(false);
         }
-        self.device.set_private_key(&key).await?;
-        tracing::info!(public_key = %key.public_key(), "switched to the rotated WireGuard key");
         self.key = key;
+        self.restart().await?;
+        routing::apply(&self.routing())?;
+        tracing::info!(public_key = %self.key.public_key(), "switched to the rotated WireGuard key");
         Ok(true)
+    }
+
+    /// Stops the device and starts a new one with the current key and peers (the interface is
+    /// gone for a moment: its routes too, and the unreachable routes drop traffic meanwhile).
+    async fn restart(&mut self) -> Result<(), WireguardError> {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+        self.running = Some(Running::start(&self.options, &self.key, &self.desired).await?);
+        Ok(())
     }
 
     /// The node's public key.
@@ -166,14 +201,17 @@ impl WireguardNode {
 
     /// Waits until the device fails for good (its interface deleted, its socket broken).
     pub async fn failed(&mut self) {
-        self.device.failed().await;
+        if let Some(running) = &mut self.running {
+            running.device.failed().await;
+        }
     }
 
     /// Stops the device and the control socket. The routing stays, so traffic to remote pods is
     /// dropped until the node is up again (only [`routing::remove`] deletes it).
     pub async fn shutdown(self) {
-        self.control.close();
-        self.device.stop().await;
+        if let Some(running) = self.running {
+            running.stop().await;
+        }
     }
 }
 
