@@ -460,7 +460,11 @@ impl Drop for Lab {
         }
         if std::thread::panicking() {
             // The processes' logs, to see why.
-            for entry in fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            for entry in fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if entry.path().extension().is_some_and(|e| e == "log") {
                     let text = fs::read_to_string(entry.path()).unwrap_or_default();
                     eprintln!("--- {}\n{text}", entry.path().display());

@@ -71,8 +71,12 @@ impl UserspaceDevice {
     ) -> Result<Self, WireguardError> {
         // gotatun binds only once it has a peer: find a taken port now, before any change.
         drop(
-            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
-                .map_err(|source| WireguardError::UdpPort { port, error: source })?,
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).map_err(|source| {
+                WireguardError::UdpPort {
+                    port,
+                    error: source,
+                }
+            })?,
         );
         let tun = Tun::create(name, MTU)?;
         let mut builder = DeviceBuilder::new()
@@ -85,7 +89,10 @@ impl UserspaceDevice {
             builder = builder.with_uapi(uapi);
         }
         let device = builder.build().await.map_err(|e| match e {
-            gotatun::device::Error::Bind(source, _) => WireguardError::UdpPort { port, error: source },
+            gotatun::device::Error::Bind(source, _) => WireguardError::UdpPort {
+                port,
+                error: source,
+            },
             other => device_error("start")(other),
         })?;
         Ok(Self {
@@ -103,7 +110,6 @@ impl UserspaceDevice {
     pub async fn failed(&mut self) {
         self.device.wait().await;
     }
-
 }
 
 impl WireguardDevice for UserspaceDevice {

@@ -209,6 +209,7 @@ mod tests {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(store.path())
             .unwrap();
