@@ -4,7 +4,8 @@
 #   nodemesh: `nodemesh wireguard up` on both nodes (userspace gotatun on TUN);
 #   wg-go   : Debian's wireguard-go + wg on both nodes.
 # Needs root, iperf3, wireguard-go, wireguard-tools (scripts/install-deps). Cleans up on exit.
-# Usage: benches/wireguard.sh [seconds]   (NODEMESH_BIN overrides the binary)
+# Usage: benches/wireguard.sh [seconds]   (NODEMESH_BIN overrides the binary; BENCH_VERBOSE=1
+# prints iperf3's summary and the nodes' logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -24,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for ns in "$A" "$B" "$PA" "$PB"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-for ns in "$A" "$B"; do ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1; done
+for ns in "$A" "$B"; do ip netns exec "$ns" sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'; done
 ip -n "$A" link add ul0 type veth peer name ul0 netns "$B"
 ip -n "$A" addr add 10.250.0.1/24 dev ul0; ip -n "$A" link set ul0 up
 ip -n "$B" addr add 10.250.0.2/24 dev ul0; ip -n "$B" link set ul0 up
@@ -37,15 +38,16 @@ pod() { # node pod ip gw
 pod "$A" "$PA" 10.201.1.10 10.201.1.1
 pod "$B" "$PB" 10.201.2.10 10.201.2.1
 
+port=5300
 run_iperf() { # label
-  ip netns exec "$PB" iperf3 -s -1 -D -I "$tmp/iperf.pid" >/dev/null
+  port=$((port + 1))
+  ip netns exec "$PB" iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
   sleep 0.5
-  local gbps
-  gbps=$(ip netns exec "$PA" iperf3 -c 10.201.2.10 -t "$secs" -J \
-    | sed -n 's/.*"bits_per_second":[[:space:]]*\([0-9.e+]*\).*/\1/p' | tail -1 \
-    | awk '{printf "%.2f", $1/1e9}')
-  echo "$1: $gbps Gbit/s"
-  kill "$(cat "$tmp/iperf.pid" 2>/dev/null)" 2>/dev/null || true
+  local out gbps
+  out=$(ip netns exec "$PA" iperf3 -c 10.201.2.10 -p "$port" -t "$secs" -f g 2>&1 || true)
+  gbps=$(echo "$out" | awk '/receiver/{print $(NF-2)}')
+  echo "$1: ${gbps:-FAILED} Gbit/s"
+  [ -n "${BENCH_VERBOSE:-}" ] && echo "$out" | tail -4; true
 }
 
 # 1. plain veth routing
@@ -70,6 +72,7 @@ done
 sleep 2
 ip netns exec "$PA" ping -c 3 -i 0.3 -W 2 10.201.2.10 >/dev/null
 run_iperf "nodemesh wireguard ($bin)"
+[ -n "${BENCH_VERBOSE:-}" ] && tail -n 5 "$tmp/up-a.log" "$tmp/up-b.log"
 for ns in "$A" "$B"; do
   for pid in $(ip netns pids "$ns"); do kill "$pid"; done
   sleep 1
