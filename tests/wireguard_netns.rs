@@ -120,7 +120,10 @@ impl Lab {
         }
         let (a, b, pa, pb) = (lab.ns("a"), lab.ns("b"), lab.ns("pa"), lab.ns("pb"));
         for node in [&a, &b] {
-            lab.exec(node, &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+            lab.exec(
+                node,
+                &["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+            );
         }
         // Underlay: node-a ul0 <-> node-b ul0.
         sh(&[

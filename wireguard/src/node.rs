@@ -180,8 +180,23 @@ impl WireguardNode {
         if let Some(running) = self.running.take() {
             running.stop().await;
         }
-        self.running = Some(Running::start(&self.options, &self.key, &self.desired).await?);
-        Ok(())
+        // The old device lets go of its socket and interface a moment after it stops.
+        let mut attempts = 0;
+        loop {
+            match Running::start(&self.options, &self.key, &self.desired).await {
+                Ok(running) => {
+                    self.running = Some(running);
+                    return Ok(());
+                }
+                Err(WireguardError::UdpPort { .. } | WireguardError::Tun { .. })
+                    if attempts < 60 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The node's public key.
