@@ -24,7 +24,9 @@ pub enum WireguardCommand {
     Up(UpArgs),
     /// Delete every rule, route and chain `up` installed (and a leftover interface).
     Down(DownArgs),
-    /// Show the running device's peers, last handshakes and bytes.
+    /// Show the running device's peers, last handshakes and bytes. The control socket
+    /// `<state-dir>/wireguard.sock` speaks WireGuard's configuration protocol: linked as
+    /// `/var/run/wireguard/<interface>.sock`, `wg show` reads it too.
     Status(StateArgs),
 }
 
