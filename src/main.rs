@@ -37,6 +37,11 @@ enum Command {
     /// Node-to-node WireGuard for everything HBONE does not carry: keys, device, routing.
     #[command(subcommand)]
     Wireguard(cli::wireguard::WireguardCommand),
+    /// Build a mini-cluster from network namespaces and show the mesh at work (needs root).
+    Demo(cli::demo::DemoArgs),
+    /// A pod's HTTP and TCP echo server, for the demo and tests.
+    #[command(hide = true)]
+    TestbedApp(cli::demo::AppArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cli::proxy::run(args),
         Command::Redirect(cmd) => cli::redirect::run(cmd),
         Command::Wireguard(cmd) => run_async(cli::wireguard::run(cmd)),
+        Command::Demo(args) => cli::demo::run(args),
+        Command::TestbedApp(args) => cli::demo::run_app(args),
     }
 }
 

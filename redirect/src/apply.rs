@@ -118,21 +118,9 @@ enum Firewall {
     },
 }
 
-fn tools(backend: Backend) -> &'static [Tool] {
-    match backend {
-        Backend::Iptables => &[
-            Tool::Ip,
-            Tool::IptablesRestore,
-            Tool::IptablesSave,
-            Tool::Ipset,
-        ],
-        Backend::Nftables => &[Tool::Ip, Tool::Nft],
-    }
-}
-
 /// Checks tools and namespace, before anything is read or touched.
 fn preflight(host: &Host, backend: Backend) -> Result<(), RedirectError> {
-    for tool in tools(backend) {
+    for tool in backend.tools() {
         tool.locate()?;
     }
     host.check()
@@ -564,7 +552,7 @@ pub fn remove(host: &Host, rules: &RuleSet) -> Result<ApplyReport, RedirectError
         Backend::Iptables => Backend::Nftables,
         Backend::Nftables => Backend::Iptables,
     };
-    if tools(other).iter().all(|t| t.locate().is_ok()) {
+    if other.tools().iter().all(|t| t.locate().is_ok()) {
         let leftover = match other {
             Backend::Iptables => observe_iptables(host)?,
             Backend::Nftables => observe_nft(host)?,

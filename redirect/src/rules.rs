@@ -34,6 +34,22 @@ pub enum Backend {
     Nftables,
 }
 
+impl Backend {
+    /// The programs this backend runs.
+    pub fn tools(self) -> &'static [crate::host::Tool] {
+        use crate::host::Tool;
+        match self {
+            Self::Iptables => &[
+                Tool::Ip,
+                Tool::IptablesRestore,
+                Tool::IptablesSave,
+                Tool::Ipset,
+            ],
+            Self::Nftables => &[Tool::Ip, Tool::Nft],
+        }
+    }
+}
+
 impl FromStr for Backend {
     type Err = RedirectError;
 
@@ -265,6 +281,10 @@ impl RuleSet {
                 tproxy(ports.hbone)
             ),
             format!("{syn} ip daddr @{NFT_SET} {}", tproxy(ports.inbound)),
+            // Unlike iptables' TPROXY target, nft's `tproxy` falls through to the next rule
+            // when no listener is there (the proxy is down): drop, so capture fails closed.
+            format!("{syn} ip saddr @{NFT_SET} drop"),
+            format!("{syn} ip daddr @{NFT_SET} drop"),
         ]
     }
 

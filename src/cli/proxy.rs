@@ -68,6 +68,14 @@ pub struct ProxyArgs {
     /// directory). The routing stays when the proxy stops (fail closed).
     #[arg(long)]
     wireguard: bool,
+    /// Install this node's capture rules and keep them in step with its mesh workloads. The
+    /// rules outlive the proxy (traffic fails closed while it is down); `nodemesh redirect
+    /// remove` deletes them.
+    #[arg(long, conflicts_with = "no_capture")]
+    manage_redirect: bool,
+    /// The tools `--manage-redirect` uses: `iptables` (with ipset) or `nftables`.
+    #[arg(long, default_value = "iptables", requires = "manage_redirect")]
+    capture_backend: nodemesh_redirect::Backend,
 }
 
 /// Runs the proxy until SIGTERM or Ctrl-C, then drains.
@@ -134,6 +142,11 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         backoff: Backoff::default(),
     };
     let proxy = ProxyHandle::start(opts).await?;
+    if args.manage_redirect {
+        let keep_in_step =
+            super::capture::manage(proxy.ctx().store.clone(), args.capture_backend).await?;
+        tokio::spawn(keep_in_step);
+    }
     let admin = nodemesh_proxy::admin::spawn(
         &proxy,
         args.admin_addr,

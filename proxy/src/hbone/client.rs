@@ -266,7 +266,8 @@ impl HboneClient {
                 addr: key.addr,
                 source,
             })?;
-        let handshake = TlsConnector::from(config).connect(placeholder_server_name(), tcp);
+        let handshake = TlsConnector::from(config)
+            .connect(placeholder_server_name(), super::buffered(tcp));
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {

@@ -60,7 +60,7 @@ pub async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAd
             return refuse(RefusalReason::NoCertificate);
         }
     };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp))
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(super::buffered(tcp)))
         .await
     {
         Ok(Ok(tls)) => tls,

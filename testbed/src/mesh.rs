@@ -1,0 +1,349 @@
+//! The mesh on a testbed: the CA on the first node, one proxy per node with capture
+//! (`--manage-redirect`), the pods' apps — all real processes of the `nodemesh` binary, started
+//! inside their namespaces and awaited on their readiness ports (never on the capture port).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nodemesh_redirect::Backend;
+
+use crate::apps;
+use crate::cluster::Testbed;
+use crate::config::ca_node;
+use crate::error::TestbedError;
+use crate::netns::{Netns, run};
+use crate::process::Process;
+
+/// The proxies' readiness port.
+pub const READINESS_PORT: u16 = 15021;
+/// The CA's HTTP port.
+pub const CA_HTTP_PORT: u16 = 15014;
+/// How long a process may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to run the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// The `nodemesh` binary.
+    pub binary: PathBuf,
+    /// Capture backend of every proxy.
+    pub backend: Backend,
+    /// Proxies connect to pods from the client's IP.
+    pub preserve_source_ip: bool,
+    /// Data-plane threads per proxy.
+    pub worker_threads: usize,
+    /// Run the proxies with only `CAP_NET_ADMIN` and `CAP_NET_RAW` (`setpriv --bounding-set`),
+    /// as the Helm chart's DaemonSet does.
+    pub only_net_caps: bool,
+    /// Run WireGuard between the nodes inside the proxies (`--wireguard`); each node's key is
+    /// created in its state directory and published in the config.
+    pub wireguard: bool,
+}
+
+impl MeshOptions {
+    /// Defaults: iptables, no source-IP preservation, one worker thread per proxy.
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            backend: Backend::Iptables,
+            preserve_source_ip: false,
+            worker_threads: 1,
+            only_net_caps: false,
+            wireguard: false,
+        }
+    }
+}
+
+impl Testbed {
+    /// Starts the pods' apps, the CA and every proxy, and waits until all are ready.
+    pub fn start_mesh(&mut self, opts: &MeshOptions) -> Result<(), TestbedError> {
+        self.mesh = Some(opts.clone());
+        self.start_apps(&opts.binary)?;
+        if opts.wireguard {
+            self.create_wireguard_keys(&opts.binary)?;
+        }
+        self.start_ca(&opts.binary)?;
+        let nodes: Vec<String> = self.plan.nodes.iter().map(|n| n.name.clone()).collect();
+        for node in &nodes {
+            self.spawn_proxy(node, opts)?;
+        }
+        for node in &nodes {
+            self.await_proxy(node)?;
+        }
+        Ok(())
+    }
+
+    /// Starts every pod's app (`nodemesh testbed-app`) and waits until each accepts.
+    pub fn start_apps(&mut self, binary: &std::path::Path) -> Result<(), TestbedError> {
+        let pods: Vec<(String, Netns)> = self
+            .pods
+            .iter()
+            .map(|(n, ns)| (n.clone(), ns.clone()))
+            .collect();
+        for (name, ns) in &pods {
+            let mut cmd = ns.command(binary);
+            cmd.args(["testbed-app", "--name", name]);
+            let log = self.dir.join(format!("app-{name}.log"));
+            let process = Process::start(&format!("app {name}"), cmd, &log)?;
+            self.processes.insert(format!("app/{name}"), process);
+        }
+        for (name, ns) in &pods {
+            self.await_ready(&format!("app/{name}"), ns, apps::HTTP_PORT, None)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the CA's root and node tokens, starts `nodemesh ca serve` on the first node and
+    /// waits for its `/healthz/ready`.
+    pub fn start_ca(&mut self, binary: &std::path::Path) -> Result<(), TestbedError> {
+        let state = self.dir.join("ca");
+        run(std::process::Command::new(binary)
+            .args(["ca", "init", "--state-dir"])
+            .arg(&state))?;
+        let tokens: Vec<(String, String)> = self
+            .plan
+            .nodes
+            .iter()
+            .map(|n| Ok((n.name.clone(), random_token()?)))
+            .collect::<Result<_, TestbedError>>()?;
+        let tokens_text: String = tokens.iter().map(|(n, t)| format!("{t} {n}\n")).collect();
+        let tokens_file = self.dir.join("ca-tokens");
+        write_private(&tokens_file, &tokens_text)?;
+        for (node, token) in &tokens {
+            let dir = self.dir.join(node);
+            std::fs::create_dir_all(&dir).map_err(|source| TestbedError::File {
+                path: dir.clone(),
+                source,
+            })?;
+            write_private(&dir.join("ca-token"), &format!("{token}\n"))?;
+        }
+        let host = ca_node(&self.plan);
+        let ns = self.nodes[&host.name].clone();
+        let mut cmd = ns.command(binary);
+        cmd.arg("ca")
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config_file())
+            .arg("--tokens")
+            .arg(&tokens_file)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--serving-names")
+            .arg(host.address.to_string());
+        let process = Process::start("ca", cmd, &self.dir.join("ca.log"))?;
+        self.processes.insert("ca".into(), process);
+        self.await_ready("ca", &ns, CA_HTTP_PORT, Some("/healthz/ready"))
+    }
+
+    /// Starts the proxy of `node` and waits until it is ready.
+    pub fn start_proxy(&mut self, node: &str, opts: &MeshOptions) -> Result<(), TestbedError> {
+        self.spawn_proxy(node, opts)?;
+        self.await_proxy(node)
+    }
+
+    /// Creates each node's WireGuard key (`nodemesh wireguard pubkey`) and writes the public keys
+    /// into the config.
+    pub fn create_wireguard_keys(&mut self, binary: &std::path::Path) -> Result<(), TestbedError> {
+        for node in self.plan.nodes.clone() {
+            let dir = self.dir.join(&node.name);
+            let key = run(std::process::Command::new(binary)
+                .args(["wireguard", "pubkey", "--state-dir"])
+                .arg(&dir))?;
+            self.wireguard_keys.insert(node.name, key.trim().to_owned());
+        }
+        crate::config::write(self)
+    }
+
+    /// Starts `node`'s proxy again with the options of [`Testbed::start_mesh`].
+    pub fn restart_proxy(&mut self, node: &str) -> Result<(), TestbedError> {
+        let opts = self
+            .mesh
+            .clone()
+            .ok_or_else(|| TestbedError::Spec("the mesh was never started".into()))?;
+        self.start_proxy(node, &opts)
+    }
+
+    fn spawn_proxy(&mut self, node: &str, opts: &MeshOptions) -> Result<(), TestbedError> {
+        let ns = self.node(node)?.clone();
+        let dir = self.dir.join(node);
+        let mut cmd = if opts.only_net_caps {
+            let mut cmd = ns.command("setpriv");
+            cmd.args([
+                "--bounding-set",
+                "-all,+net_admin,+net_raw",
+                "--inh-caps",
+                "-all",
+                "--",
+            ])
+            .arg(&opts.binary);
+            cmd
+        } else {
+            ns.command(&opts.binary)
+        };
+        cmd.arg("proxy")
+            .arg("--config")
+            .arg(self.config_file())
+            .args(["--node", node])
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--flow-log")
+            .arg(self.flow_log_path(node))
+            .arg("--manage-redirect")
+            .args(["--capture-backend", &opts.backend.to_string()])
+            .args(["--worker-threads", &opts.worker_threads.to_string()])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        if opts.preserve_source_ip {
+            cmd.arg("--preserve-source-ip");
+        }
+        if opts.wireguard {
+            cmd.arg("--wireguard");
+        }
+        let process = Process::start(
+            &format!("proxy {node}"),
+            cmd,
+            &self.dir.join(format!("proxy-{node}.log")),
+        )?;
+        self.processes.insert(format!("proxy/{node}"), process);
+        Ok(())
+    }
+
+    fn await_proxy(&mut self, node: &str) -> Result<(), TestbedError> {
+        let ns = self.node(node)?.clone();
+        self.await_ready(
+            &format!("proxy/{node}"),
+            &ns,
+            READINESS_PORT,
+            Some("/healthz/ready"),
+        )
+    }
+
+    /// Stops the proxy of `node` with `signal` (SIGTERM drains; SIGKILL is a crash) and returns
+    /// how it ended. Its capture rules stay.
+    pub fn stop_proxy(&mut self, node: &str, signal: Signal) -> Result<String, TestbedError> {
+        let mut process = self
+            .processes
+            .remove(&format!("proxy/{node}"))
+            .ok_or_else(|| TestbedError::Spec(format!("no proxy running on {node:?}")))?;
+        Ok(process.stop(signal, Duration::from_secs(10)))
+    }
+
+    /// Starts `argv` inside namespace `ns` (a pod or node of this testbed) as the process
+    /// `key`, with its output in `<dir>/<key>.log`; it is killed at teardown.
+    pub fn start_process(
+        &mut self,
+        key: &str,
+        ns: &Netns,
+        argv: &[&str],
+    ) -> Result<(), TestbedError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| TestbedError::Spec("empty command".into()))?;
+        let mut cmd = ns.command(program);
+        cmd.args(args);
+        let log = self.dir.join(format!("{}.log", key.replace('/', "-")));
+        let process = Process::start(key, cmd, &log)?;
+        self.processes.insert(key.to_owned(), process);
+        Ok(())
+    }
+
+    /// The pid of a running process (`ca`, `proxy/<node>`, `app/<pod>`, or a key given to
+    /// [`Testbed::start_process`]).
+    pub fn pid(&self, process: &str) -> Option<u32> {
+        self.processes.get(process).and_then(Process::pid)
+    }
+
+    /// The flow log file of `node`'s proxy.
+    pub fn flow_log_path(&self, node: &str) -> PathBuf {
+        self.dir.join(node).join("flows.jsonl")
+    }
+
+    /// The flow records `node`'s proxy has written so far.
+    pub fn flow_log(&self, node: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.flow_log_path(node))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The log of a process (`ca`, `proxy/<node>`, `app/<pod>`), for messages.
+    pub fn log_tail(&self, process: &str, lines: usize) -> String {
+        self.processes
+            .get(process)
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// Waits until `127.0.0.1:port` in `ns` accepts (and, with `path`, answers 200), failing
+    /// early if the process exits.
+    fn await_ready(
+        &mut self,
+        process: &str,
+        ns: &Netns,
+        port: u16,
+        path: Option<&'static str>,
+    ) -> Result<(), TestbedError> {
+        let start = Instant::now();
+        loop {
+            let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let ready = ns.block_on(async move {
+                match path {
+                    None => tokio::net::TcpStream::connect(target).await.is_ok(),
+                    Some(path) => {
+                        apps::http(target, "GET", path, Vec::new(), Duration::from_secs(2))
+                            .await
+                            .is_ok_and(|r| r.status == 200)
+                    }
+                }
+            })?;
+            if ready {
+                return Ok(());
+            }
+            let running = self
+                .processes
+                .get_mut(process)
+                .is_some_and(Process::is_running);
+            if !running || start.elapsed() > READY_TIMEOUT {
+                return Err(TestbedError::NotReady {
+                    what: format!("{process} ({})", if running { "running" } else { "exited" }),
+                    waited_ms: start.elapsed().as_millis(),
+                    log: self.log_tail(process, 20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), TestbedError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|source| TestbedError::File {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// 32 hex digits from the kernel's random source.
+fn random_token() -> Result<String, TestbedError> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| TestbedError::File {
+            path: "/dev/urandom".into(),
+            source,
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,301 @@
+//! What to build ([`ClusterSpec`]) and where everything goes ([`Plan`]): a pure address plan, so
+//! the layout is unit-tested without root.
+//!
+//! Node `i` (from 0) sits on the underlay at `10.200.0.(i+1)/24` with pod network
+//! `10.200.(i+1).0/24`; its gateway address (the node side of every pod link, as the CNI `ptp`
+//! plugin does) is `.1`, its pods get `.11`, `.12`, ... Service VIPs are `10.96.0.(10+j)`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use crate::error::TestbedError;
+
+/// Labels of a namespace or pod.
+pub type Labels = BTreeMap<String, String>;
+
+/// The mini-cluster to build.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSpec {
+    /// Nodes, each with its pods.
+    pub nodes: Vec<NodeSpec>,
+    /// Namespaces with labels (`nodemesh.io/mesh: enabled` puts one in the mesh).
+    pub namespaces: Vec<NamespaceSpec>,
+    /// Services: a VIP in front of the pods their selector picks.
+    pub services: Vec<ServiceSpec>,
+    /// AuthorizationPolicy documents, as JSON (the same shape as the YAML/CRD).
+    pub policies: Vec<serde_json::Value>,
+}
+
+/// One node and its pods.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Node name, e.g. `node-a`.
+    pub name: String,
+    /// The pods scheduled on it.
+    pub pods: Vec<PodSpec>,
+}
+
+/// One pod.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    /// Pod name, unique in the cluster.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account (the SPIFFE ID's `sa` segment).
+    pub service_account: String,
+    /// Labels.
+    pub labels: Labels,
+}
+
+impl PodSpec {
+    /// A pod with no labels.
+    pub fn new(name: &str, namespace: &str, service_account: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            labels: Labels::new(),
+        }
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+}
+
+/// A namespace with labels.
+#[derive(Debug, Clone)]
+pub struct NamespaceSpec {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: Labels,
+}
+
+/// A Service: `vip:port` in front of the selected pods' `target_port`.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service port.
+    pub port: u16,
+    /// Pod port.
+    pub target_port: u16,
+    /// Label selector.
+    pub selector: Labels,
+}
+
+/// Where a node and its pods live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub address: Ipv4Addr,
+    /// Pod network base (`/24`).
+    pub pod_cidr: Ipv4Addr,
+    /// The node side of every pod link.
+    pub gateway: Ipv4Addr,
+    /// Its pods, in spec order.
+    pub pods: Vec<PodPlan>,
+}
+
+/// Where a pod lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPlan {
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Labels.
+    pub labels: Labels,
+    /// Pod IP.
+    pub ip: Ipv4Addr,
+    /// The node-side interface of its link (`pod0`, `pod1`, ...).
+    pub host_link: String,
+}
+
+/// A Service with its VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePlan {
+    /// The spec.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Virtual IP.
+    pub vip: Ipv4Addr,
+    /// Service port.
+    pub port: u16,
+    /// Pod port.
+    pub target_port: u16,
+    /// Label selector.
+    pub selector: Labels,
+}
+
+/// The address plan of a [`ClusterSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Nodes in spec order.
+    pub nodes: Vec<NodePlan>,
+    /// Services in spec order.
+    pub services: Vec<ServicePlan>,
+}
+
+/// Most nodes a plan places (`10.200.0.1` ... `10.200.0.200`).
+pub const MAX_NODES: usize = 200;
+/// Most pods per node (`.11` ... `.250`).
+pub const MAX_PODS_PER_NODE: usize = 240;
+
+impl Plan {
+    /// Places every node, pod and Service; refuses duplicate names and oversized specs.
+    pub fn new(spec: &ClusterSpec) -> Result<Self, TestbedError> {
+        if spec.nodes.is_empty() {
+            return Err(TestbedError::Spec("at least one node is needed".into()));
+        }
+        if spec.nodes.len() > MAX_NODES {
+            return Err(TestbedError::Spec(format!(
+                "{} nodes: at most {MAX_NODES}",
+                spec.nodes.len()
+            )));
+        }
+        let mut seen_nodes = std::collections::BTreeSet::new();
+        let mut seen_pods = std::collections::BTreeSet::new();
+        let mut nodes = Vec::with_capacity(spec.nodes.len());
+        for (i, node) in spec.nodes.iter().enumerate() {
+            if !seen_nodes.insert(node.name.as_str()) {
+                return Err(TestbedError::Spec(format!("node {:?} twice", node.name)));
+            }
+            if node.pods.len() > MAX_PODS_PER_NODE {
+                return Err(TestbedError::Spec(format!(
+                    "node {:?} has {} pods: at most {MAX_PODS_PER_NODE}",
+                    node.name,
+                    node.pods.len()
+                )));
+            }
+            let n = (i + 1) as u8;
+            let pods = node
+                .pods
+                .iter()
+                .enumerate()
+                .map(|(j, pod)| {
+                    if !seen_pods.insert(pod.name.as_str()) {
+                        return Err(TestbedError::Spec(format!("pod {:?} twice", pod.name)));
+                    }
+                    Ok(PodPlan {
+                        name: pod.name.clone(),
+                        namespace: pod.namespace.clone(),
+                        service_account: pod.service_account.clone(),
+                        labels: pod.labels.clone(),
+                        ip: Ipv4Addr::new(10, 200, n, 11 + j as u8),
+                        host_link: format!("pod{j}"),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            nodes.push(NodePlan {
+                name: node.name.clone(),
+                address: Ipv4Addr::new(10, 200, 0, n),
+                pod_cidr: Ipv4Addr::new(10, 200, n, 0),
+                gateway: Ipv4Addr::new(10, 200, n, 1),
+                pods,
+            });
+        }
+        let services = spec
+            .services
+            .iter()
+            .enumerate()
+            .map(|(j, s)| ServicePlan {
+                name: s.name.clone(),
+                namespace: s.namespace.clone(),
+                vip: Ipv4Addr::new(10, 96, 0, 10 + j as u8),
+                port: s.port,
+                target_port: s.target_port,
+                selector: s.selector.clone(),
+            })
+            .collect();
+        Ok(Self { nodes, services })
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The pod called `name` and the node it runs on.
+    pub fn pod(&self, name: &str) -> Option<(&NodePlan, &PodPlan)> {
+        self.nodes
+            .iter()
+            .find_map(|n| n.pods.iter().find(|p| p.name == name).map(|p| (n, p)))
+    }
+
+    /// The Service called `name`.
+    pub fn service(&self, name: &str) -> Option<&ServicePlan> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec {
+            nodes: vec![
+                NodeSpec {
+                    name: "node-a".into(),
+                    pods: vec![
+                        PodSpec::new("a1", "shop", "web"),
+                        PodSpec::new("a2", "shop", "db"),
+                    ],
+                },
+                NodeSpec {
+                    name: "node-b".into(),
+                    pods: vec![PodSpec::new("b1", "shop", "web")],
+                },
+            ],
+            services: vec![ServiceSpec {
+                name: "web".into(),
+                namespace: "shop".into(),
+                port: 80,
+                target_port: 8080,
+                selector: Labels::new(),
+            }],
+            ..ClusterSpec::default()
+        }
+    }
+
+    #[test]
+    fn places_nodes_pods_and_vips() {
+        let plan = Plan::new(&spec()).unwrap();
+        let b = plan.node("node-b").unwrap();
+        assert_eq!(b.address, Ipv4Addr::new(10, 200, 0, 2));
+        assert_eq!(b.gateway, Ipv4Addr::new(10, 200, 2, 1));
+        let (node, a2) = plan.pod("a2").unwrap();
+        assert_eq!(node.name, "node-a");
+        assert_eq!(a2.ip, Ipv4Addr::new(10, 200, 1, 12));
+        assert_eq!(a2.host_link, "pod1");
+        assert_eq!(
+            plan.service("web").unwrap().vip,
+            Ipv4Addr::new(10, 96, 0, 10)
+        );
+    }
+
+    #[test]
+    fn refuses_duplicates_and_empty_specs() {
+        let mut dup = spec();
+        dup.nodes[1].pods.push(PodSpec::new("a1", "shop", "x"));
+        assert!(
+            Plan::new(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("\"a1\" twice")
+        );
+        assert!(Plan::new(&ClusterSpec::default()).is_err());
+    }
+}

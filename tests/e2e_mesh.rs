@@ -1,0 +1,419 @@
+//! Root tier: the mesh end to end in a testbed — real namespaces, real TPROXY capture installed
+//! by the proxies (`--manage-redirect`), real `nodemesh` processes (CA, proxies, pods' apps),
+//! real TLS on an underlay that a packet capture watches. Every test runs once per capture
+//! backend (iptables, nftables).
+//!
+//! Runs as root with `ip`, `iptables`/`ipset` and `nft` installed. Otherwise each test prints a
+//! skip line and passes, unless `NODEMESH_E2E=1`, where a skip is a failure.
+#![allow(clippy::unwrap_used)] // Test code: a panic is a failed test.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nodemesh_redirect::Backend;
+use nodemesh_testbed::scenario::{self, Outcome};
+use nodemesh_testbed::{ClusterSpec, MeshOptions, Netns, Testbed, apps};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
+
+/// Whether the root tier runs here; panics when it must run and cannot.
+fn root_tier(test: &str, backend: Backend) -> bool {
+    let forced = std::env::var("NODEMESH_E2E").is_ok_and(|v| v == "1");
+    let problem = nodemesh_testbed::check_prerequisites()
+        .err()
+        .map(|e| e.to_string())
+        .or_else(|| {
+            backend
+                .tools()
+                .iter()
+                .find_map(|t| t.locate().err())
+                .map(|e| e.to_string())
+        });
+    match problem {
+        None => true,
+        Some(p) if forced => panic!("{test}: NODEMESH_E2E=1 but cannot run: {p}"),
+        Some(p) => {
+            eprintln!("skip {test}: {p} (set NODEMESH_E2E=1 to make this a failure)");
+            false
+        }
+    }
+}
+
+fn options(backend: Backend) -> MeshOptions {
+    let mut opts = MeshOptions::new(BINARY);
+    opts.backend = backend;
+    opts
+}
+
+/// The shop with its mesh running.
+fn shop(spec: ClusterSpec, opts: &MeshOptions) -> Testbed {
+    let mut bed = Testbed::build(spec).unwrap();
+    if let Err(e) = bed.start_mesh(opts) {
+        panic!("mesh did not start: {e}");
+    }
+    bed
+}
+
+fn assert_ok(bed: &Testbed, outcome: &Outcome) {
+    assert!(
+        outcome.ok,
+        "step failed: {}\n{}\n--- proxy node-a ---\n{}\n--- proxy node-b ---\n{}",
+        outcome.step,
+        outcome.details.join("\n"),
+        bed.log_tail("proxy/node-a", 15),
+        bed.log_tail("proxy/node-b", 15),
+    );
+}
+
+/// Every step of `nodemesh demo`, asserted: Service VIP across nodes with both SPIFFE IDs in
+/// the flow log, L7 deny, L4 deny, STRICT, passthrough, and an underlay with TLS only.
+fn demo_steps(backend: Backend) {
+    if !root_tier("demo_steps", backend) {
+        return;
+    }
+    let bed = shop(scenario::shop(), &options(backend));
+    let capture = bed.capture_underlay().unwrap();
+    for step in [
+        scenario::allowed_via_service,
+        scenario::l7_deny,
+        scenario::l4_deny,
+        scenario::strict_refuses_plaintext,
+        scenario::passthrough_to_non_mesh,
+    ] {
+        assert_ok(&bed, &step(&bed).unwrap());
+    }
+    let control = scenario::marker(&bed, "control");
+    scenario::send_control(&bed, &control).unwrap();
+    let captured = capture.finish().unwrap();
+    let markers = ["allowed", "admin-body", "l4"].map(|m| scenario::marker(&bed, m));
+    assert_ok(
+        &bed,
+        &scenario::underlay_encrypted(&captured, &control, &markers),
+    );
+}
+
+/// With only `CAP_NET_ADMIN` and `CAP_NET_RAW` (the Helm chart's DaemonSet capabilities), the
+/// proxies install capture and serve the demo's traffic.
+fn runs_with_only_net_admin_and_net_raw(backend: Backend) {
+    if !root_tier("runs_with_only_net_admin_and_net_raw", backend) {
+        return;
+    }
+    let mut opts = options(backend);
+    opts.only_net_caps = true;
+    let bed = shop(scenario::shop(), &opts);
+    for node in ["node-a", "node-b"] {
+        let pid = bed.pid(&format!("proxy/{node}")).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let effective = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        const NET_ADMIN: u64 = 1 << 12;
+        const NET_RAW: u64 = 1 << 13;
+        assert_eq!(effective, NET_ADMIN | NET_RAW, "{node} proxy capabilities");
+    }
+    for step in [
+        scenario::allowed_via_service,
+        scenario::l7_deny,
+        scenario::strict_refuses_plaintext,
+    ] {
+        assert_ok(&bed, &step(&bed).unwrap());
+    }
+}
+
+/// SIGTERM (drain) and SIGKILL (crash) of node-b's proxy both leave capture in place: calls
+/// fail, nothing reaches the underlay in plaintext, and a restarted proxy serves again.
+fn stopped_proxy_fails_closed(backend: Backend) {
+    if !root_tier("stopped_proxy_fails_closed", backend) {
+        return;
+    }
+    let mut bed = shop(scenario::shop(), &options(backend));
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        for outcome in scenario::proxy_down_fails_closed(&mut bed, signal).unwrap() {
+            assert_ok(&bed, &outcome);
+        }
+    }
+}
+
+/// Pod -> pod on one node goes through the proxy and its policy: allowed first, then refused
+/// once a DENY policy lands in the config (reloaded live), with the deny in the flow log.
+fn same_node_goes_through_policy(backend: Backend) {
+    if !root_tier("same_node_goes_through_policy", backend) {
+        return;
+    }
+    let mut bed = shop(scenario::shop(), &options(backend));
+    let frontend = scenario::pod_http(&bed, "frontend-a").unwrap();
+    let reply = scenario::call(&bed, "batch-a", frontend, "GET", "/", "")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let mtls = scenario::find_flow(&bed, "node-a", |r| {
+        r["direction"] == "inbound"
+            && r["dst"]["workload"] == "frontend-a"
+            && r["src"]["identity"] == "spiffe://cluster.local/ns/shop/sa/batch"
+    });
+    assert!(
+        mtls.is_some(),
+        "node-a logged the same-node call with the batch identity"
+    );
+
+    let mut policies = scenario::shop_policies();
+    policies.push(serde_json::json!({
+        "apiVersion": "security.nodemesh.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "frontend-deny-batch", "namespace": "shop"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "frontend"}},
+            "action": "DENY",
+            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/batch"]}}]}],
+        },
+    }));
+    bed.set_policies(policies).unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        if scenario::call(&bed, "batch-a", frontend, "GET", "/", "")
+            .unwrap()
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(refused, "the new DENY policy took effect on the same node");
+    let deny = scenario::find_flow(&bed, "node-a", |r| {
+        r["verdict"] == "deny" && r["policy"] == "shop/frontend-deny-batch"
+    });
+    assert!(
+        deny.is_some(),
+        "node-a logged the deny by shop/frontend-deny-batch"
+    );
+}
+
+/// With `--preserve-source-ip` the destination pod sees the client pod's IP, not the node's.
+fn preserves_source_ip(backend: Backend) {
+    if !root_tier("preserves_source_ip", backend) {
+        return;
+    }
+    let mut opts = options(backend);
+    opts.preserve_source_ip = true;
+    let bed = shop(scenario::shop(), &opts);
+    let vip = scenario::web_vip(&bed).unwrap();
+    let reply = scenario::call(&bed, "frontend-a", vip, "GET", "/", "")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let peer: SocketAddr = reply.field("peer").unwrap().parse().unwrap();
+    assert_eq!(
+        peer.ip(),
+        bed.pod_ip("frontend-a").unwrap(),
+        "web-b saw {peer}, not frontend-a's IP"
+    );
+}
+
+/// 200 concurrent connections from 4 pods (50 each, to a pod on the other node) all complete
+/// with their 64 KiB of data intact.
+fn concurrent_connections_keep_data_intact(backend: Backend) {
+    if !root_tier("concurrent_connections_keep_data_intact", backend) {
+        return;
+    }
+    let mut spec = scenario::shop();
+    spec.policies.clear();
+    let bed = shop(spec, &options(backend));
+    let pairs = [
+        ("frontend-a", "web-b"),
+        ("batch-a", "db-b"),
+        ("web-b", "frontend-a"),
+        ("db-b", "batch-a"),
+    ];
+    let tasks: Vec<_> = pairs
+        .iter()
+        .map(|(from, to)| {
+            let target = SocketAddr::from((bed.pod_ip(to).unwrap(), apps::ECHO_PORT));
+            let seed = bed.pod_ip(from).unwrap().octets()[3];
+            bed.pod(from)
+                .unwrap()
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async move {
+                        let calls = (0..50u8).map(|i| async move {
+                            let payload: Vec<u8> =
+                                (0..65536u32).map(|j| (j as u8) ^ i ^ seed).collect();
+                            let back = apps::echo(target, &payload, Duration::from_secs(30)).await;
+                            back.map(|b| b == payload)
+                        });
+                        futures_util::future::join_all(calls).await
+                    })
+                })
+                .unwrap()
+        })
+        .collect();
+    for ((from, to), task) in pairs.iter().zip(tasks) {
+        let results = task.join().unwrap();
+        let intact = results.iter().filter(|r| matches!(r, Ok(true))).count();
+        let failures: Vec<String> = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(true) => None,
+                Ok(false) => Some("data differed".into()),
+                Err(e) => Some(e.to_string()),
+            })
+            .take(3)
+            .collect();
+        assert_eq!(intact, 50, "{from} -> {to}: {failures:?}");
+    }
+}
+
+/// Snapshot of a namespace's capture-relevant state: `iptables-save` without comments and
+/// counters, `nft --stateless list ruleset` (no counters), ip rules and every routing table.
+///
+/// Tables with no rule at all are left out: iptables (nf_tables backend) creates a table's
+/// built-in chains, empty with policy ACCEPT, on first use and never deletes them. Such a table
+/// matches nothing and changes no packet, so it is the same ruleset as no table.
+fn snapshot(ns: &Netns) -> Vec<String> {
+    let strip_counters = |line: &str| match line.find(" [") {
+        Some(i) if line.starts_with(':') => line[..i].to_owned(),
+        _ => line.to_owned(),
+    };
+    let saved: Vec<String> = ns
+        .exec(&["iptables-save"])
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(strip_counters)
+        .collect();
+    let mut lines = without_empty_blocks(
+        &saved,
+        |l| l.starts_with('*'),
+        |l| l == "COMMIT",
+        |l| l.starts_with("-A") || (l.starts_with(':') && !l.ends_with(" ACCEPT")),
+    );
+    let ruleset = ns.exec(&["nft", "--stateless", "list", "ruleset"]).unwrap();
+    let ruleset: Vec<String> = ruleset.lines().map(str::to_owned).collect();
+    lines.push("--- nft".into());
+    lines.extend(without_empty_blocks(
+        &ruleset,
+        |l| l.starts_with("table"),
+        |l| l == "}",
+        |l| {
+            let builtin = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+            match l.strip_prefix("\tchain ") {
+                Some(chain) => !builtin.iter().any(|b| chain == format!("{b} {{")),
+                None => {
+                    l.starts_with("\t\t")
+                        && !(l.contains("type filter hook") && l.ends_with("policy accept;"))
+                }
+            }
+        },
+    ));
+    for argv in [
+        &["ip", "rule", "show"][..],
+        &["ip", "route", "show", "table", "all"],
+        &["ipset", "list", "-n"],
+    ] {
+        lines.push(format!("--- {argv:?}"));
+        lines.extend(ns.exec(argv).unwrap().lines().map(str::to_owned));
+    }
+    lines
+}
+
+/// `lines` without the blocks (from a `start` line to an `end` line) that hold no `meaningful`
+/// line.
+fn without_empty_blocks(
+    lines: &[String],
+    start: impl Fn(&str) -> bool,
+    end: impl Fn(&str) -> bool,
+    meaningful: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut block: Option<Vec<String>> = None;
+    for line in lines {
+        match block.as_mut() {
+            None if start(line) => block = Some(vec![line.clone()]),
+            None => out.push(line.clone()),
+            Some(b) => {
+                b.push(line.clone());
+                if end(line) {
+                    let b = block.take().unwrap_or_default();
+                    if b.iter().any(|l| meaningful(l)) {
+                        out.extend(b);
+                    }
+                }
+            }
+        }
+    }
+    out.extend(block.unwrap_or_default());
+    out
+}
+
+/// `nodemesh redirect install` twice changes nothing the second time; `remove` restores the
+/// node's rules exactly as they were before.
+fn redirect_cli_is_idempotent_and_reversible(backend: Backend) {
+    if !root_tier("redirect_cli_is_idempotent_and_reversible", backend) {
+        return;
+    }
+    let bed = Testbed::build(scenario::shop()).unwrap();
+    let ns = bed.node("node-a").unwrap();
+    let redirect = |verb: &str| {
+        let out = Command::new(BINARY)
+            .args(["redirect", verb, "--config"])
+            .arg(bed.config_file())
+            .args([
+                "--node",
+                "node-a",
+                "--backend",
+                &backend.to_string(),
+                "--netns",
+            ])
+            .arg(ns.name())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "redirect {verb}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let before = snapshot(ns);
+    redirect("install");
+    let installed = snapshot(ns);
+    assert_ne!(before, installed, "install changed nothing");
+    let again = redirect("install");
+    assert!(again.contains("already in sync"), "{again}");
+    assert_eq!(
+        snapshot(ns),
+        installed,
+        "a second install changed the rules"
+    );
+    redirect("remove");
+    assert_eq!(snapshot(ns), before, "remove did not restore the rules");
+}
+
+macro_rules! per_backend {
+    ($($test:ident),* $(,)?) => {
+        mod iptables {
+            $(#[test] fn $test() { super::$test(super::Backend::Iptables) })*
+        }
+        mod nftables {
+            $(#[test] fn $test() { super::$test(super::Backend::Nftables) })*
+        }
+    };
+}
+
+per_backend!(
+    demo_steps,
+    runs_with_only_net_admin_and_net_raw,
+    stopped_proxy_fails_closed,
+    same_node_goes_through_policy,
+    preserves_source_ip,
+    concurrent_connections_keep_data_intact,
+    redirect_cli_is_idempotent_and_reversible,
+);
