@@ -34,6 +34,9 @@ enum Command {
     /// Install, remove and check the node's capture rules (iptables or nftables TPROXY).
     #[command(subcommand)]
     Redirect(cli::redirect::RedirectCommand),
+    /// Node-to-node WireGuard for everything HBONE does not carry: keys, device, routing.
+    #[command(subcommand)]
+    Wireguard(cli::wireguard::WireguardCommand),
     /// Build a mini-cluster from network namespaces and show the mesh at work (needs root).
     Demo(cli::demo::DemoArgs),
     /// A pod's HTTP and TCP echo server, for the demo and tests.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => run_async(cli::ca::run(cmd)),
         Command::Proxy(args) => cli::proxy::run(args),
         Command::Redirect(cmd) => cli::redirect::run(cmd),
+        Command::Wireguard(cmd) => run_async(cli::wireguard::run(cmd)),
         Command::Demo(args) => cli::demo::run(args),
         Command::TestbedApp(args) => cli::demo::run_app(args),
         Command::Crd => match cli::kube::print_crd() {

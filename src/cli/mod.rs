@@ -17,3 +17,4 @@ pub enum Source {
     /// The Kubernetes API.
     Kubernetes,
 }
+pub mod wireguard;

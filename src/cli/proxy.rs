@@ -93,6 +93,11 @@ pub struct ProxyArgs {
     /// (tests, debugging). Never in production.
     #[arg(long)]
     no_capture: bool,
+    /// Also run WireGuard to the other nodes for everything HBONE does not carry, as `nodemesh
+    /// wireguard up` does (needs every node's podCIDR and wireguardPublicKey; key in the state
+    /// directory). The routing stays when the proxy stops (fail closed).
+    #[arg(long)]
+    wireguard: bool,
     /// Install this node's capture rules and keep them in step with its mesh workloads. The
     /// rules outlive the proxy (traffic fails closed while it is down); `nodemesh redirect
     /// remove` deletes them.
@@ -149,6 +154,21 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         })?
         .trim()
         .to_owned();
+    let wireguard = if args.wireguard {
+        let config = match (args.source, args.config.as_ref()) {
+            (super::Source::File, Some(config)) => config,
+            _ => anyhow::bail!(
+                "--wireguard needs --source file and --config (the Kubernetes source does not drive WireGuard yet; run `nodemesh wireguard up` beside the proxy)"
+            ),
+        };
+        let options = nodemesh_wireguard::NodeOptions::new(&args.state_dir);
+        let handle = nodemesh_wireguard::WireguardHandle::start(config, &args.node, options)
+            .await
+            .context("cannot bring WireGuard up")?;
+        Some(handle)
+    } else {
+        None
+    };
     // Kept alive for as long as the proxy runs: dropping it stops the watchers.
     let mut kube_source = None;
     let source = match (args.source, args.config) {
@@ -222,5 +242,8 @@ async fn serve(args: ProxyArgs) -> Result<()> {
     let outcome = proxy.drain().await;
     tracing::info!(?outcome, "drained");
     drop(kube_source);
+    if let Some(wireguard) = wireguard {
+        wireguard.shutdown().await.context("WireGuard")?;
+    }
     Ok(())
 }
