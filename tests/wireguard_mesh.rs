@@ -1,6 +1,8 @@
 //! Root tier: the testbed's mesh with WireGuard inside the proxies (`nodemesh proxy
 //! --wireguard`): HBONE still works across nodes (exempt from the tunnel by port), and the
-//! testbed's WireGuard step sees UDP, ICMP and non-mesh TCP cross only as WireGuard.
+//! testbed's WireGuard step sees UDP, ICMP and non-mesh TCP cross only as WireGuard; the
+//! proxy's own passthrough connections to non-mesh pods on other nodes get through the tunnel
+//! too (they leave with the node's tunnel address, inside its pod network).
 //!
 //! Runs as root with the testbed's tools; otherwise a skip line, or a failure with
 //! `NODEMESH_E2E=1`.
@@ -49,6 +51,7 @@ fn proxies_with_wireguard_carry_hbone_and_the_rest() {
         );
     }
     assert_ok(&bed, &scenario::allowed_via_service(&bed).unwrap());
+    assert_ok(&bed, &scenario::passthrough_to_non_mesh(&bed).unwrap());
     let outcome = scenario::wireguard_carries_the_rest(&bed).unwrap();
     eprintln!("{}: {}", outcome.step, outcome.details.join("; "));
     assert_ok(&bed, &outcome);

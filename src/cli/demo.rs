@@ -20,6 +20,9 @@ pub struct DemoArgs {
     /// Capture backend of the proxies.
     #[arg(long, default_value = "iptables")]
     backend: Backend,
+    /// Run without WireGuard between the nodes (it is on by default).
+    #[arg(long)]
+    no_wireguard: bool,
     /// Leave the cluster running at the end and print commands to poke around.
     #[arg(long)]
     keep: bool,
@@ -100,9 +103,14 @@ fn demo(args: &DemoArgs) -> Result<bool> {
         "     namespaces {prefix}-*, files in {}",
         bed.dir().display()
     );
-    step("starting the CA, a proxy per node (capture: --manage-redirect) and the pods' apps");
+    step(if args.no_wireguard {
+        "starting the CA, a proxy per node (capture: --manage-redirect) and the pods' apps"
+    } else {
+        "starting the CA, a proxy per node (capture: --manage-redirect; --wireguard) and the pods' apps"
+    });
     let mut opts = MeshOptions::new(binary);
     opts.backend = args.backend;
+    opts.wireguard = !args.no_wireguard;
     bed.start_mesh(&opts)?;
     println!("     ready after {:.1} s", started.elapsed().as_secs_f64());
 
@@ -124,6 +132,9 @@ fn demo(args: &DemoArgs) -> Result<bool> {
     outcomes.push(show(scenario::underlay_encrypted(
         &captured, &control, &markers,
     )));
+    if !args.no_wireguard {
+        outcomes.push(show(scenario::wireguard_carries_the_rest(&bed)?));
+    }
     for outcome in scenario::proxy_down_fails_closed(&mut bed, Signal::SIGKILL)? {
         outcomes.push(show(outcome));
     }

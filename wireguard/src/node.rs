@@ -135,6 +135,7 @@ impl WireguardNode {
         Routing {
             dev: self.options.interface.clone(),
             cidrs: self.desired.remote_cidrs().into_iter().collect(),
+            source: self.desired.local.pod_cidr.hosts().next(),
         }
     }
 

@@ -53,6 +53,11 @@ pub struct Routing {
     pub dev: String,
     /// The remote nodes' pod networks.
     pub cidrs: BTreeSet<Ipv4Net>,
+    /// The source address of node-originated packets into the tunnel (e.g. the proxy's
+    /// passthrough connections): the first address of this node's pod network, put on the
+    /// device. A peer accepts only sources in this node's pod network, and the answers, sent to
+    /// that address, come back through the tunnel too.
+    pub source: Option<std::net::Ipv4Addr>,
 }
 
 /// What of ours is installed, read back from the tools.
@@ -283,6 +288,12 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
     preflight()?;
     let steps = routing.plan(&installed()?);
     let table = TABLE.to_string();
+    let source = routing.source.map(|a| a.to_string());
+    if let Some(source) = &source {
+        let addr = format!("{source}/32");
+        let argv = ["-4", "addr", "replace", &addr, "dev", &routing.dev];
+        run(Tool::Ip, &argv, None, "give the tunnel its source address")?;
+    }
     for step in &steps {
         match step {
             Step::Chains { missing_jumps } => {
@@ -317,7 +328,7 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
             }
             Step::DevRoute(net) => {
                 let net = net.to_string();
-                let argv = [
+                let mut argv = vec![
                     "-4",
                     "route",
                     "replace",
@@ -327,6 +338,9 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
                     "table",
                     &table,
                 ];
+                if let Some(source) = &source {
+                    argv.extend(["src", source.as_str()]);
+                }
                 run(Tool::Ip, &argv, None, "route a pod network into the tunnel")?;
             }
             Step::Rule(net) => {
@@ -420,6 +434,7 @@ mod tests {
         Routing {
             dev: "nodemesh-wg0".into(),
             cidrs: nets.iter().map(|s| net(s)).collect(),
+            source: None,
         }
     }
 
