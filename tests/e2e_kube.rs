@@ -3,7 +3,8 @@
 //! hosts; the fake speaks the list/watch JSON protocol to the real kube-rs client). The fake runs
 //! inside node-a's namespace on its underlay address, so both nodes' proxies reach it; its pods
 //! mirror the testbed's pods (same names, IPs and nodes). Changes made through the API — a pod
-//! opting out, a new policy — change capture and enforcement for real connections.
+//! opting out, a new policy — change capture and enforcement for real connections; WireGuard
+//! peers follow the keys the proxies publish on their Nodes.
 //!
 //! Runs as root; without root it prints a skip line, unless `NODEMESH_E2E=1` (then it fails).
 #![allow(clippy::unwrap_used)]
@@ -129,14 +130,34 @@ fn proxies_follow_the_kubernetes_api() {
     let mut opts = MeshOptions::new(BINARY);
     opts.backend = Backend::Nftables;
     opts.kubeconfig = Some(kubeconfig);
+    opts.wireguard = true;
     if let Err(e) = bed.start_mesh(&opts) {
         panic!("mesh did not start: {e}");
     }
+
+    // Each proxy publishes its WireGuard key on its Node; peers follow the annotations.
+    for node in ["node-a", "node-b"] {
+        eventually(&format!("{node}'s key annotation"), || {
+            api.get(NODES, "", node).is_some_and(|n| {
+                n["metadata"]["annotations"]["nodemesh.io/wireguard-public-key"].is_string()
+            })
+        });
+    }
+    let mut tunnel = scenario::wireguard_carries_the_rest(&bed).unwrap();
+    for _ in 0..5 {
+        if tunnel.ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        tunnel = scenario::wireguard_carries_the_rest(&bed).unwrap();
+    }
+    assert!(tunnel.ok, "{}", tunnel.details.join("\n"));
 
     for step in [
         scenario::allowed_via_service,
         scenario::l7_deny,
         scenario::l4_deny,
+        scenario::passthrough_to_non_mesh,
     ] {
         let outcome = step(&bed).unwrap();
         assert!(

@@ -94,10 +94,14 @@ pub struct ProxyArgs {
     #[arg(long)]
     no_capture: bool,
     /// Also run WireGuard to the other nodes for everything HBONE does not carry, as `nodemesh
-    /// wireguard up` does (needs every node's podCIDR and wireguardPublicKey; key in the state
-    /// directory). The routing stays when the proxy stops (fail closed).
+    /// wireguard up` does (key in the state directory). From a file, every node needs podCIDR and
+    /// wireguardPublicKey; from Kubernetes, the key is published on this node's Node and peers
+    /// follow the other Nodes' annotations. The routing stays when the proxy stops (fail closed).
     #[arg(long)]
     wireguard: bool,
+    /// The WireGuard UDP port, the same on every node.
+    #[arg(long, default_value_t = nodemesh_wireguard::DEFAULT_PORT, requires = "wireguard")]
+    wireguard_port: u16,
     /// Install this node's capture rules and keep them in step with its mesh workloads. The
     /// rules outlive the proxy (traffic fails closed while it is down); `nodemesh redirect
     /// remove` deletes them.
@@ -154,18 +158,13 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         })?
         .trim()
         .to_owned();
-    let wireguard = if args.wireguard {
-        let config = match (args.source, args.config.as_ref()) {
-            (super::Source::File, Some(config)) => config,
-            _ => anyhow::bail!(
-                "--wireguard needs --source file and --config (the Kubernetes source does not drive WireGuard yet; run `nodemesh wireguard up` beside the proxy)"
-            ),
-        };
-        let options = nodemesh_wireguard::NodeOptions::new(&args.state_dir);
-        let handle = nodemesh_wireguard::WireguardHandle::start(config, &args.node, options)
-            .await
-            .context("cannot bring WireGuard up")?;
-        Some(handle)
+    // With --wireguard, this node's key (created on first use); in Kubernetes mode the source
+    // publishes it on the Node.
+    let wireguard_key = if args.wireguard {
+        let (key, _) = nodemesh_wireguard::KeyStore::new(&args.state_dir)
+            .load_or_create()
+            .context("the WireGuard key")?;
+        Some(key.public_key())
     } else {
         None
     };
@@ -184,13 +183,45 @@ async fn serve(args: ProxyArgs) -> Result<()> {
                     default_permissive: args.default_mtls_mode == MtlsMode::Permissive,
                 },
                 istio_policies: args.istio_policies,
-                wireguard_public_key: args.wireguard_public_key,
+                wireguard_public_key: args
+                    .wireguard_public_key
+                    .or_else(|| wireguard_key.map(|k| k.to_string())),
             })
             .await?;
             let store = std::sync::Arc::clone(source.store());
             kube_source = Some(source);
             StateSource::Store(store)
         }
+    };
+    let wireguard = match wireguard_key {
+        Some(key) => {
+            let list = match &source {
+                StateSource::File(path) => nodemesh_wireguard::NodeList::File(path.clone()),
+                StateSource::Store(store) => {
+                    let (store, node) = (std::sync::Arc::clone(store), args.node.clone());
+                    let mut stand_ins = std::collections::HashMap::new();
+                    nodemesh_wireguard::NodeList::Current(Box::new(move || {
+                        Ok(nodemesh_wireguard::published_nodes(
+                            store.load().config(),
+                            &node,
+                            key,
+                            |name| {
+                                *stand_ins.entry(name.to_owned()).or_insert_with(|| {
+                                    nodemesh_wireguard::PrivateKey::generate().public_key()
+                                })
+                            },
+                        ))
+                    }))
+                }
+            };
+            let mut options = nodemesh_wireguard::NodeOptions::new(&args.state_dir);
+            options.port = args.wireguard_port;
+            let handle = nodemesh_wireguard::WireguardHandle::start_from(list, &args.node, options)
+                .await
+                .context("cannot bring WireGuard up")?;
+            Some(handle)
+        }
+        None => None,
     };
     let opts = ProxyOptions {
         source,

@@ -16,7 +16,24 @@ use crate::peers::{NodeEntry, nodes_of};
 /// How often the config file and the key file are checked for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A running node, reconfigured in the background as its config file and key change.
+/// Where a running node reads the node list from, every [`RELOAD_INTERVAL`].
+pub enum NodeList {
+    /// A standalone config file: a bad new file is refused, the last good one keeps running.
+    File(PathBuf),
+    /// Whatever the function returns now (e.g. the Kubernetes source's current state).
+    Current(Box<dyn FnMut() -> Result<Vec<NodeEntry>, WireguardError> + Send>),
+}
+
+impl std::fmt::Debug for NodeList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Current(_) => f.write_str("Current(..)"),
+        }
+    }
+}
+
+/// A running node, reconfigured in the background as its node list and key change.
 pub struct WireguardHandle {
     public_key: WireguardPublicKey,
     peers: usize,
@@ -42,13 +59,24 @@ impl WireguardHandle {
         node: &str,
         options: NodeOptions,
     ) -> Result<Self, WireguardError> {
-        let config = config.into();
-        let (nodes, seen) = load(&config)?;
+        Self::start_from(NodeList::File(config.into()), node, options).await
+    }
+
+    /// Brings node `node` up from `list`, and keeps it in step with the list and its key.
+    pub async fn start_from(
+        mut list: NodeList,
+        node: &str,
+        options: NodeOptions,
+    ) -> Result<Self, WireguardError> {
+        let (nodes, seen) = match &mut list {
+            NodeList::File(path) => load(path)?,
+            NodeList::Current(current) => (current()?, Vec::new()),
+        };
         let running = WireguardNode::up(&nodes, node, options).await?;
         let public_key = running.public_key();
         let peers = running.desired().peers.len();
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(keep_in_step(running, config, seen, stopped));
+        let task = tokio::spawn(keep_in_step(running, list, nodes, seen, stopped));
         Ok(Self {
             public_key,
             peers,
@@ -90,7 +118,8 @@ impl WireguardHandle {
 
 async fn keep_in_step(
     mut node: WireguardNode,
-    config: PathBuf,
+    mut list: NodeList,
+    mut applied: Vec<NodeEntry>,
     mut seen: Vec<u8>,
     mut stopped: oneshot::Receiver<()>,
 ) -> Result<(), WireguardError> {
@@ -103,20 +132,13 @@ async fn keep_in_step(
                 reason: "fatal device error".into(),
             }),
             _ = tick.tick() => {
-                match std::fs::read(&config) {
-                    Ok(text) if text != seen => {
-                        seen = text;
-                        match load(&config) {
-                            Ok((nodes, _)) => {
-                                if let Err(e) = node.reconfigure(&nodes).await {
-                                    tracing::error!("cannot apply the new config: {e}");
-                                }
-                            }
-                            Err(e) => tracing::error!("refusing the new config: {e}"),
-                        }
+                if let Some(nodes) = changed_nodes(&mut list, &mut seen)
+                    && nodes != applied
+                {
+                    match node.reconfigure(&nodes).await {
+                        Ok(_) => applied = nodes,
+                        Err(e) => tracing::error!("cannot apply the new node list: {e}"),
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::error!("cannot read {}: {e}", config.display()),
                 }
                 if let Err(e) = node.reload_key().await {
                     tracing::error!("cannot reload the key: {e}");
@@ -127,4 +149,28 @@ async fn keep_in_step(
     node.shutdown().await;
     tracing::info!("WireGuard device stopped; routing left in place (fail closed)");
     result
+}
+
+/// The node list if it may have changed since the last look (a file only when its bytes did);
+/// errors are logged and the last good list keeps running.
+fn changed_nodes(list: &mut NodeList, seen: &mut Vec<u8>) -> Option<Vec<NodeEntry>> {
+    match list {
+        NodeList::File(config) => match std::fs::read(&*config) {
+            Ok(text) if text != *seen => {
+                *seen = text;
+                load(config)
+                    .map(|(nodes, _)| nodes)
+                    .map_err(|e| tracing::error!("refusing the new config: {e}"))
+                    .ok()
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!("cannot read {}: {e}", config.display());
+                None
+            }
+        },
+        NodeList::Current(current) => current()
+            .map_err(|e| tracing::error!("cannot read the node list: {e}"))
+            .ok(),
+    }
 }

@@ -23,9 +23,9 @@ mod tun;
 mod udp;
 
 pub use error::WireguardError;
-pub use handle::{RELOAD_INTERVAL, WireguardHandle};
+pub use handle::{NodeList, RELOAD_INTERVAL, WireguardHandle};
 pub use keys::{KeyStore, PrivateKey};
 pub use node::{DEFAULT_INTERFACE, NodeOptions, WireguardNode};
-pub use peers::{DEFAULT_PORT, Desired, NodeEntry, PeerChange, diff, nodes_of};
+pub use peers::{DEFAULT_PORT, Desired, NodeEntry, PeerChange, diff, nodes_of, published_nodes};
 pub use status::{DeviceStatus, PeerStatus};
 pub use tun::MTU;

@@ -43,6 +43,37 @@ pub fn nodes_of(config: &Config) -> Result<Vec<NodeEntry>, WireguardError> {
         .collect())
 }
 
+/// The node list as a cluster publishes it over time (Kubernetes: podCIDR from the Node, key
+/// from its annotation). `local` gets `local_key` (its own key, published by this very process).
+/// A node that has published no key yet gets `stand_in(name)`, a key nobody holds: its pod
+/// network is routed into the tunnel all the same, where no handshake can complete, so its
+/// traffic is dropped, never sent in plaintext, until its real key arrives. Nodes without a
+/// podCIDR are left out.
+pub fn published_nodes(
+    config: &Config,
+    local: &str,
+    local_key: WireguardPublicKey,
+    mut stand_in: impl FnMut(&str) -> WireguardPublicKey,
+) -> Vec<NodeEntry> {
+    config
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let public_key = if n.name == local {
+                local_key
+            } else {
+                n.wireguard_public_key.unwrap_or_else(|| stand_in(&n.name))
+            };
+            Some(NodeEntry {
+                name: n.name.clone(),
+                address: n.address,
+                pod_cidr: n.pod_cidr?,
+                public_key,
+            })
+        })
+        .collect()
+}
+
 /// A remote node as a WireGuard peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -191,6 +222,28 @@ mod tests {
 
     fn key(n: u8) -> WireguardPublicKey {
         WireguardPublicKey::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn published_nodes_stand_in_for_missing_keys() {
+        let yaml = format!(
+            "nodes:\n\
+             - {{name: a, address: 10.0.0.1, podCIDR: 10.1.0.0/24}}\n\
+             - {{name: b, address: 10.0.0.2, podCIDR: 10.2.0.0/24, wireguardPublicKey: {}}}\n\
+             - {{name: c, address: 10.0.0.3, podCIDR: 10.3.0.0/24}}\n\
+             - {{name: d, address: 10.0.0.4}}\n\
+             workloads: []\n",
+            key(2)
+        );
+        let config = Config::from_yaml_str(&yaml, ".").unwrap();
+        let nodes = published_nodes(&config, "a", key(1), |_| key(9));
+        let keys: Vec<_> = nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.public_key))
+            .collect();
+        // a: its own key; b: published; c: a stand-in (its pods stay in the tunnel); d: no
+        // podCIDR, left out.
+        assert_eq!(keys, vec![("a", key(1)), ("b", key(2)), ("c", key(9))]);
     }
 
     fn node(name: &str, n: u8) -> NodeEntry {
