@@ -249,9 +249,14 @@ fn proxies_follow_the_kubernetes_api() {
             })
             .is_some()
     });
+    // The capture set follows the state on its own task: poll until frontend-a is captured.
     let vip = scenario::web_vip(&bed).unwrap();
-    let reply = scenario::call(&bed, "frontend-a", vip, "GET", "/", "")
-        .unwrap()
-        .unwrap();
-    assert_eq!(reply.status, 200, "frontend-a is back in the mesh");
+    eventually(
+        "frontend-a back in the mesh reaches web through the VIP",
+        || {
+            scenario::call(&bed, "frontend-a", vip, "GET", "/", "")
+                .unwrap()
+                .is_ok_and(|r| r.status == 200)
+        },
+    );
 }
