@@ -24,18 +24,6 @@ use support::objects::*;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
 
-fn root_tier(test: &str) -> bool {
-    let forced = std::env::var("NODEMESH_E2E").is_ok_and(|v| v == "1");
-    match nodemesh_testbed::check_prerequisites() {
-        Ok(()) => true,
-        Err(e) if forced => panic!("{test}: NODEMESH_E2E=1 but cannot run: {e}"),
-        Err(e) => {
-            eprintln!("skip {test}: {e} (set NODEMESH_E2E=1 to make this a failure)");
-            false
-        }
-    }
-}
-
 /// Starts the fake API inside `bed`'s first node, on its underlay address, and fills it with
 /// the testbed's nodes, namespaces, pods, the `web` Service and the shop's policies.
 fn fake_api_for(bed: &Testbed) -> FakeApi {
@@ -120,7 +108,10 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 /// node-b's STRICT mode), comes back, and a DENY policy for batch -> frontend takes effect.
 #[test]
 fn proxies_follow_the_kubernetes_api() {
-    if !root_tier("proxies_follow_the_kubernetes_api") {
+    if !nodemesh_testbed::root_tier(
+        "proxies_follow_the_kubernetes_api",
+        Backend::Nftables.tools(),
+    ) {
         return;
     }
     let mut bed = Testbed::build(scenario::shop()).unwrap();

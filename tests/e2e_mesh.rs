@@ -13,33 +13,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nodemesh_redirect::Backend;
-use nodemesh_testbed::scenario::{self, Outcome};
+use nodemesh_testbed::scenario;
 use nodemesh_testbed::{ClusterSpec, MeshOptions, Netns, Testbed, apps};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
-
-/// Whether the root tier runs here; panics when it must run and cannot.
-fn root_tier(test: &str, backend: Backend) -> bool {
-    let forced = std::env::var("NODEMESH_E2E").is_ok_and(|v| v == "1");
-    let problem = nodemesh_testbed::check_prerequisites()
-        .err()
-        .map(|e| e.to_string())
-        .or_else(|| {
-            backend
-                .tools()
-                .iter()
-                .find_map(|t| t.locate().err())
-                .map(|e| e.to_string())
-        });
-    match problem {
-        None => true,
-        Some(p) if forced => panic!("{test}: NODEMESH_E2E=1 but cannot run: {p}"),
-        Some(p) => {
-            eprintln!("skip {test}: {p} (set NODEMESH_E2E=1 to make this a failure)");
-            false
-        }
-    }
-}
 
 fn options(backend: Backend) -> MeshOptions {
     let mut opts = MeshOptions::new(BINARY);
@@ -56,21 +33,10 @@ fn shop(spec: ClusterSpec, opts: &MeshOptions) -> Testbed {
     bed
 }
 
-fn assert_ok(bed: &Testbed, outcome: &Outcome) {
-    assert!(
-        outcome.ok,
-        "step failed: {}\n{}\n--- proxy node-a ---\n{}\n--- proxy node-b ---\n{}",
-        outcome.step,
-        outcome.details.join("\n"),
-        bed.log_tail("proxy/node-a", 15),
-        bed.log_tail("proxy/node-b", 15),
-    );
-}
-
 /// Every step of `nodemesh demo`, asserted: Service VIP across nodes with both SPIFFE IDs in
 /// the flow log, L7 deny, L4 deny, STRICT, passthrough, and an underlay with TLS only.
 fn demo_steps(backend: Backend) {
-    if !root_tier("demo_steps", backend) {
+    if !nodemesh_testbed::root_tier("demo_steps", backend.tools()) {
         return;
     }
     let bed = shop(scenario::shop(), &options(backend));
@@ -82,13 +48,13 @@ fn demo_steps(backend: Backend) {
         scenario::strict_refuses_plaintext,
         scenario::passthrough_to_non_mesh,
     ] {
-        assert_ok(&bed, &step(&bed).unwrap());
+        scenario::assert_ok(&bed, &step(&bed).unwrap());
     }
     let control = scenario::marker(&bed, "control");
     scenario::send_control(&bed, &control).unwrap();
     let captured = capture.finish().unwrap();
     let markers = ["allowed", "admin-body", "l4"].map(|m| scenario::marker(&bed, m));
-    assert_ok(
+    scenario::assert_ok(
         &bed,
         &scenario::underlay_encrypted(&captured, &control, &markers),
     );
@@ -97,7 +63,7 @@ fn demo_steps(backend: Backend) {
 /// With only `CAP_NET_ADMIN` and `CAP_NET_RAW` (the Helm chart's DaemonSet capabilities), the
 /// proxies install capture and serve the demo's traffic.
 fn runs_with_only_net_admin_and_net_raw(backend: Backend) {
-    if !root_tier("runs_with_only_net_admin_and_net_raw", backend) {
+    if !nodemesh_testbed::root_tier("runs_with_only_net_admin_and_net_raw", backend.tools()) {
         return;
     }
     let mut opts = options(backend);
@@ -120,20 +86,20 @@ fn runs_with_only_net_admin_and_net_raw(backend: Backend) {
         scenario::l7_deny,
         scenario::strict_refuses_plaintext,
     ] {
-        assert_ok(&bed, &step(&bed).unwrap());
+        scenario::assert_ok(&bed, &step(&bed).unwrap());
     }
 }
 
 /// SIGTERM (drain) and SIGKILL (crash) of node-b's proxy both leave capture in place: calls
 /// fail, nothing reaches the underlay in plaintext, and a restarted proxy serves again.
 fn stopped_proxy_fails_closed(backend: Backend) {
-    if !root_tier("stopped_proxy_fails_closed", backend) {
+    if !nodemesh_testbed::root_tier("stopped_proxy_fails_closed", backend.tools()) {
         return;
     }
     let mut bed = shop(scenario::shop(), &options(backend));
     for signal in [Signal::SIGTERM, Signal::SIGKILL] {
         for outcome in scenario::proxy_down_fails_closed(&mut bed, signal).unwrap() {
-            assert_ok(&bed, &outcome);
+            scenario::assert_ok(&bed, &outcome);
         }
     }
 }
@@ -141,7 +107,7 @@ fn stopped_proxy_fails_closed(backend: Backend) {
 /// Pod -> pod on one node goes through the proxy and its policy: allowed first, then refused
 /// once a DENY policy lands in the config (reloaded live), with the deny in the flow log.
 fn same_node_goes_through_policy(backend: Backend) {
-    if !root_tier("same_node_goes_through_policy", backend) {
+    if !nodemesh_testbed::root_tier("same_node_goes_through_policy", backend.tools()) {
         return;
     }
     let mut bed = shop(scenario::shop(), &options(backend));
@@ -195,7 +161,7 @@ fn same_node_goes_through_policy(backend: Backend) {
 
 /// With `--preserve-source-ip` the destination pod sees the client pod's IP, not the node's.
 fn preserves_source_ip(backend: Backend) {
-    if !root_tier("preserves_source_ip", backend) {
+    if !nodemesh_testbed::root_tier("preserves_source_ip", backend.tools()) {
         return;
     }
     let mut opts = options(backend);
@@ -217,7 +183,7 @@ fn preserves_source_ip(backend: Backend) {
 /// 200 concurrent connections from 4 pods (50 each, to a pod on the other node) all complete
 /// with their 64 KiB of data intact.
 fn concurrent_connections_keep_data_intact(backend: Backend) {
-    if !root_tier("concurrent_connections_keep_data_intact", backend) {
+    if !nodemesh_testbed::root_tier("concurrent_connections_keep_data_intact", backend.tools()) {
         return;
     }
     let mut spec = scenario::shop();
@@ -355,7 +321,7 @@ fn without_empty_blocks(
 /// `nodemesh redirect install` twice changes nothing the second time; `remove` restores the
 /// node's rules exactly as they were before.
 fn redirect_cli_is_idempotent_and_reversible(backend: Backend) {
-    if !root_tier("redirect_cli_is_idempotent_and_reversible", backend) {
+    if !nodemesh_testbed::root_tier("redirect_cli_is_idempotent_and_reversible", backend.tools()) {
         return;
     }
     let bed = Testbed::build(scenario::shop()).unwrap();

@@ -279,6 +279,29 @@ pub fn check_prerequisites() -> Result<(), TestbedError> {
     Ok(())
 }
 
+/// Whether a root-tier test runs here: root, `ip` and `tools` present. Otherwise it prints a
+/// skip line and returns `false`, unless `NODEMESH_E2E=1`, where a skip is a failure (panic).
+pub fn root_tier(test: &str, tools: &[nodemesh_redirect::Tool]) -> bool {
+    let forced = std::env::var("NODEMESH_E2E").is_ok_and(|v| v == "1");
+    let problem = check_prerequisites()
+        .err()
+        .map(|e| e.to_string())
+        .or_else(|| {
+            tools
+                .iter()
+                .find_map(|t| t.locate().err())
+                .map(|e| e.to_string())
+        });
+    match problem {
+        None => true,
+        Some(p) if forced => panic!("{test}: NODEMESH_E2E=1 but cannot run: {p}"),
+        Some(p) => {
+            eprintln!("skip {test}: {p} (set NODEMESH_E2E=1 to make this a failure)");
+            false
+        }
+    }
+}
+
 /// Kills the processes of, and deletes, every testbed namespace whose name starts with
 /// `prefix` (`nm` for all of them); returns the names deleted. For leftovers of a run that was
 /// killed or kept.

@@ -19,7 +19,7 @@ mod plan;
 mod process;
 pub mod scenario;
 
-pub use cluster::{NAME_PREFIX, Testbed, check_prerequisites, destroy_all};
+pub use cluster::{NAME_PREFIX, Testbed, check_prerequisites, destroy_all, root_tier};
 pub use config::{CA_GRPC_PORT, ca_address, render as render_config};
 pub use error::TestbedError;
 pub use mesh::{CA_HTTP_PORT, MeshOptions, READINESS_PORT};

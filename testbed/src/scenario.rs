@@ -133,6 +133,18 @@ impl Outcome {
     }
 }
 
+/// Panics (for tests) unless `outcome` is ok, with its details and the proxies' last log lines.
+pub fn assert_ok(bed: &Testbed, outcome: &Outcome) {
+    assert!(
+        outcome.ok,
+        "step failed: {}\n{}\n--- proxy node-a ---\n{}\n--- proxy node-b ---\n{}",
+        outcome.step,
+        outcome.details.join("\n"),
+        bed.log_tail("proxy/node-a", 25),
+        bed.log_tail("proxy/node-b", 25),
+    );
+}
+
 /// A marker unique to the run, put in request paths and bodies so the underlay capture can
 /// show it never crossed in plaintext.
 pub fn marker(bed: &Testbed, what: &str) -> String {

@@ -2,60 +2,22 @@
 //! namespace.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::error::WireguardError;
 
-/// A program routing needs, with the Debian package that provides it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tool {
-    /// `ip` (iproute2).
-    Ip,
-    /// `iptables-restore` (iptables).
-    IptablesRestore,
-    /// `iptables-save` (iptables).
-    IptablesSave,
-}
+pub use nodemesh_redirect::Tool;
 
-impl Tool {
-    /// Every tool routing uses.
-    pub const ALL: [Tool; 3] = [Tool::Ip, Tool::IptablesRestore, Tool::IptablesSave];
+/// Every tool routing uses.
+pub const ROUTING_TOOLS: [Tool; 3] = [Tool::Ip, Tool::IptablesRestore, Tool::IptablesSave];
 
-    /// The program's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ip => "ip",
-            Self::IptablesRestore => "iptables-restore",
-            Self::IptablesSave => "iptables-save",
-        }
-    }
-
-    fn package(self) -> &'static str {
-        match self {
-            Self::Ip => "iproute2",
-            Self::IptablesRestore | Self::IptablesSave => "iptables",
-        }
-    }
-
-    /// The program's path, looked up in `PATH`, then `/usr/sbin` and `/sbin`.
-    pub fn locate(self) -> Result<PathBuf, WireguardError> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-            .map(|dir| dir.join(self.name()))
-            .find(|p| is_executable(p))
-            .ok_or(WireguardError::MissingTool {
-                tool: self.name(),
-                package: self.package(),
-            })
-    }
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+/// The program's path (found the way capture finds its tools), or which package to install.
+pub fn locate(tool: Tool) -> Result<PathBuf, WireguardError> {
+    tool.locate().map_err(|_| WireguardError::MissingTool {
+        tool: tool.name(),
+        package: tool.package(),
+    })
 }
 
 /// What a finished command printed.
@@ -79,7 +41,7 @@ pub(crate) fn try_run(
         action: action.to_owned(),
         error: source,
     };
-    let mut child = Command::new(tool.locate()?)
+    let mut child = Command::new(locate(tool)?)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

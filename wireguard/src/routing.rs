@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::command::{Tool, run, try_run};
+use crate::command::{ROUTING_TOOLS, Tool, locate, run, try_run};
 use crate::error::WireguardError;
 
 /// The routing table of the tunnel.
@@ -218,8 +218,8 @@ pub fn parse_routes(text: &str) -> (BTreeSet<Ipv4Net>, BTreeSet<Ipv4Net>) {
 
 /// Checks that every tool is installed, before anything is touched.
 pub fn preflight() -> Result<(), WireguardError> {
-    for tool in Tool::ALL {
-        tool.locate()?;
+    for tool in ROUTING_TOOLS {
+        locate(tool)?;
     }
     Ok(())
 }
