@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::cluster::Testbed;
 use crate::error::TestbedError;
 use crate::netns::{Netns, NetnsTask};
 
@@ -223,8 +224,6 @@ impl Testbed {
         PacketCapture::start(self.underlay())
     }
 }
-
-use crate::cluster::Testbed;
 
 #[cfg(test)]
 mod tests {
