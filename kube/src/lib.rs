@@ -2,7 +2,7 @@
 //! the workspace builds without them.
 //!
 //! - [`source`]: watchers for Pods, Namespaces, Nodes, Services, EndpointSlices and
-//!   AuthorizationPolicies feeding the proxy's `WorkloadStore`
+//!   AuthorizationPolicies feeding the proxy's `MeshStore`
 //!   ([`convert`] and [`policy`] turn objects into domain types once per event, [`mesh`] keeps
 //!   them per kind and assembles snapshots, [`watch`] runs one list/watch loop per kind,
 //!   [`status`] writes policy conditions).

@@ -13,7 +13,7 @@ use nodemesh_config::{
     Ca, Config, MTLS_MODE_LABEL, Namespace, Node, Parts, Service, ServicePort, Workload,
 };
 use nodemesh_identity::TrustDomain;
-use nodemesh_proxy::state::{MeshState, StateError};
+use nodemesh_state::{MeshState, StateError};
 
 use crate::convert::{ServiceInfo, SliceInfo};
 use crate::policy::{PolicyApi, PolicyEntry};

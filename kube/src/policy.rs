@@ -7,7 +7,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use nodemesh_config::RawPolicy;
 use nodemesh_policy::status::{ACCEPTED, PolicyCondition};
 use nodemesh_policy::{Policy, PolicyDocument, PolicyRef};
-use nodemesh_proxy::state::PolicyProblem;
+use nodemesh_state::PolicyProblem;
 
 /// Which AuthorizationPolicy API a watcher follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,4 +1,4 @@
-//! The Kubernetes source of the proxy's [`WorkloadStore`]: watchers for Pods, Namespaces, Nodes,
+//! The Kubernetes source of the proxy's [`MeshStore`]: watchers for Pods, Namespaces, Nodes,
 //! Services, EndpointSlices and AuthorizationPolicies feed one task that owns the
 //! [`MeshView`], applies each change to it, and publishes a debounced snapshot.
 //!
@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::{Api, Client, ResourceExt};
-use nodemesh_proxy::state::{StateError, WorkloadStore};
+use nodemesh_state::{MeshStore, StateError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -53,7 +53,7 @@ pub enum SourceError {
 /// A running Kubernetes source.
 #[derive(Debug)]
 pub struct KubeSource {
-    store: Arc<WorkloadStore>,
+    store: Arc<MeshStore>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -97,7 +97,7 @@ impl KubeSource {
             policies = state.config().policies().len(),
             "first full sync with the Kubernetes API"
         );
-        let store = Arc::new(WorkloadStore::new(state));
+        let store = Arc::new(MeshStore::new(state));
         if !failing.is_empty() {
             store.health().mark_stale(SystemTime::now());
         }
@@ -113,7 +113,7 @@ impl KubeSource {
     }
 
     /// The store the proxy reads.
-    pub fn store(&self) -> &Arc<WorkloadStore> {
+    pub fn store(&self) -> &Arc<MeshStore> {
         &self.store
     }
 }
@@ -206,7 +206,7 @@ fn apply(
     failing: &mut BTreeSet<Kind>,
     update: Update,
     status: &mpsc::Sender<StatusUpdate>,
-    store: Option<&WorkloadStore>,
+    store: Option<&MeshStore>,
 ) {
     let request_status = |o: &Object| {
         if let Object::Policy(entry) = o
@@ -248,7 +248,7 @@ async fn follow(
     mut rx: mpsc::Receiver<Update>,
     mut view: MeshView,
     mut failing: BTreeSet<Kind>,
-    store: Arc<WorkloadStore>,
+    store: Arc<MeshStore>,
     opts: SourceOptions,
     status: mpsc::Sender<StatusUpdate>,
 ) {

@@ -36,8 +36,7 @@ async fn get(addr: SocketAddr, path: &str) -> String {
 
 fn has_cert(proxy: &ProxyHandle, id: &str) -> bool {
     proxy
-        .ctx()
-        .certs
+        .certs()
         .all()
         .iter()
         .any(|(i, c)| i.as_str() == id && c.is_some())
@@ -114,11 +113,12 @@ async fn proxy_follows_the_cluster() {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
         },
+        l7_limits: Default::default(),
     })
     .await
     .unwrap();
     let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let admin = nodemesh_proxy::admin::spawn(&proxy, local, local, local).unwrap();
+    let admin = proxy.serve_admin(local, local, local).unwrap();
 
     eventually("web-1's certificate", || has_cert(&proxy, WEB)).await;
     let mut ready = proxy.ready();

@@ -1,6 +1,6 @@
 //! The Kubernetes source against the in-repo fake API server (see `support/fake_api.rs` for why
 //! a fake and what it leaves out), through the real kube-rs client and kube-runtime watchers:
-//! every change of the cluster shows in the proxy's `WorkloadStore`, an outage keeps the last
+//! every change of the cluster shows in the proxy's `MeshStore`, an outage keeps the last
 //! state and raises the staleness, and the relist after it applies what changed meanwhile.
 #![allow(clippy::unwrap_used)]
 
@@ -14,7 +14,7 @@ use nodemesh_config::Ca;
 use nodemesh_kube::mesh::MeshSettings;
 use nodemesh_kube::watch::Retry;
 use nodemesh_kube::{KubeSource, SourceOptions};
-use nodemesh_proxy::state::WorkloadStore;
+use nodemesh_state::MeshStore;
 use serde_json::json;
 use support::eventually;
 use support::fake_api::FakeApi;
@@ -106,7 +106,7 @@ fn ip(s: &str) -> std::net::IpAddr {
     s.parse().unwrap()
 }
 
-fn in_mesh(store: &WorkloadStore, addr: &str) -> Option<bool> {
+fn in_mesh(store: &MeshStore, addr: &str) -> Option<bool> {
     let state = store.load();
     let w = state.workload(ip(addr))?;
     Some(state.in_mesh(w))
@@ -291,7 +291,7 @@ async fn policies_update_and_fail_closed_with_status() {
     cluster(&api);
     let source = start(&api, true).await;
     let store = Arc::clone(source.store());
-    let count = |s: &WorkloadStore| s.load().config().policies().len();
+    let count = |s: &MeshStore| s.load().config().policies().len();
 
     // A policy that does not compile: loaded fail-closed, reported, status Accepted=False.
     api.put(

@@ -66,24 +66,35 @@ impl CertificateIssuer for SlotIssuer {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertError {
-    /// The trust bundle file is unreadable or invalid.
-    #[error("trust bundle {path}: {reason}")]
+    /// The trust bundle file is unreadable.
+    #[error("trust bundle {path}: {source}")]
+    BundleRead {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The trust bundle file holds no usable roots.
+    #[error("trust bundle {path}: {source}")]
     Bundle {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// What is wrong with it.
+        #[source]
+        source: nodemesh_identity::BundleError,
     },
     /// The CA settings are invalid.
     #[error(transparent)]
     Client(#[from] nodemesh_ca::ClientError),
     /// The token file is unreadable.
-    #[error("CA token {path}: {reason}")]
+    #[error("CA token {path}: {source}")]
     Token {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -108,12 +119,14 @@ impl std::fmt::Debug for CertManager {
 }
 
 fn read_bundle(path: &PathBuf) -> Result<(String, TrustBundle), CertError> {
-    let bad = |reason: String| CertError::Bundle {
+    let pem = std::fs::read_to_string(path).map_err(|source| CertError::BundleRead {
         path: path.clone(),
-        reason,
-    };
-    let pem = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let bundle = TrustBundle::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+        source,
+    })?;
+    let bundle = TrustBundle::from_pem(&pem).map_err(|source| CertError::Bundle {
+        path: path.clone(),
+        source,
+    })?;
     Ok((pem, bundle))
 }
 
@@ -168,9 +181,9 @@ impl CertManager {
             return Ok(false);
         };
         let token = std::fs::read_to_string(path)
-            .map_err(|e| CertError::Token {
+            .map_err(|source| CertError::Token {
                 path: path.clone(),
-                reason: e.to_string(),
+                source,
             })?
             .trim()
             .to_owned();

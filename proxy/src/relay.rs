@@ -30,3 +30,16 @@ where
         upstream_to_downstream: up,
     })
 }
+
+/// [`relay`], for callers that only count: a relay that ends with an error is logged and counts
+/// as nothing moved.
+pub async fn relay_logged<D, U>(downstream: &mut D, upstream: &mut U) -> Transferred
+where
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    relay(downstream, upstream).await.unwrap_or_else(|error| {
+        tracing::debug!(%error, "relay ended with an error");
+        Transferred::default()
+    })
+}

@@ -8,9 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// The mark on every socket the proxy opens, so capture rules let its traffic pass.
-pub const PROXY_MARK: u32 = 0x539;
-
 /// Binds a listener; with `transparent`, sets `IP_TRANSPARENT` so TPROXY can deliver connections
 /// addressed to other IPs (needs CAP_NET_ADMIN).
 pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {

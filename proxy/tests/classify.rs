@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 
 use nodemesh_config::Config;
+use nodemesh_proxy::addr::{ClientAddr, OrigDstAddr};
 use nodemesh_proxy::observe::RefusalReason;
-use nodemesh_proxy::outbound::{Route, classify};
-use nodemesh_proxy::state::MeshState;
+use nodemesh_proxy::outbound::{Route, Routed, classify};
+use nodemesh_state::MeshState;
 
 const YAML: &str = r#"
 nodes:
@@ -38,7 +39,8 @@ fn each_destination_kind_is_routed_or_refused() {
     let st = state();
     let web = a("10.1.0.11:40000");
     let own = [a("127.0.0.1:15001"), a("10.1.0.11:15008")];
-    let route = |dst: &str| classify(&st, web, a(dst), &own).map(|(r, _)| r);
+    let route =
+        |dst: &str| classify(&st, ClientAddr(web), OrigDstAddr(a(dst)), &own).map(|r| r.route);
 
     assert!(
         matches!(route("10.2.0.21:8080"), Ok(Route::Hbone { target, .. }) if target == a("10.2.0.21:8080"))
@@ -59,11 +61,23 @@ fn each_destination_kind_is_routed_or_refused() {
     assert_eq!(route("10.96.0.11:80"), Err(RefusalReason::NoEndpoint));
     assert_eq!(route("127.0.0.1:15001"), Err(RefusalReason::Loop));
     assert_eq!(
-        classify(&st, a("10.1.0.77:1"), a("10.2.0.21:8080"), &own).map(|(r, _)| r),
+        classify(
+            &st,
+            ClientAddr(a("10.1.0.77:1")),
+            OrigDstAddr(a("10.2.0.21:8080")),
+            &own
+        )
+        .map(|r| r.route),
         Err(RefusalReason::UnknownSource)
     );
     assert_eq!(
-        classify(&st, a("10.2.0.21:1"), a("10.1.0.12:8080"), &own).map(|(r, _)| r),
+        classify(
+            &st,
+            ClientAddr(a("10.2.0.21:1")),
+            OrigDstAddr(a("10.1.0.12:8080")),
+            &own
+        )
+        .map(|r| r.route),
         Err(RefusalReason::UnknownSource),
         "a pod of another node is no local source"
     );
@@ -74,7 +88,13 @@ fn service_vip_round_robins_over_endpoints_with_the_target_port() {
     let st = state();
     let mut targets = Vec::new();
     for _ in 0..4 {
-        let (route, service) = classify(&st, a("10.1.0.11:1"), a("10.96.0.10:80"), &[]).unwrap();
+        let Routed { route, service } = classify(
+            &st,
+            ClientAddr(a("10.1.0.11:1")),
+            OrigDstAddr(a("10.96.0.10:80")),
+            &[],
+        )
+        .unwrap();
         assert_eq!(service.as_deref(), Some("db.shop"));
         let Route::Hbone {
             target,

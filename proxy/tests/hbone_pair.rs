@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use nodemesh_identity::SpiffeId;
-use nodemesh_proxy::hbone::client::{HboneError, PoolKey};
 use nodemesh_proxy::hbone::request::Caller;
+use nodemesh_proxy::hbone::{HboneError, PoolKey};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -35,7 +35,7 @@ async fn bytes_round_trip_intact_across_nodes() {
         destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
         addr: mesh.addr("2.21", 15008),
     };
-    assert_eq!(mesh.a.ctx().hbone.connections(&key).await, 1);
+    assert_eq!(mesh.a.hbone().connections(&key).await, 1);
 }
 
 #[tokio::test]
@@ -64,7 +64,7 @@ async fn service_vip_spreads_over_endpoints_and_refuses_without_any() {
     assert_eq!(seen, want);
     let client = dial(&mesh.a, &mesh.web(), mesh.addr("3.11", 80)).await;
     assert!(read_all(client).await.is_empty());
-    let metrics = mesh.a.ctx().metrics.render();
+    let metrics = mesh.a.metrics().render();
     assert!(
         metrics.contains(r#"nodemesh_connections_refused_total{reason="no_endpoint"} 1"#),
         "{metrics}"
@@ -78,7 +78,7 @@ async fn identities_are_verified_on_both_sides() {
     assert_eq!(echo_roundtrip(client, b"x").await, b"x");
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The destination proxy saw web's identity.
-    let metrics = mesh.b.ctx().metrics.render();
+    let metrics = mesh.b.metrics().render();
     assert!(
         metrics
             .lines()
@@ -101,8 +101,7 @@ async fn identities_are_verified_on_both_sides() {
     };
     let err = mesh
         .a
-        .ctx()
-        .hbone
+        .hbone()
         .open(&key, mesh.addr("2.21", ECHO), &caller)
         .await
         .unwrap_err();
@@ -122,7 +121,7 @@ policies:
       rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}], to: [{operation: {ports: ["8080"]}}]}]
 "#;
     let mesh = Mesh::start(deny).await;
-    let ctx = mesh.a.ctx();
+    let ctx = &mesh.a;
     let key = PoolKey {
         source: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
         destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
@@ -140,7 +139,7 @@ policies:
     // Denied by policy.
     assert_eq!(
         status(
-            ctx.hbone
+            ctx.hbone()
                 .open(&key, mesh.addr("2.21", ECHO), &caller)
                 .await
                 .unwrap_err()
@@ -150,7 +149,7 @@ policies:
     // Authority IP is not the pod the connection was made to.
     assert_eq!(
         status(
-            ctx.hbone
+            ctx.hbone()
                 .open(&key, mesh.addr("2.22", NAME), &caller)
                 .await
                 .unwrap_err()
@@ -160,7 +159,7 @@ policies:
     // Nothing listens on the pod's port.
     assert_eq!(
         status(
-            ctx.hbone
+            ctx.hbone()
                 .open(&key, mesh.addr("2.21", 7), &caller)
                 .await
                 .unwrap_err()
@@ -169,18 +168,18 @@ policies:
     );
     // Allowed port works on the same pooled connection.
     let mut t = ctx
-        .hbone
+        .hbone()
         .open(&key, mesh.addr("2.21", NAME), &caller)
         .await
         .unwrap();
     let mut got = Vec::new();
     t.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, mesh.ip("2.21").as_bytes());
-    assert_eq!(ctx.hbone.connections(&key).await, 1);
+    assert_eq!(ctx.hbone().connections(&key).await, 1);
     // Through the outbound path the denied connection is closed without a byte.
     let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
     assert!(read_all(client).await.is_empty());
-    let metrics = mesh.b.ctx().metrics.render();
+    let metrics = mesh.b.metrics().render();
     assert!(
         metrics.contains(r#"nodemesh_connections_refused_total{reason="policy"}"#),
         "{metrics}"
@@ -200,7 +199,7 @@ async fn unknown_destinations_and_sources_are_refused() {
     // A source that is no local mesh workload.
     let client = dial(&mesh.a, &mesh.ip("1.77"), mesh.addr("2.21", ECHO)).await;
     assert!(read_all(client).await.is_empty());
-    let metrics = mesh.a.ctx().metrics.render();
+    let metrics = mesh.a.metrics().render();
     assert!(
         metrics.contains(r#"nodemesh_connections_refused_total{reason="unknown_destination"} 1"#),
         "{metrics}"
@@ -294,7 +293,7 @@ async fn metrics_and_flow_log_carry_labels_and_byte_counts() {
     assert_eq!(echo_roundtrip(client, &[9u8; 1000]).await.len(), 1000);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let metrics = mesh.a.ctx().metrics.render();
+    let metrics = mesh.a.metrics().render();
     for name in [
         "istio_tcp_sent_bytes_total",
         "istio_tcp_received_bytes_total",
@@ -366,7 +365,7 @@ async fn ca_outage_keeps_existing_certificates_working() {
         let client = dial(&mesh.a, &mesh.web(), mesh.addr(host, ECHO)).await;
         assert_eq!(echo_roundtrip(client, b"still mtls").await, b"still mtls");
     }
-    let metrics = mesh.b.ctx().metrics.render();
+    let metrics = mesh.b.metrics().render();
     assert!(
         !metrics.contains(r#"connection_security_policy="none""#),
         "{metrics}"
@@ -415,15 +414,15 @@ async fn h2_rapid_reset_flood_does_not_stall_others() {
         WatchedCertResolver, client_config, crypto_provider, placeholder_server_name,
     };
     let mesh = Mesh::start("").await;
-    let ctx = mesh.a.ctx();
+    let ctx = &mesh.a;
     let web = SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap();
     let db = SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap();
-    let store = ctx.certs.store(&web).unwrap();
+    let store = ctx.certs().store(&web).unwrap();
     let mut config = client_config(
         crypto_provider(),
         std::sync::Arc::new(WatchedCertResolver::new(store.subscribe())),
         db,
-        ctx.certs.bundle(),
+        ctx.certs().bundle(),
     )
     .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -484,14 +483,14 @@ async fn certificate_rotation_during_a_long_transfer() {
         backdate: Duration::ZERO,
     };
     let mesh = Mesh::start_full("", lifetimes, |_| {}).await;
-    let ctx = mesh.a.ctx();
+    let ctx = &mesh.a;
     let web = SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap();
     let key = PoolKey {
         source: web.clone(),
         destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
         addr: mesh.addr("2.21", 15008),
     };
-    let first = ctx.certs.store(&web).unwrap().current().unwrap();
+    let first = ctx.certs().store(&web).unwrap().current().unwrap();
 
     // A slow transfer: 1 KiB every 50 ms for 6 s, echoed back.
     let mut client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
@@ -508,7 +507,7 @@ async fn certificate_rotation_during_a_long_transfer() {
     });
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let second = ctx.certs.store(&web).unwrap().current().unwrap();
+    let second = ctx.certs().store(&web).unwrap().current().unwrap();
     assert_ne!(
         first.info().serial,
         second.info().serial,
@@ -517,7 +516,7 @@ async fn certificate_rotation_during_a_long_transfer() {
     let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;
     assert_eq!(read_all(client).await, mesh.ip("2.21").as_bytes());
     assert_eq!(
-        ctx.hbone.connections(&key).await,
+        ctx.hbone().connections(&key).await,
         2,
         "a new connection with the new certificate"
     );
@@ -539,7 +538,7 @@ policies:
 "#;
     let mesh = Mesh::start(deny).await;
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let admin = nodemesh_proxy::admin::spawn(&mesh.a, any, any, any).unwrap();
+    let admin = mesh.a.serve_admin(any, any, any).unwrap();
     let get = |addr: std::net::SocketAddr, path: String| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(
@@ -643,7 +642,7 @@ policies:
     // A non-HTTP stream to the same destination: L7 rules cannot match it, so ALLOW denies it.
     let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", ECHO)).await;
     assert!(echo_roundtrip(client, b"\x00\x01binary").await.is_empty());
-    let metrics = mesh.b.ctx().metrics.render();
+    let metrics = mesh.b.metrics().render();
     let requests = |code: &str| {
         metrics
             .lines()
@@ -671,7 +670,7 @@ async fn plaintext_into_a_strict_namespace_is_refused() {
     mesh.b
         .inbound_plaintext_entry(accepted, mesh.addr("2.21", ECHO));
     assert!(read_all(client).await.is_empty());
-    let metrics = mesh.b.ctx().metrics.render();
+    let metrics = mesh.b.metrics().render();
     assert!(
         metrics.contains(r#"nodemesh_connections_refused_total{reason="strict_mtls"} 1"#),
         "{metrics}"

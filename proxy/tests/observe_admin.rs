@@ -7,10 +7,9 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+use nodemesh_proxy::admin::{AdminHandle, AdminResponse, AdminServer, AdminState, CertInfo};
 use nodemesh_proxy::observe::drain;
-use nodemesh_proxy::observe::{
-    AdminHandle, AdminResponse, AdminServer, AdminState, CertInfo, Metrics, RefusalReason,
-};
+use nodemesh_proxy::observe::{Metrics, RefusalReason};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,7 +40,7 @@ impl AdminState for TestState {
     }
 
     fn policy_explain(&self, query: &str) -> AdminResponse {
-        let params = nodemesh_proxy::observe::admin::parse_query(query);
+        let params = nodemesh_proxy::admin::parse_query(query);
         if params.is_empty() {
             return AdminResponse::text(StatusCode::BAD_REQUEST, "no parameters\n");
         }

@@ -251,9 +251,9 @@ fn requests_carry_response_code_after_request_protocol() {
         request_protocol: RequestProtocol::Http,
         ..outbound_labels()
     };
-    metrics.request(&http, 200);
-    metrics.request(&http, 403);
-    metrics.request(&http, 403);
+    metrics.request(&http, 200, ResponseFlags::None);
+    metrics.request(&http, 403, ResponseFlags::None);
+    metrics.request(&http, 403, ResponseFlags::None);
 
     let all = samples(&metrics.render());
     let denied = one(&all, "istio_requests_total", ("response_code", "403"));

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nodemesh_proxy::state::{MeshState, WorkloadStore};
 use nodemesh_redirect::{Backend, Host, RuleSet};
+use nodemesh_state::{MeshState, MeshStore};
 
 /// How long a failed update waits before it is retried.
 const RETRY: Duration = Duration::from_secs(2);
@@ -25,10 +25,7 @@ pub fn desired_rules(state: &MeshState, backend: Backend) -> RuleSet {
 
 /// Installs the rules for the store's current state (the proxy's start-up step: an error stops
 /// the proxy), then returns the task that keeps them in step.
-pub async fn manage(
-    store: Arc<WorkloadStore>,
-    backend: Backend,
-) -> Result<impl Future<Output = ()>> {
+pub async fn manage(store: Arc<MeshStore>, backend: Backend) -> Result<impl Future<Output = ()>> {
     let rules = desired_rules(&store.load(), backend);
     let applied = apply(rules.clone())
         .await
@@ -37,11 +34,7 @@ pub async fn manage(
     Ok(keep_in_step(store, backend, rules.pods().clone()))
 }
 
-async fn keep_in_step(
-    store: Arc<WorkloadStore>,
-    backend: Backend,
-    mut current: BTreeSet<Ipv4Addr>,
-) {
+async fn keep_in_step(store: Arc<MeshStore>, backend: Backend, mut current: BTreeSet<Ipv4Addr>) {
     let mut changes = store.subscribe();
     loop {
         let rules = desired_rules(&store.load(), backend);

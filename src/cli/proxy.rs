@@ -233,6 +233,7 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         inbound_plaintext_addr: args.inbound_plaintext_addr,
         inbound_binds: args.inbound_bind,
         hbone_port: nodemesh_proxy::hbone::HBONE_PORT,
+        l7_limits: Default::default(),
         drain_timeout: args.drain_timeout,
         flow_log: args.flow_log,
         preserve_source_ip: args.preserve_source_ip,
@@ -244,15 +245,10 @@ async fn serve(args: ProxyArgs) -> Result<()> {
     let proxy = ProxyHandle::start(opts).await?;
     if args.manage_redirect {
         let keep_in_step =
-            super::capture::manage(proxy.ctx().store.clone(), args.capture_backend).await?;
+            super::capture::manage(proxy.store().clone(), args.capture_backend).await?;
         tokio::spawn(keep_in_step);
     }
-    let admin = nodemesh_proxy::admin::spawn(
-        &proxy,
-        args.admin_addr,
-        args.metrics_addr,
-        args.readiness_addr,
-    )?;
+    let admin = proxy.serve_admin(args.admin_addr, args.metrics_addr, args.readiness_addr)?;
     eprintln!(
         "nodemesh proxy: outbound {}, HBONE {:?}, plaintext {:?}, admin {}, metrics {}, readiness {}",
         proxy.listening.outbound,

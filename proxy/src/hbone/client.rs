@@ -1,7 +1,7 @@
 //! The HBONE client: a pool of HTTP/2-over-mTLS connections keyed by (source identity,
-//! destination identity, HBONE address), many CONNECT streams per connection, a new connection
-//! past [`CLIENT_STREAMS_PER_CONNECTION`] streams, one handshake at a time per key (no herd),
-//! broken connections evicted, idle ones released.
+//! destination identity, HBONE address), many CONNECT streams per connection, one handshake at a
+//! time per key (no herd). Which connection a stream takes and which ones go is [`super::pool`]'s
+//! decision; this file does the I/O.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,19 +14,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use nodemesh_identity::{Credentials, SpiffeId, placeholder_server_name};
+use hyper_util::rt::TokioIo;
+use nodemesh_identity::{Credentials, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_rustls::TlsConnector;
 
+use super::HboneError;
+use super::conn::{Conn, dial};
+use super::pool::{self, ConnView, PoolLimits};
 use super::request::{Caller, connect_request};
-use super::settings::*;
 use crate::socket::ConnectOptions;
-use crate::tls::{TlsConfigs, TlsError};
-
-/// How long a TLS handshake to a peer proxy may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::tls::TlsConfigs;
 
 /// Which pooled connections a stream may share.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,49 +36,6 @@ pub struct PoolKey {
     pub addr: SocketAddr,
 }
 
-/// Why a tunnel could not be opened.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum HboneError {
-    /// No certificate for the source workload.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// TCP connect to the peer failed.
-    #[error("connect to {addr}: {source}")]
-    Connect {
-        /// The HBONE address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The TLS handshake failed (wrong identity, untrusted chain, timeout...).
-    #[error("TLS handshake with {addr}: {reason}")]
-    Handshake {
-        /// The HBONE address.
-        addr: SocketAddr,
-        /// What failed.
-        reason: String,
-    },
-    /// HTTP/2 failed.
-    #[error("HTTP/2: {0}")]
-    Http(#[from] hyper::Error),
-    /// The peer answered the CONNECT with a non-200 status (401 policy, 503 unavailable...).
-    #[error("peer answered {0}")]
-    Status(StatusCode),
-}
-
-/// A pooled connection.
-struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
-    /// The source certificate the connection was authenticated with: once it is replaced, the
-    /// connection takes no new streams (it drains), so new tunnels present the new certificate.
-    creds: Option<Arc<Credentials>>,
-    streams: Arc<AtomicUsize>,
-    /// Milliseconds since the pool's epoch when the last stream closed or opened.
-    last_used: Arc<AtomicU64>,
-}
-
 #[derive(Default)]
 struct Slot {
     conns: tokio::sync::Mutex<Vec<Conn>>,
@@ -91,6 +45,7 @@ struct Slot {
 pub struct HboneClient {
     tls: Arc<TlsConfigs>,
     connect: ConnectOptions,
+    limits: PoolLimits,
     epoch: Instant,
     // Read on each new tunnel to find the key's slot; written only for a new key.
     slots: RwLock<HashMap<PoolKey, Arc<Slot>>>,
@@ -124,8 +79,12 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.streams.fetch_sub(1, Ordering::AcqRel);
         self.last_used
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .store(millis(self.epoch.elapsed()), Ordering::Relaxed);
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl AsyncRead for Tunnel {
@@ -160,6 +119,7 @@ impl HboneClient {
         Self {
             tls,
             connect,
+            limits: PoolLimits::default(),
             epoch: Instant::now(),
             slots: RwLock::new(HashMap::new()),
         }
@@ -182,6 +142,22 @@ impl HboneClient {
         conns.iter().filter(|c| !c.sender.is_closed()).count()
     }
 
+    /// How `conn` looks to the pool's rules now.
+    fn view(&self, conn: &Conn, current: Option<&Arc<Credentials>>, now_ms: u64) -> ConnView {
+        ConnView {
+            closed: conn.sender.is_closed(),
+            ready: conn.sender.is_ready(),
+            streams: conn.streams.load(Ordering::Acquire),
+            idle: Duration::from_millis(
+                now_ms.saturating_sub(conn.last_used.load(Ordering::Relaxed)),
+            ),
+            current_cert: match (&conn.creds, current) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            },
+        }
+    }
+
     /// Opens a CONNECT tunnel to `target` (`<pod ip>:<port>`) over a pooled connection.
     pub async fn open(
         &self,
@@ -189,42 +165,27 @@ impl HboneClient {
         target: SocketAddr,
         caller: &Caller<'_>,
     ) -> Result<Tunnel, HboneError> {
+        let request = connect_request(target, caller)
+            .map_err(HboneError::Request)?
+            .map(|()| Empty::<Bytes>::new());
         let slot = self.slot(key);
         let (mut sender, streams, last_used) = {
             // Holding the slot's lock while connecting makes concurrent callers for the same key
             // wait for this one handshake instead of each starting their own.
             let mut conns = slot.conns.lock().await;
             let current = self.tls.current_credentials(&key.source);
-            let now = self.epoch.elapsed().as_millis() as u64;
-            let idle_ms = POOL_IDLE.as_millis() as u64;
-            let same_cert = |c: &Conn| match (&c.creds, &current) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            // Drop closed connections, idle ones, and idle ones with a replaced certificate
-            // (busy ones are kept until their streams end: dropping the sender would not cut
-            // them, but keeping it lets `connections` count them).
-            conns.retain(|c| {
-                let busy = c.streams.load(Ordering::Acquire) > 0;
-                let fresh = now.saturating_sub(c.last_used.load(Ordering::Relaxed)) <= idle_ms;
-                !c.sender.is_closed() && (busy || (fresh && same_cert(c)))
-            });
-            let reusable = conns.iter().find(|c| {
-                same_cert(c)
-                    && c.sender.is_ready()
-                    && c.streams.load(Ordering::Acquire) < CLIENT_STREAMS_PER_CONNECTION
-            });
-            let conn = match reusable {
-                Some(c) => c,
+            let now = millis(self.epoch.elapsed());
+            conns.retain(|c| pool::keep(&self.view(c, current.as_ref(), now), &self.limits));
+            let views = conns.iter().map(|c| self.view(c, current.as_ref(), now));
+            let index = match pool::choose(views, &self.limits) {
+                Some(i) => i,
                 None => {
-                    let conn = self.dial(key, current.clone()).await?;
+                    let conn = dial(&self.tls, self.connect, key, current.clone(), now).await?;
                     conns.push(conn);
-                    let Some(c) = conns.last() else {
-                        return Err(HboneError::Status(StatusCode::INTERNAL_SERVER_ERROR));
-                    };
-                    c
+                    conns.len() - 1
                 }
             };
+            let conn = &conns[index];
             conn.streams.fetch_add(1, Ordering::AcqRel);
             conn.last_used.store(now, Ordering::Relaxed);
             (
@@ -238,9 +199,6 @@ impl HboneClient {
             last_used,
             epoch: self.epoch,
         };
-        let request = connect_request(target, caller)
-            .map_err(|_| HboneError::Status(StatusCode::BAD_REQUEST))?
-            .map(|()| Empty::<Bytes>::new());
         let response = sender.send_request(request).await?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Status(response.status()));
@@ -249,61 +207,6 @@ impl HboneClient {
         Ok(Tunnel {
             io: TokioIo::new(upgraded),
             _guard: guard,
-        })
-    }
-
-    async fn dial(
-        &self,
-        key: &PoolKey,
-        creds: Option<Arc<Credentials>>,
-    ) -> Result<Conn, HboneError> {
-        let config = self.tls.client(&key.source, &key.destination)?;
-        let tcp = self
-            .connect
-            .connect(key.addr, None)
-            .await
-            .map_err(|source| HboneError::Connect {
-                addr: key.addr,
-                source,
-            })?;
-        let handshake =
-            TlsConnector::from(config).connect(placeholder_server_name(), super::buffered(tcp));
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                return Err(HboneError::Handshake {
-                    addr: key.addr,
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(HboneError::Handshake {
-                    addr: key.addr,
-                    reason: "timed out".into(),
-                });
-            }
-        };
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .max_header_list_size(MAX_HEADER_LIST)
-            .keep_alive_interval(KEEPALIVE)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
-            .await?;
-        let addr = key.addr;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%addr, %error, "HBONE connection closed with an error");
-            }
-        });
-        Ok(Conn {
-            sender,
-            creds,
-            streams: Arc::new(AtomicUsize::new(0)),
-            last_used: Arc::new(AtomicU64::new(self.epoch.elapsed().as_millis() as u64)),
         })
     }
 }

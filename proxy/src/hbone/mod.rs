@@ -1,13 +1,20 @@
 //! HBONE: TCP tunnelled in HTTP/2 CONNECT streams over mutual TLS, wire-compatible with Istio
-//! ambient's ztunnel. [`request`] is the sans-IO part (what a CONNECT must look like);
-//! [`client`] pools connections; [`server`] terminates them.
+//! ambient's ztunnel. The protocol, not the proxy's decisions: [`request`] is what a CONNECT must
+//! look like (sans-IO), [`pool`] which connection a stream takes (sans-IO), [`conn`] dials one
+//! connection, [`client`] is the pool that opens tunnels. The server side (15008) is
+//! [`crate::inbound`]'s.
 
 pub mod client;
+mod conn;
+mod error;
+pub mod pool;
 pub mod request;
-pub mod server;
+
+pub use client::{HboneClient, PoolKey, Tunnel};
+pub use error::HboneError;
 
 /// The HBONE port on every pod IP.
-pub const HBONE_PORT: u16 = 15008;
+pub const HBONE_PORT: u16 = nodemesh_net::ports::HBONE;
 
 /// HTTP/2 settings shared by both ends.
 pub mod settings {

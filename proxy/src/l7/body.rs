@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 
 use super::context::{RequestRecord, RequestSink};
+use crate::observe::ResponseFlags;
 
 /// Requests in flight on one downstream connection and since when it has had none.
 pub(crate) struct Activity {
@@ -144,9 +145,9 @@ impl Drop for L7Body {
     fn drop(&mut self) {
         let unfinished = !self.ended && !self.is_end_stream();
         let flags = &mut self.finish.record.response_flags;
-        if unfinished && *flags == "-" {
+        if unfinished && *flags == ResponseFlags::None {
             // Dropped before its end: the client went away.
-            *flags = "DC";
+            *flags = ResponseFlags::DownstreamConnectionTermination;
         }
     }
 }
@@ -168,7 +169,7 @@ impl Body for L7Body {
             Poll::Ready(None) => this.ended = true,
             Poll::Ready(Some(Err(_))) => {
                 this.ended = true;
-                this.finish.record.response_flags = "UC";
+                this.finish.record.response_flags = ResponseFlags::UpstreamConnectionTermination;
             }
             _ => {}
         }

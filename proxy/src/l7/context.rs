@@ -10,6 +10,7 @@ use nodemesh_identity::SpiffeId;
 use nodemesh_policy::{Connection, Decision, Destination, Peer, PolicySet, Verdict};
 
 use super::sniff::HttpProtocol;
+use crate::observe::ResponseFlags;
 
 /// The destination workload of a tunnel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,10 +84,10 @@ pub struct RequestRecord {
     /// Why: a policy reason code (`allow_matched`, `no_allow_matched`, `invalid_path`, ...) or
     /// `bad_request` when the request was refused before policy.
     pub reason: &'static str,
-    /// Envoy-style response flags: `-`, `UF` (upstream connect failure), `UC` (upstream
+    /// Envoy's response flags: `-`, `UF` (upstream connect failure), `UC` (upstream
     /// connection failed mid-request), `UPE` (the pod switched protocols unasked), `DC` (the
     /// client left before the response ended).
-    pub response_flags: &'static str,
+    pub response_flags: ResponseFlags,
     /// From the request head to the end of the response body (or its abandonment).
     pub duration: Duration,
 }

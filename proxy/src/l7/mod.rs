@@ -18,6 +18,7 @@
 
 mod body;
 mod context;
+mod headers;
 mod server;
 mod sniff;
 mod upstream;

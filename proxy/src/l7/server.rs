@@ -8,14 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use nodemesh_policy::path::normalize;
 use nodemesh_policy::{HttpRequest, Reason, Verdict};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -24,8 +22,12 @@ use tokio::time::Instant;
 
 use super::body::{Activity, Finish, L7Body};
 use super::context::{L7Context, RequestRecord};
+use super::headers::{
+    is_websocket_upgrade, raw_path, request_authority, strip_hop_by_hop, to_upstream,
+};
 use super::sniff::{HttpProtocol, Rewind, sniff};
 use super::upstream::{ConnectFuture, Upstream, UpstreamError};
+use crate::observe::ResponseFlags;
 
 /// The body of a request denied by policy, as Istio's proxies send it.
 pub const DENIED_BODY: &str = "RBAC: access denied";
@@ -285,7 +287,7 @@ where
             verdict: Verdict::Deny,
             policy: None,
             reason: "bad_request",
-            response_flags: "DC",
+            response_flags: ResponseFlags::DownstreamConnectionTermination,
             duration: Duration::ZERO,
         },
         Instant::now(),
@@ -296,7 +298,7 @@ where
     match request_authority(&req) {
         Some(a) => record.authority = a,
         None => {
-            record.response_flags = "-";
+            record.response_flags = ResponseFlags::None;
             let body = "bad request: conflicting or invalid Host";
             return shared.local(StatusCode::BAD_REQUEST, body, finish);
         }
@@ -318,11 +320,11 @@ where
     record.verdict = verdict;
     record.reason = reason.code();
     if matches!(reason, Reason::InvalidPath(_)) {
-        record.response_flags = "-";
+        record.response_flags = ResponseFlags::None;
         return shared.local(StatusCode::BAD_REQUEST, "bad request: invalid path", finish);
     }
     if verdict == Verdict::Deny {
-        record.response_flags = "-";
+        record.response_flags = ResponseFlags::None;
         return shared.local(StatusCode::FORBIDDEN, DENIED_BODY, finish);
     }
 
@@ -339,7 +341,7 @@ where
     );
     let Some(upstream_req) = upstream_req else {
         record.reason = "bad_request";
-        record.response_flags = "-";
+        record.response_flags = ResponseFlags::None;
         return shared.local(StatusCode::BAD_REQUEST, "bad request", finish);
     };
 
@@ -350,12 +352,14 @@ where
             let (status, flags, body) = match e {
                 UpstreamError::Connect(_) | UpstreamError::Handshake(_) => (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "UF",
+                    ResponseFlags::UpstreamConnectFailure,
                     "upstream connect error",
                 ),
-                UpstreamError::Request(_) => {
-                    (StatusCode::BAD_GATEWAY, "UC", "upstream request failed")
-                }
+                UpstreamError::Request(_) => (
+                    StatusCode::BAD_GATEWAY,
+                    ResponseFlags::UpstreamConnectionTermination,
+                    "upstream request failed",
+                ),
             };
             finish.record.response_flags = flags;
             return shared.local(status, body, finish);
@@ -366,7 +370,7 @@ where
         // Whatever happens next, the pod connection is no longer HTTP.
         shared.upstream.forget().await;
         let Some(downstream) = on_upgrade else {
-            finish.record.response_flags = "UPE";
+            finish.record.response_flags = ResponseFlags::UpstreamProtocolError;
             let body = "upstream switched protocols unasked";
             return shared.local(StatusCode::BAD_GATEWAY, body, finish);
         };
@@ -375,14 +379,14 @@ where
             .upgrades
             .send(tokio::spawn(relay_upgraded(downstream, upstream)));
         finish.record.status = resp.status().as_u16();
-        finish.record.response_flags = "-";
+        finish.record.response_flags = ResponseFlags::None;
         let (parts, _empty) = resp.into_parts();
         return Response::from_parts(parts, L7Body::full(Bytes::new(), finish));
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);
     finish.record.status = resp.status().as_u16();
-    finish.record.response_flags = "-";
+    finish.record.response_flags = ResponseFlags::None;
     resp.map(|body| L7Body::upstream(body, finish))
 }
 
@@ -393,212 +397,4 @@ async fn relay_upgraded(downstream: OnUpgrade, upstream: OnUpgrade) -> io::Resul
     let mut downstream = TokioIo::new(downstream);
     let mut upstream = TokioIo::new(upstream);
     tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
-}
-
-/// The request target's path and query as sent (empty for authority-form).
-fn raw_path(uri: &Uri) -> &str {
-    uri.path_and_query().map_or("", PathAndQuery::as_str)
-}
-
-/// `:authority` / the absolute-form authority, else `Host`; `None` when there are several
-/// `Host` headers, an unreadable one, or one that differs from the authority (the policy and
-/// the pod would then read different hosts).
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return None;
-    }
-    let host = match host {
-        Some(v) => Some(v.to_str().ok()?),
-        None => None,
-    };
-    match (req.uri().authority(), host) {
-        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => None,
-        (Some(a), _) => Some(a.as_str().to_owned()),
-        (None, Some(h)) => Some(h.to_owned()),
-        (None, None) => Some(String::new()),
-    }
-}
-
-/// Whether `value` (a comma-separated header) lists `token`, case-insensitively.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// An HTTP/1 WebSocket upgrade request. Other upgrades (h2c above all, which would carry
-/// requests past policy) are not honoured: their headers are stripped.
-fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    has_token(headers, header::CONNECTION, "upgrade")
-        && has_token(headers, header::UPGRADE, "websocket")
-}
-
-/// Removes hop-by-hop headers; with `keep_upgrade`, keeps what a WebSocket upgrade needs.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
-        }
-        headers.remove(header::CONNECTION);
-    }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
-        headers.remove(header::TE);
-    }
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
-}
-
-/// The request as sent to the pod: the normalized path (so the pod acts on what the policy
-/// decided on), hop-by-hop headers removed, origin-form for HTTP/1 and absolute for h2.
-fn to_upstream(
-    req: Request<Incoming>,
-    protocol: HttpProtocol,
-    websocket: bool,
-    authority: &str,
-    ctx: &L7Context,
-    path_options: nodemesh_policy::PathOptions,
-) -> Option<Request<Incoming>> {
-    let (mut parts, body) = req.into_parts();
-    let normalized = normalize(raw_path(&parts.uri), path_options).ok()?;
-    let path_and_query = if normalized == parts.uri.path() {
-        parts.uri.path_and_query().cloned()?
-    } else {
-        let rebuilt = match parts.uri.query() {
-            Some(q) => format!("{normalized}?{q}"),
-            None => normalized.into_owned(),
-        };
-        PathAndQuery::try_from(rebuilt).ok()?
-    };
-    let mut uri = http::uri::Parts::default();
-    uri.path_and_query = Some(path_and_query);
-    match protocol {
-        HttpProtocol::Http1 => {
-            if !parts.headers.contains_key(header::HOST) && !authority.is_empty() {
-                parts
-                    .headers
-                    .insert(header::HOST, HeaderValue::from_str(authority).ok()?);
-            }
-        }
-        HttpProtocol::H2c => {
-            uri.scheme = Some(parts.uri.scheme().cloned().unwrap_or(Scheme::HTTP));
-            uri.authority = Some(match parts.uri.authority() {
-                Some(a) => a.clone(),
-                None if !authority.is_empty() => Authority::try_from(authority).ok()?,
-                None => {
-                    let d = &ctx.destination;
-                    Authority::try_from(std::net::SocketAddr::new(d.ip, d.port).to_string()).ok()?
-                }
-            });
-        }
-    }
-    parts.uri = Uri::from_parts(uri).ok()?;
-    strip_hop_by_hop(&mut parts.headers, websocket);
-    Some(Request::from_parts(parts, body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        h
-    }
-
-    #[test]
-    fn websocket_upgrade_needs_both_headers() {
-        assert!(is_websocket_upgrade(&headers(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "WebSocket")
-        ])));
-        assert!(!is_websocket_upgrade(&headers(&[("upgrade", "websocket")])));
-        assert!(!is_websocket_upgrade(&headers(&[
-            ("connection", "upgrade"),
-            ("upgrade", "h2c")
-        ])));
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = headers(&[
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "h2c"),
-            ("te", "gzip"),
-            ("x-kept", "yes"),
-        ]);
-        strip_hop_by_hop(&mut h, false);
-        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["x-kept"]);
-
-        let mut h = headers(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("te", "trailers"),
-        ]);
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(
-            h.get("connection").map(HeaderValue::as_bytes),
-            Some(&b"upgrade"[..])
-        );
-        assert_eq!(
-            h.get("upgrade").map(HeaderValue::as_bytes),
-            Some(&b"websocket"[..])
-        );
-        assert!(h.contains_key("te"));
-    }
-
-    fn request(uri: &str, hosts: &[&str]) -> Request<()> {
-        let mut b = Request::builder().uri(uri);
-        for h in hosts {
-            b = b.header(header::HOST, *h);
-        }
-        b.body(()).expect("request")
-    }
-
-    #[test]
-    fn authority_comes_from_the_uri_or_the_single_host() {
-        assert_eq!(
-            request_authority(&request("/x", &["web.shop"])).as_deref(),
-            Some("web.shop")
-        );
-        assert_eq!(request_authority(&request("/x", &[])).as_deref(), Some(""));
-        assert_eq!(
-            request_authority(&request("http://web.shop/x", &["WEB.shop"])).as_deref(),
-            Some("web.shop")
-        );
-        assert_eq!(request_authority(&request("/x", &["a", "b"])), None);
-        assert_eq!(request_authority(&request("http://a/x", &["b"])), None);
-    }
 }

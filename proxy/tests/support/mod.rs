@@ -145,6 +145,7 @@ pub fn proxy_options(config: &std::path::Path, node: &str, binds: &[&str]) -> Pr
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
         },
+        l7_limits: Default::default(),
     }
 }
 

@@ -1,6 +1,15 @@
-//! The proxy's answers to the admin API (`/config_dump`, `/certs`, `/policy/explain`,
-//! `/quitquitquit`), metrics and readiness, served by [`crate::observe::AdminServer`] on its own
-//! thread.
+//! The admin API (`/config_dump`, `/certs`, `/policy/explain`, `/quitquitquit`), metrics and
+//! readiness: [`AdminServer`] serves them on its own thread (`server`), this module answers them
+//! from a running proxy.
+
+mod query;
+mod server;
+
+pub use query::parse_query;
+pub use server::{
+    AdminError, AdminHandle, AdminResponse, AdminServer, AdminState, CertInfo,
+    PROMETHEUS_CONTENT_TYPE,
+};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,10 +19,7 @@ use http::StatusCode;
 use nodemesh_policy::{Connection, Destination, HttpRequest, Peer};
 use tokio::sync::watch;
 
-use crate::observe::{
-    AdminError, AdminHandle, AdminResponse, AdminServer, AdminState, CertInfo, admin::parse_query,
-};
-use crate::proxy::{Ctx, ProxyHandle};
+use crate::ctx::Ctx;
 
 struct State {
     ctx: Arc<Ctx>,
@@ -57,7 +63,7 @@ impl AdminState for State {
     }
 
     fn metrics(&self) -> String {
-        let mut out = self.ctx.metrics.render();
+        let mut out = self.ctx.metrics().render();
         out.push_str(&self.ctx.store.health().render(std::time::SystemTime::now()));
         out
     }
@@ -162,23 +168,15 @@ impl ProxyAdmin {
     }
 }
 
-/// Starts the admin servers for `proxy`.
-pub fn spawn(
-    proxy: &ProxyHandle,
-    admin_addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    readiness_addr: SocketAddr,
+/// Starts the admin servers answering for `ctx`, ready per `ready`
+/// ([`ProxyHandle::serve_admin`](crate::ProxyHandle::serve_admin)).
+pub(crate) fn spawn(
+    ctx: Arc<Ctx>,
+    ready: watch::Receiver<bool>,
+    servers: AdminServer,
 ) -> Result<ProxyAdmin, AdminError> {
     let (quit_tx, quit) = watch::channel(false);
-    let state = Arc::new(State {
-        ctx: Arc::clone(proxy.ctx()),
-        quit: quit_tx,
-    });
-    let handle = AdminServer {
-        admin_addr,
-        metrics_addr,
-        readiness_addr,
-    }
-    .spawn(state, proxy.ready())?;
+    let state = Arc::new(State { ctx, quit: quit_tx });
+    let handle = servers.spawn(state, ready)?;
     Ok(ProxyAdmin { handle, quit })
 }

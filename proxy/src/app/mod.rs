@@ -1,0 +1,327 @@
+//! Wiring: start (state, certificates, listeners), the accept loops that hand each connection to
+//! its side, drain. What the proxy is told is [`options`]; what keeps it in step is [`tasks`].
+
+mod options;
+mod tasks;
+
+pub use options::{ProxyOptions, StartError, StateSource};
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodemesh_identity::{Clock, SystemClock};
+use nodemesh_net::marks;
+use nodemesh_state::{FileSource, MeshStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::addr::{ClientAddr, OrigDstAddr};
+use crate::admin::{self, AdminError, AdminServer, ProxyAdmin};
+use crate::certs::{CaSettings, CertManager};
+use crate::ctx::Ctx;
+use crate::flow::FlowSink;
+use crate::hbone::HboneClient;
+use crate::observe::{DrainOutcome, DrainTrigger, FlowLog, Metrics};
+use crate::socket::{self, ConnectOptions};
+use crate::tls::TlsConfigs;
+use crate::{inbound, outbound};
+
+/// Addresses the proxy listens on.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// Outbound capture.
+    pub outbound: SocketAddr,
+    /// HBONE.
+    pub inbound: Vec<SocketAddr>,
+    /// Inbound plaintext.
+    pub inbound_plaintext: Vec<SocketAddr>,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    /// Where it listens.
+    pub listening: Listening,
+    ctx: Arc<Ctx>,
+    trigger: DrainTrigger,
+    ready: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+}
+
+/// The bound listeners, before any connection is accepted.
+struct Listeners {
+    outbound: TcpListener,
+    hbone: Vec<TcpListener>,
+    plaintext: Vec<TcpListener>,
+}
+
+impl Listeners {
+    fn bind(opts: &ProxyOptions) -> Result<Self, StartError> {
+        let bind = |addr: SocketAddr| {
+            socket::listen(addr, opts.transparent)
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let all = |addr: SocketAddr| {
+            per_bind(addr, &opts.inbound_binds)
+                .into_iter()
+                .map(bind)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            outbound: bind(opts.outbound_addr)?,
+            hbone: all(opts.inbound_addr)?,
+            plaintext: all(opts.inbound_plaintext_addr)?,
+        })
+    }
+
+    fn addresses(&self) -> Result<Listening, StartError> {
+        let local = |l: &TcpListener| {
+            l.local_addr().map_err(|source| StartError::Bind {
+                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                source,
+            })
+        };
+        Ok(Listening {
+            outbound: local(&self.outbound)?,
+            inbound: self.hbone.iter().map(local).collect::<Result<_, _>>()?,
+            inbound_plaintext: self.plaintext.iter().map(local).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl ProxyHandle {
+    /// Starts a proxy: loads the config, binds every listener, starts fetching certificates.
+    pub async fn start(opts: ProxyOptions) -> Result<Self, StartError> {
+        let (store, file_source) = match &opts.source {
+            StateSource::File(path) => {
+                let mut source = FileSource::new(path, &opts.node);
+                let state = source.load()?;
+                (Arc::new(MeshStore::new(state)), Some(source))
+            }
+            StateSource::Store(store) => (Arc::clone(store), None),
+        };
+        let state = store.load();
+        let ca = state
+            .config()
+            .require_ca()
+            .map_err(|e| StartError::NoCa(e.to_string()))?
+            .clone();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let certs = Arc::new(CertManager::new(
+            CaSettings {
+                address: ca.address.to_string(),
+                token: opts.ca_token.clone(),
+                token_file: opts.ca_token_file.clone(),
+            },
+            ca.root_cert.clone(),
+            clock,
+            opts.backoff,
+        )?);
+        let tls = Arc::new(TlsConfigs::new(
+            Arc::clone(&certs),
+            state.config().trust_domain().clone(),
+        ));
+        drop(state);
+        let connect = ConnectOptions {
+            mark: opts.mark_sockets.then_some(marks::PROXY.value),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let flow_log = FlowLog::start(&opts.flow_log, &metrics)?;
+        let (trigger, drain) = crate::observe::drain::channel();
+
+        let listeners = Listeners::bind(&opts)?;
+        let listening = listeners.addresses()?;
+        let mut own_listeners = vec![listening.outbound];
+        own_listeners.extend(&listening.inbound);
+        own_listeners.extend(&listening.inbound_plaintext);
+
+        let ctx = Arc::new(Ctx {
+            hbone: HboneClient::new(Arc::clone(&tls), connect),
+            store,
+            certs,
+            tls,
+            connect,
+            flows: FlowSink::new(metrics, flow_log),
+            drain,
+            preserve_source_ip: opts.preserve_source_ip,
+            hbone_port: opts.hbone_port,
+            l7_limits: opts.l7_limits,
+            own_listeners,
+        });
+        tasks::reconcile(&ctx).await;
+
+        let mut running = Vec::new();
+        let mut accept = |listener, side| {
+            running.push(tokio::spawn(accept_loop(Arc::clone(&ctx), listener, side)));
+        };
+        accept(listeners.outbound, Side::Outbound);
+        for l in listeners.hbone {
+            accept(l, Side::Hbone);
+        }
+        for l in listeners.plaintext {
+            accept(l, Side::Plaintext);
+        }
+        if let Some(source) = file_source {
+            running.push(tokio::spawn(
+                source.watch(Arc::clone(&ctx.store), opts.reload_interval),
+            ));
+        }
+        running.push(tokio::spawn(tasks::follow_state(
+            Arc::clone(&ctx),
+            opts.reload_interval,
+        )));
+        let (ready_tx, ready) = watch::channel(false);
+        running.push(tokio::spawn(tasks::track_readiness(
+            Arc::clone(&ctx),
+            ready_tx,
+        )));
+        Ok(Self {
+            listening,
+            ctx,
+            trigger,
+            ready,
+            tasks: running,
+            drain_timeout: opts.drain_timeout,
+        })
+    }
+
+    /// The proxy's view of the mesh.
+    pub fn store(&self) -> &Arc<MeshStore> {
+        &self.ctx.store
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.ctx.metrics()
+    }
+
+    /// The certificates of the node's workloads.
+    pub fn certs(&self) -> &Arc<CertManager> {
+        &self.ctx.certs
+    }
+
+    /// The HBONE connection pool.
+    pub fn hbone(&self) -> &HboneClient {
+        &self.ctx.hbone
+    }
+
+    /// Starts the admin (`admin_addr`), metrics and readiness servers of this proxy, on their
+    /// own thread.
+    pub fn serve_admin(
+        &self,
+        admin_addr: SocketAddr,
+        metrics_addr: SocketAddr,
+        readiness_addr: SocketAddr,
+    ) -> Result<ProxyAdmin, AdminError> {
+        let servers = AdminServer {
+            admin_addr,
+            metrics_addr,
+            readiness_addr,
+        };
+        admin::spawn(Arc::clone(&self.ctx), self.ready(), servers)
+    }
+
+    /// Becomes true once every local workload has a certificate and the listeners are up.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    /// Handles an outbound connection whose original destination is `orig_dst`: the path the
+    /// outbound listener takes after accept (tests without capture enter here).
+    pub fn outbound_entry(&self, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
+        self.enter(Side::Outbound, stream, orig_dst);
+    }
+
+    /// Handles a plaintext connection to a local pod whose original destination is `orig_dst`:
+    /// the path the inbound plaintext listener takes after accept.
+    pub fn inbound_plaintext_entry(&self, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
+        self.enter(Side::Plaintext, stream, orig_dst);
+    }
+
+    fn enter(&self, side: Side, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
+        let Ok(peer) = stream.peer_addr() else { return };
+        let ctx = Arc::clone(&self.ctx);
+        let guard = ctx.drain.guard();
+        tokio::spawn(async move {
+            dispatch(ctx, side, stream, peer, Some(orig_dst)).await;
+            drop(guard);
+        });
+    }
+
+    /// Drains: stop accepting, GOAWAY on HBONE, wait for in-flight connections up to the drain
+    /// timeout, then stop everything.
+    pub async fn drain(self) -> DrainOutcome {
+        let outcome = self.trigger.drain(self.drain_timeout).await;
+        self.ctx.flows.log().flush().await;
+        for task in self.tasks {
+            task.abort();
+        }
+        outcome
+    }
+}
+
+fn per_bind(addr: SocketAddr, binds: &[IpAddr]) -> Vec<SocketAddr> {
+    if binds.is_empty() {
+        vec![addr]
+    } else {
+        binds
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, addr.port()))
+            .collect()
+    }
+}
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Outbound,
+    Hbone,
+    Plaintext,
+}
+
+async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, side: Side) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::warn!(?side, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = ctx.drain.signaled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = Arc::clone(&ctx);
+        let guard = ctx.drain.guard();
+        tokio::spawn(async move {
+            dispatch(ctx, side, stream, peer, None).await;
+            drop(guard);
+        });
+    }
+}
+
+/// Hands an accepted connection to its side. Under TPROXY the original destination is the
+/// accepted socket's local address; tests without capture pass it in.
+async fn dispatch(
+    ctx: Arc<Ctx>,
+    side: Side,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+) {
+    let peer = ClientAddr(peer);
+    let orig_dst = match orig_dst.map_or_else(|| stream.local_addr(), Ok) {
+        Ok(addr) => OrigDstAddr(addr),
+        Err(error) => return tracing::debug!(%error, "no original destination"),
+    };
+    match side {
+        Side::Outbound => outbound::handle(ctx, stream, peer, orig_dst).await,
+        Side::Hbone => inbound::hbone::serve_connection(ctx, stream, peer.0).await,
+        Side::Plaintext => inbound::plaintext::serve(&ctx, stream, peer, orig_dst).await,
+    }
+}

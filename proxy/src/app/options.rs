@@ -1,0 +1,117 @@
+//! What `nodemesh proxy` is told, and why it may not start.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodemesh_identity::Backoff;
+use nodemesh_net::ports;
+use nodemesh_state::{MeshStore, StateError};
+
+use crate::l7::L7Limits;
+use crate::observe::FlowLogTarget;
+
+/// Where the proxy's view of the mesh comes from.
+#[derive(Debug, Clone)]
+pub enum StateSource {
+    /// The standalone YAML, re-read when it changes.
+    File(PathBuf),
+    /// A store another source keeps fed (the Kubernetes watchers); it must hold a first full
+    /// state already.
+    Store(Arc<MeshStore>),
+}
+
+/// Everything `nodemesh proxy` is told. [`Default`] is a production node's setup reading
+/// `/etc/nodemesh/mesh.yaml`; set at least `source`, `node` and `ca_token`.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Where the state comes from.
+    pub source: StateSource,
+    /// This node's name.
+    pub node: String,
+    /// This node's CA token.
+    pub ca_token: String,
+    /// The file `ca_token` came from, re-read when it rotates (projected tokens); `None` keeps
+    /// `ca_token` for good.
+    pub ca_token_file: Option<PathBuf>,
+    /// Outbound capture listener (15001).
+    pub outbound_addr: SocketAddr,
+    /// HBONE listener (15008); with `inbound_binds`, only its port is used.
+    pub inbound_addr: SocketAddr,
+    /// Inbound plaintext capture listener (15006); with `inbound_binds`, only its port is used.
+    pub inbound_plaintext_addr: SocketAddr,
+    /// Bind the inbound listeners on these IPs (the node's pod IPs) instead of one wildcard.
+    pub inbound_binds: Vec<IpAddr>,
+    /// Port peers' HBONE listeners are reached on (15008).
+    pub hbone_port: u16,
+    /// How long a drain waits for in-flight connections.
+    pub drain_timeout: Duration,
+    /// Where flow-log lines go.
+    pub flow_log: FlowLogTarget,
+    /// Connect to pods from the client pod's IP.
+    pub preserve_source_ip: bool,
+    /// Set `IP_TRANSPARENT` on listeners (capture needs it; tests without root do not).
+    pub transparent: bool,
+    /// Mark the proxy's sockets with `SO_MARK 0x539`.
+    pub mark_sockets: bool,
+    /// How often the config and trust bundle files are checked for changes.
+    pub reload_interval: Duration,
+    /// Renewal backoff.
+    pub backoff: Backoff,
+    /// Timeouts and size limits of connections under L7 enforcement.
+    pub l7_limits: L7Limits,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        let any = |port| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+        let loopback = |port| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        Self {
+            source: StateSource::File(PathBuf::from("/etc/nodemesh/mesh.yaml")),
+            node: String::new(),
+            ca_token: String::new(),
+            ca_token_file: None,
+            outbound_addr: loopback(ports::OUTBOUND),
+            inbound_addr: any(ports::HBONE),
+            inbound_plaintext_addr: loopback(ports::INBOUND_PLAINTEXT),
+            inbound_binds: Vec::new(),
+            hbone_port: ports::HBONE,
+            drain_timeout: Duration::from_secs(5),
+            flow_log: FlowLogTarget::Stdout,
+            preserve_source_ip: false,
+            transparent: true,
+            mark_sockets: true,
+            reload_interval: Duration::from_secs(1),
+            backoff: Backoff::default(),
+            l7_limits: L7Limits::default(),
+        }
+    }
+}
+
+/// Why the proxy cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The config is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The config has no `ca` section.
+    #[error("{0} (nodemesh proxy needs the CA's address and trust bundle)")]
+    NoCa(String),
+    /// Certificates cannot be managed.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The flow log cannot be opened.
+    #[error(transparent)]
+    FlowLog(#[from] crate::observe::FlowLogError),
+}

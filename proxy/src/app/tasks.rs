@@ -1,0 +1,76 @@
+//! What keeps a running proxy in step: certificates and TLS caches follow the state, files are
+//! re-read, readiness is tracked.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::ctx::Ctx;
+
+/// Brings certificates and TLS caches in line with the local mesh workloads.
+pub(super) async fn reconcile(ctx: &Ctx) {
+    let state = ctx.store.load();
+    let wanted: HashSet<_> = state
+        .local_mesh_workloads()
+        .map(|w| w.identity.clone())
+        .collect();
+    for problem in state.policy_problems() {
+        tracing::error!(policy = %problem.policy, errors = ?problem.errors, "policy does not compile; it fails closed");
+    }
+    ctx.metrics()
+        .policy_compile_errors(state.policy_problems().len());
+    ctx.certs.reconcile(&wanted).await;
+    ctx.tls.retain(|id| wanted.contains(id));
+}
+
+/// Reacts to state changes and re-reads the trust bundle.
+pub(super) async fn follow_state(ctx: Arc<Ctx>, interval: Duration) {
+    let mut changes = ctx.store.subscribe();
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() { return; }
+                reconcile(&ctx).await;
+            }
+            _ = tick.tick() => reload_files(&ctx),
+        }
+    }
+}
+
+/// Re-reads the trust bundle and the CA token, and refreshes certificate expiry gauges.
+fn reload_files(ctx: &Ctx) {
+    match ctx.certs.reload_bundle() {
+        Ok(true) => tracing::info!("trust bundle reloaded"),
+        Ok(false) => {}
+        Err(error) => {
+            tracing::error!(%error, "trust bundle reload refused; keeping the old bundle")
+        }
+    }
+    match ctx.certs.reload_token() {
+        Ok(true) => tracing::info!("CA token reloaded"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "CA token reload failed; keeping the old token"),
+    }
+    for (id, creds) in ctx.certs.all() {
+        if let Some(c) = creds {
+            let expiry = c
+                .info()
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            ctx.metrics()
+                .certificate_expiry(id.as_str(), expiry.as_secs_f64());
+        }
+    }
+}
+
+pub(super) async fn track_readiness(ctx: Arc<Ctx>, ready: watch::Sender<bool>) {
+    loop {
+        let now = ctx.certs.all_ready();
+        ready.send_if_modified(|r| std::mem::replace(r, now) != now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

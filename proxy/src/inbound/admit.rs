@@ -1,0 +1,227 @@
+//! Whether a connection may reach a local pod, decided without I/O from one state snapshot.
+
+use nodemesh_identity::SpiffeId;
+use nodemesh_policy::{Connection, Destination, Peer, Verdict};
+use nodemesh_state::MeshState;
+
+use crate::addr::{ClientAddr, OrigDstAddr};
+use crate::flow::Refused;
+use crate::observe::RefusalReason;
+
+/// A connection arriving for a local pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrival {
+    /// The verified peer identity (HBONE, or a same-node mesh client); `None` for plaintext.
+    pub peer: Option<SpiffeId>,
+    /// The client's address.
+    pub src: ClientAddr,
+    /// The pod address and port asked for.
+    pub target: OrigDstAddr,
+}
+
+/// An arrival the destination side lets in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// The destination workload's identity.
+    pub destination: SpiffeId,
+    /// The destination's policies need per-request (L7) decisions; the connection is decided
+    /// request by request.
+    pub needs_l7: bool,
+    /// The policy that allowed it at L4, when one decided.
+    pub policy: Option<String>,
+}
+
+/// Decides an arrival: the destination must be a local mesh workload with a certificate
+/// (`certified`), plaintext must be allowed (PERMISSIVE), and the L4 policy must allow it unless
+/// the destination needs L7. A [`RefusalReason::Policy`] refusal carries the deciding policy.
+pub fn decide(
+    state: &MeshState,
+    arrival: &Arrival,
+    certified: impl Fn(&SpiffeId) -> bool,
+) -> Result<Admission, Refused> {
+    let Some(dst) = state
+        .workload(arrival.target.ip())
+        .filter(|w| state.is_local(w) && state.in_mesh(w))
+    else {
+        return Err(Refused::new(RefusalReason::UnknownDestination));
+    };
+    if arrival.peer.is_none() && !state.is_permissive(dst) {
+        return Err(Refused::new(RefusalReason::StrictMtls));
+    }
+    if !certified(&dst.identity) {
+        return Err(Refused::new(RefusalReason::NoCertificate));
+    }
+    let destination = Destination {
+        namespace: &dst.namespace,
+        labels: &dst.labels,
+        ip: Some(arrival.target.ip()),
+        port: arrival.target.port(),
+    };
+    let policies = state.policies();
+    if policies.needs_l7(&destination) {
+        return Ok(Admission {
+            destination: dst.identity.clone(),
+            needs_l7: true,
+            policy: None,
+        });
+    }
+    let connection = Connection {
+        source: Peer {
+            principal: arrival.peer.as_ref().map(|p| p.principal()),
+            namespace: None,
+            ip: Some(arrival.src.ip()),
+        },
+        destination,
+    };
+    let decision = policies.decide_connection(&connection);
+    let policy = decision.deciding_policy.as_ref().map(|p| p.to_string());
+    match decision.verdict {
+        Verdict::Deny => Err(Refused::by_policy(policy)),
+        Verdict::Allow => Ok(Admission {
+            destination: dst.identity.clone(),
+            needs_l7: false,
+            policy,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::SocketAddr;
+
+    use nodemesh_config::Config;
+
+    use super::*;
+
+    const YAML: &str = r#"
+nodes:
+  - {name: node-a, address: 10.0.0.1, podCIDR: 10.1.0.0/24}
+  - {name: node-b, address: 10.0.0.2, podCIDR: 10.2.0.0/24}
+namespaces:
+  - {name: shop, labels: {nodemesh.io/mesh: enabled}}
+  - {name: open, labels: {nodemesh.io/mesh: enabled, nodemesh.io/mtls-mode: permissive}}
+workloads:
+  - {name: web-1, namespace: shop, serviceAccount: web, ip: 10.1.0.11, node: node-a, labels: {app: web}}
+  - {name: db-1, namespace: shop, serviceAccount: db, ip: 10.1.0.21, node: node-a, labels: {app: db}}
+  - {name: api-1, namespace: shop, serviceAccount: api, ip: 10.1.0.31, node: node-a, labels: {app: api}}
+  - {name: open-1, namespace: open, serviceAccount: open, ip: 10.1.0.41, node: node-a}
+  - {name: plain-1, namespace: legacy, ip: 10.1.0.51, node: node-a}
+  - {name: db-2, namespace: shop, serviceAccount: db, ip: 10.2.0.21, node: node-b, labels: {app: db}}
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: web-to-db, namespace: shop}
+    spec:
+      action: ALLOW
+      selector: {matchLabels: {app: db}}
+      rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}], to: [{operation: {ports: ["5432"]}}]}]
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: api-public, namespace: shop}
+    spec:
+      action: ALLOW
+      selector: {matchLabels: {app: api}}
+      rules: [{to: [{operation: {methods: ["GET"], paths: ["/public/*"]}}]}]
+"#;
+
+    fn state() -> MeshState {
+        MeshState::new(Config::from_yaml_str(YAML, "/").unwrap(), "node-a").unwrap()
+    }
+
+    fn id(sa: &str, ns: &str) -> SpiffeId {
+        SpiffeId::new(&format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")).unwrap()
+    }
+
+    fn arrival(peer: Option<SpiffeId>, target: &str) -> Arrival {
+        Arrival {
+            peer,
+            src: ClientAddr("10.2.0.99:40000".parse::<SocketAddr>().unwrap()),
+            target: OrigDstAddr(target.parse().unwrap()),
+        }
+    }
+
+    fn reason(result: Result<Admission, Refused>) -> RefusalReason {
+        result.unwrap_err().reason
+    }
+
+    #[test]
+    fn allowed_by_policy_names_the_policy() {
+        let web = Some(id("web", "shop"));
+        let admission = decide(&state(), &arrival(web, "10.1.0.21:5432"), |_| true).unwrap();
+        assert_eq!(
+            admission,
+            Admission {
+                destination: id("db", "shop"),
+                needs_l7: false,
+                policy: Some("shop/web-to-db".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn denied_by_policy_at_l4() {
+        let other = Some(id("other", "shop"));
+        let refused = decide(&state(), &arrival(other, "10.1.0.21:5432"), |_| true).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::Policy);
+        let web = Some(id("web", "shop"));
+        let wrong_port = decide(&state(), &arrival(web, "10.1.0.21:80"), |_| true);
+        assert_eq!(reason(wrong_port), RefusalReason::Policy);
+    }
+
+    #[test]
+    fn destinations_needing_l7_are_decided_per_request() {
+        let anyone = Some(id("other", "shop"));
+        let admission = decide(&state(), &arrival(anyone, "10.1.0.31:8080"), |_| true).unwrap();
+        assert!(admission.needs_l7);
+        assert_eq!(admission.policy, None);
+    }
+
+    #[test]
+    fn only_local_mesh_workloads_are_destinations() {
+        let web = Some(id("web", "shop"));
+        for target in [
+            "10.2.0.21:5432",
+            "10.1.0.51:80",
+            "10.1.0.99:80",
+            "192.0.2.1:80",
+        ] {
+            let result = decide(&state(), &arrival(web.clone(), target), |_| true);
+            assert_eq!(
+                reason(result),
+                RefusalReason::UnknownDestination,
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn plaintext_is_refused_by_strict_and_let_in_by_permissive() {
+        let strict = decide(&state(), &arrival(None, "10.1.0.11:80"), |_| true);
+        assert_eq!(reason(strict), RefusalReason::StrictMtls);
+        let permissive = decide(&state(), &arrival(None, "10.1.0.41:80"), |_| true).unwrap();
+        assert_eq!(permissive.destination, id("open", "open"));
+    }
+
+    #[test]
+    fn a_destination_without_certificate_is_refused() {
+        let web = Some(id("web", "shop"));
+        let db = id("db", "shop");
+        let result = decide(&state(), &arrival(web, "10.1.0.21:5432"), |i| *i != db);
+        assert_eq!(reason(result), RefusalReason::NoCertificate);
+    }
+
+    #[test]
+    fn the_decision_is_the_snapshot_s() {
+        // The same arrival against two snapshots: each answer follows its own snapshot only.
+        let open = YAML.replace("nodemesh.io/mtls-mode: permissive", "x: y");
+        let strict = MeshState::new(Config::from_yaml_str(&open, "/").unwrap(), "node-a").unwrap();
+        let plain = arrival(None, "10.1.0.41:80");
+        assert!(decide(&state(), &plain, |_| true).is_ok());
+        assert_eq!(
+            reason(decide(&strict, &plain, |_| true)),
+            RefusalReason::StrictMtls
+        );
+    }
+}

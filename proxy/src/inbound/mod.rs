@@ -1,0 +1,132 @@
+//! The destination side: HBONE (15008, [`hbone`]), inbound plaintext (15006, [`plaintext`]) and
+//! same-node traffic handed over in-process all end here: [`decide`] (pure, one state snapshot
+//! per connection), then dial the pod, then relay — or, for destinations whose policies need
+//! it, authorize every HTTP request ([`l7`]). One [`FlowGuard`] reports each connection.
+
+mod admit;
+pub(crate) mod hbone;
+mod l7;
+pub(crate) mod plaintext;
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use nodemesh_state::MeshState;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+pub use admit::{Admission, Arrival, decide};
+
+use crate::ctx::Ctx;
+use crate::flow::{Flow, FlowGuard, Party, Refused};
+use crate::observe::{Direction, RefusalReason, Reporter};
+use crate::relay::relay_logged;
+
+/// The HBONE answer to a refused CONNECT (ztunnel's: 401 for policy and STRICT, 400 for a
+/// malformed request, 503 for everything the client cannot fix).
+pub fn status(reason: RefusalReason) -> StatusCode {
+    match reason {
+        RefusalReason::Policy | RefusalReason::StrictMtls => StatusCode::UNAUTHORIZED,
+        RefusalReason::BadRequest => StatusCode::BAD_REQUEST,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// An arrival that was let in and, unless it is decided per request, connected to its pod.
+pub(crate) struct Admitted {
+    state: Arc<MeshState>,
+    arrival: Arrival,
+    guard: FlowGuard,
+    /// `None` under L7, where the pod is dialled per request.
+    upstream: Option<TcpStream>,
+}
+
+/// Decides an arrival against `state` and dials the pod: what happens before the HBONE answer.
+/// A refusal is reported here; `Err` is the status to answer with.
+pub(crate) async fn admit(
+    ctx: &Ctx,
+    state: Arc<MeshState>,
+    arrival: Arrival,
+) -> Result<Admitted, StatusCode> {
+    let mut guard = ctx
+        .flows
+        .start(Flow::new(Direction::Inbound, arrival.src, arrival.target));
+    let flow = guard.flow();
+    flow.mtls = arrival.peer.is_some();
+    flow.src = Party::at(&state, arrival.src.0, arrival.peer.clone());
+    flow.dst = Party::at(&state, arrival.target.0, None);
+    let admission = match decide(&state, &arrival, |id| ctx.certs.credentials(id).is_some()) {
+        Ok(admission) => admission,
+        Err(refused) => {
+            if refused.reason == RefusalReason::Policy {
+                ctx.metrics()
+                    .policy_decision("deny", refused.policy.as_deref());
+            }
+            let code = status(refused.reason);
+            guard.finish(Err(refused));
+            return Err(code);
+        }
+    };
+    let flow = guard.flow();
+    flow.dst.identity = Some(admission.destination);
+    flow.policy.clone_from(&admission.policy);
+    let upstream = if admission.needs_l7 {
+        None
+    } else {
+        ctx.metrics()
+            .policy_decision("allow", admission.policy.as_deref());
+        let target = arrival.target.0;
+        match ctx
+            .connect
+            .connect(target, ctx.pod_source(arrival.src))
+            .await
+        {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                tracing::debug!(%target, %error, "connect to pod failed");
+                let refused = Refused::new(RefusalReason::UpstreamConnect);
+                let code = status(refused.reason);
+                guard.finish(Err(refused));
+                return Err(code);
+            }
+        }
+    };
+    Ok(Admitted {
+        state,
+        arrival,
+        guard,
+        upstream,
+    })
+}
+
+impl Admitted {
+    /// Carries the connection's bytes (or HTTP requests, under L7) until both sides close.
+    pub(crate) async fn serve<S>(self, ctx: &Ctx, mut downstream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Admitted {
+            state,
+            arrival,
+            mut guard,
+            upstream,
+        } = self;
+        guard.opened(Reporter::Destination);
+        let result = match upstream {
+            None => l7::serve(ctx, &state, &arrival, downstream, &mut guard).await,
+            Some(mut upstream) => Ok(relay_logged(&mut downstream, &mut upstream).await),
+        };
+        guard.finish(result);
+    }
+}
+
+/// Admits and serves a connection that needs no answer before its bytes flow (inbound
+/// plaintext, same-node calls).
+pub(crate) async fn serve<S>(ctx: &Ctx, state: Arc<MeshState>, arrival: Arrival, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if let Ok(admitted) = admit(ctx, state, arrival).await {
+        admitted.serve(ctx, stream).await;
+    }
+}

@@ -1,0 +1,145 @@
+//! The source side (15001): who is calling whom ([`classify`], pure), then the dial — HBONE to a
+//! remote pod, the inbound side in-process for a pod on this node, plain TCP outside the mesh —
+//! and the relay. One [`FlowGuard`](crate::flow::FlowGuard) reports each connection.
+
+mod classify;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use nodemesh_identity::SpiffeId;
+use nodemesh_state::MeshState;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use classify::{Route, Routed, classify};
+
+use crate::addr::{ClientAddr, OrigDstAddr};
+use crate::ctx::Ctx;
+use crate::flow::{Flow, FlowGuard, Party, Refused};
+use crate::hbone::PoolKey;
+use crate::hbone::request::Caller;
+use crate::inbound::{self, Arrival};
+use crate::observe::{Direction, ErrorChain, RefusalReason, Reporter};
+use crate::relay::{Transferred, relay_logged};
+
+/// Handles one captured outbound connection from `src` whose original destination was
+/// `orig_dst` (the listener's accepted local address; tests pass it directly).
+pub(crate) async fn handle<S>(ctx: Arc<Ctx>, mut client: S, src: ClientAddr, orig_dst: OrigDstAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = ctx.store.load();
+    let mut guard = ctx
+        .flows
+        .start(Flow::new(Direction::Outbound, src, orig_dst));
+    guard.flow().src = Party::at(&state, src.0, None);
+    let routed = match classify(&state, src, orig_dst, &ctx.own_listeners) {
+        Ok(routed) => routed,
+        Err(reason) => {
+            guard.flow().dst = Party::at(&state, orig_dst.0, None);
+            return guard.finish(Err(reason.into()));
+        }
+    };
+    guard.flow().service = routed.service;
+    let result = match routed.route {
+        Route::Local { target, .. } => {
+            // Same node: the inbound side decides and reports, as if over HBONE.
+            guard.hand_over();
+            let arrival = Arrival {
+                peer: state.workload(src.ip()).map(|w| w.identity.clone()),
+                src,
+                target: OrigDstAddr(target),
+            };
+            return inbound::serve(&ctx, state, arrival, client).await;
+        }
+        Route::Passthrough { target } => {
+            passthrough(&ctx, &state, &mut guard, &mut client, target).await
+        }
+        Route::Hbone {
+            source,
+            destination,
+            target,
+        } => {
+            let hop = Hop {
+                source,
+                destination,
+                target,
+            };
+            hbone(&ctx, &state, &mut guard, &mut client, src, hop).await
+        }
+    };
+    guard.finish(result);
+}
+
+/// Plain TCP to a destination outside the mesh.
+async fn passthrough<C>(
+    ctx: &Ctx,
+    state: &MeshState,
+    guard: &mut FlowGuard,
+    client: &mut C,
+    target: SocketAddr,
+) -> Result<Transferred, Refused>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    guard.flow().mtls = false;
+    guard.flow().dst = Party::at(state, target, None);
+    let mut upstream = ctx.connect.connect(target, None).await.map_err(|error| {
+        tracing::debug!(%target, %error, "passthrough connect failed");
+        Refused::new(RefusalReason::UpstreamConnect)
+    })?;
+    guard.opened(Reporter::Source);
+    Ok(relay_logged(client, &mut upstream).await)
+}
+
+/// The HBONE hop to a mesh pod on another node.
+struct Hop {
+    source: SpiffeId,
+    destination: SpiffeId,
+    target: SocketAddr,
+}
+
+async fn hbone<C>(
+    ctx: &Ctx,
+    state: &MeshState,
+    guard: &mut FlowGuard,
+    client: &mut C,
+    src: ClientAddr,
+    hop: Hop,
+) -> Result<Transferred, Refused>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    if ctx.certs.credentials(&hop.source).is_none() {
+        tracing::warn!(identity = %hop.source, "outbound refused: no valid certificate");
+        return Err(Refused::new(RefusalReason::NoCertificate));
+    }
+    let flow = guard.flow();
+    flow.dst = Party::at(state, hop.target, Some(hop.destination.clone()));
+    let (namespace, workload) = flow
+        .src
+        .namespace
+        .clone()
+        .zip(flow.src.workload.clone())
+        .unwrap_or_default();
+    let caller = Caller {
+        addr: src.0,
+        namespace: &namespace,
+        workload: &workload,
+    };
+    let key = PoolKey {
+        source: hop.source,
+        destination: hop.destination,
+        addr: SocketAddr::new(hop.target.ip(), ctx.hbone_port),
+    };
+    let mut tunnel = ctx
+        .hbone
+        .open(&key, hop.target, &caller)
+        .await
+        .map_err(|error| {
+            tracing::info!(%src, target = %hop.target, error = %ErrorChain(&error), "HBONE tunnel refused");
+            Refused::new(error.refusal())
+        })?;
+    guard.opened(Reporter::Source);
+    Ok(relay_logged(client, &mut tunnel).await)
+}

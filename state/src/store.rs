@@ -1,0 +1,97 @@
+//! The current snapshot, swapped whole, and how fresh its source is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::MeshState;
+
+/// The current [`MeshState`], readable without locks; writers replace it whole.
+#[derive(Debug)]
+pub struct MeshStore {
+    current: ArcSwap<MeshState>,
+    changed: watch::Sender<u64>,
+    health: SourceHealth,
+}
+
+impl MeshStore {
+    /// A store holding `initial`.
+    pub fn new(initial: MeshState) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(initial),
+            changed: watch::Sender::new(0),
+            health: SourceHealth::default(),
+        }
+    }
+
+    /// Whether the source feeding the store is in touch with its input.
+    pub fn health(&self) -> &SourceHealth {
+        &self.health
+    }
+
+    /// The current state.
+    pub fn load(&self) -> Arc<MeshState> {
+        self.current.load_full()
+    }
+
+    /// Replaces the state and wakes subscribers.
+    pub fn publish(&self, state: MeshState) {
+        self.current.store(Arc::new(state));
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// A receiver that changes each time the state is replaced.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// How stale the published state may be: a source that loses its input (the Kubernetes API
+/// going away) marks itself stale and keeps the last state serving; the admin API exports the
+/// age as `nodemesh_source_stale_seconds`.
+#[derive(Debug, Default)]
+pub struct SourceHealth {
+    /// Unix milliseconds since which the source is out of touch; 0 when in touch.
+    stale_since_ms: AtomicU64,
+}
+
+impl SourceHealth {
+    /// The source is in touch with its input again.
+    pub fn mark_fresh(&self) {
+        self.stale_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// The source lost its input at `now` (kept from the first loss until fresh again).
+    pub fn mark_stale(&self, now: SystemTime) {
+        let ms = unix_ms(now).max(1);
+        let _ = self
+            .stale_since_ms
+            .compare_exchange(0, ms, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// How long the state has been possibly stale at `now` (zero when in touch).
+    pub fn stale_for(&self, now: SystemTime) -> Duration {
+        match self.stale_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(unix_ms(now).saturating_sub(since)),
+        }
+    }
+
+    /// The Prometheus text of `nodemesh_source_stale_seconds` at `now`.
+    pub fn render(&self, now: SystemTime) -> String {
+        format!(
+            "# HELP nodemesh_source_stale_seconds How long the state source (Kubernetes API) has been out of reach; 0 when in sync.\n\
+             # TYPE nodemesh_source_stale_seconds gauge\n\
+             nodemesh_source_stale_seconds {}\n",
+            self.stale_for(now).as_secs_f64()
+        )
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
