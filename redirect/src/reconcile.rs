@@ -73,7 +73,11 @@ impl<I: Installer> Reconciler<I> {
     {
         let rules = self.template.with_pods(desired());
         let report = self.install(&rules).await?;
-        tracing::info!(pods = rules.pods().len(), changed = ?report.changed, "capture rules in place");
+        tracing::info!(
+            pods = rules.pods().len(),
+            changed = ?report.changed,
+            "capture rules in place"
+        );
         Ok(self.keep_in_step(desired, changes, rules))
     }
 
@@ -92,7 +96,11 @@ impl<I: Installer> Reconciler<I> {
                 let rules = self.template.with_pods(pods);
                 match self.install(&rules).await {
                     Ok(report) => {
-                        tracing::info!(pods = rules.pods().len(), changed = ?report.changed, "capture rules updated");
+                        tracing::info!(
+                            pods = rules.pods().len(),
+                            changed = ?report.changed,
+                            "capture rules updated"
+                        );
                         current = rules;
                     }
                     Err(error) => {
