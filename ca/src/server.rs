@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use nodemesh_config::Config;
 use nodemesh_identity::{Clock, TrustDomain};
+use nodemesh_net::timeouts::TLS_HANDSHAKE;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -28,8 +29,6 @@ use crate::state::{RootSource, StateError};
 
 /// Lifetime of the CA's own serving certificate; it is re-issued at half-life and on root change.
 pub const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
-/// How long a client has to finish the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest gRPC message accepted (a CSR is capped far lower; see [`crate::csr::MAX_CSR_LEN`]).
 pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
 
@@ -320,7 +319,7 @@ async fn accept_tls(
         let acceptor = acceptor.clone();
         let conns = conns.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     let _ = conns.send(Ok(tls)).await;
                 }

@@ -248,6 +248,15 @@ impl Config {
         self.workloads.iter().filter(move |w| w.node == node)
     }
 
+    /// The in-mesh workloads that run on node `node` (see [`Config::in_mesh`]): the pods a node's
+    /// proxy serves and its capture rules cover.
+    pub fn mesh_workloads_on_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Workload> {
+        self.workloads_on_node(node).filter(|w| self.in_mesh(w))
+    }
+
     /// Whether `workload` is in the mesh: its namespace is labelled `nodemesh.io/mesh=enabled`
     /// and the workload itself is not labelled `nodemesh.io/mesh=disabled`.
     pub fn in_mesh(&self, workload: &Workload) -> bool {

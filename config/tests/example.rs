@@ -123,6 +123,12 @@ fn lookups() {
         .map(|w| w.name.as_str())
         .collect();
     assert_eq!(on_a, ["web-1", "batch-1", "old-api-1"]);
+    let mesh_on_a: Vec<&str> = c
+        .mesh_workloads_on_node("node-a")
+        .map(|w| w.name.as_str())
+        .collect();
+    assert_eq!(mesh_on_a, ["web-1", "old-api-1"]);
+    assert_eq!(c.mesh_workloads_on_node("node-z").count(), 0);
 
     // Mesh membership: namespace label, pod opt-out.
     assert!(c.in_mesh(web1));

@@ -64,6 +64,12 @@ pub enum RedirectError {
         /// What was wrong with it.
         reason: String,
     },
+    /// The blocking task running the tools panicked or was cancelled.
+    #[error("the task running the capture tools did not finish: {source}")]
+    Task {
+        /// Why it did not finish.
+        source: tokio::task::JoinError,
+    },
     /// IPv4 forwarding is off and cannot be turned on.
     #[error(
         "net.ipv4.ip_forward is {value} and cannot be set to 1 (is /proc/sys read-only?): {stderr}"

@@ -9,6 +9,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+use nodemesh_net::Mark;
+use nodemesh_net::routing::{TPROXY_RULE_PREF, TPROXY_TABLE};
+use nodemesh_net::{marks, ports};
+
 use crate::error::RedirectError;
 
 /// Our chain jumped to from `mangle PREROUTING`: the capture rules.
@@ -73,59 +77,42 @@ impl fmt::Display for Backend {
     }
 }
 
-/// The proxy's capture listeners (DESIGN.md "Ports").
+/// The proxy's capture listeners (DESIGN.md "Ports"); the defaults are [`nodemesh_net::ports`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
-    /// Outbound capture: new flows from a local mesh pod (15001).
+    /// Outbound capture: new flows from a local mesh pod ([`ports::OUTBOUND`]).
     pub outbound: u16,
-    /// Inbound plaintext capture: new flows to a local mesh pod (15006).
+    /// Inbound plaintext capture: new flows to a local mesh pod ([`ports::INBOUND_PLAINTEXT`]).
     pub inbound: u16,
-    /// HBONE: new flows to port 15008 of a local mesh pod (15008).
+    /// HBONE: new flows to the HBONE port of a local mesh pod ([`ports::HBONE`]).
     pub hbone: u16,
 }
 
 impl Default for Ports {
     fn default() -> Self {
         Self {
-            outbound: 15001,
-            inbound: 15006,
-            hbone: 15008,
+            outbound: ports::OUTBOUND,
+            inbound: ports::INBOUND_PLAINTEXT,
+            hbone: ports::HBONE,
         }
     }
 }
 
-/// A firewall mark with its mask (`value/mask`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mark {
-    /// The bits set.
-    pub value: u32,
-    /// The bits owned.
-    pub mask: u32,
-}
-
-impl fmt::Display for Mark {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}/{:#x}", self.value, self.mask)
-    }
-}
-
-/// The marks capture sets and honours (DESIGN.md "Marks, tables and rule priorities").
+/// The marks capture sets and honours (DESIGN.md "Marks, tables and rule priorities"); the
+/// defaults are [`nodemesh_net::marks`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Marks {
-    /// TPROXY delivery, routed by table [`RuleSet::table`] (`0x111/0xfff`).
+    /// TPROXY delivery, routed by table [`RuleSet::table`] ([`marks::TPROXY`]).
     pub tproxy: Mark,
-    /// The proxy's own sockets (`SO_MARK 0x539`): capture skips them.
-    pub proxy: u32,
+    /// The proxy's own sockets ([`marks::PROXY`]): capture skips them.
+    pub proxy: Mark,
 }
 
 impl Default for Marks {
     fn default() -> Self {
         Self {
-            tproxy: Mark {
-                value: 0x111,
-                mask: 0xfff,
-            },
-            proxy: 0x539,
+            tproxy: marks::TPROXY,
+            proxy: marks::PROXY,
         }
     }
 }
@@ -138,9 +125,10 @@ pub struct RuleSet {
     pub ports: Ports,
     /// The marks.
     pub marks: Marks,
-    /// The routing table that delivers TPROXY-marked packets locally (133).
+    /// The routing table that delivers TPROXY-marked packets locally ([`TPROXY_TABLE`]).
     pub table: u32,
-    /// The priority of the `ip rule` sending marked packets to [`RuleSet::table`] (100).
+    /// The priority of the `ip rule` sending marked packets to [`RuleSet::table`]
+    /// ([`TPROXY_RULE_PREF`]).
     pub rule_pref: u32,
     /// Which tool set installs the rules.
     pub backend: Backend,
@@ -153,8 +141,8 @@ impl RuleSet {
             pods: pods.into_iter().collect(),
             ports: Ports::default(),
             marks: Marks::default(),
-            table: 133,
-            rule_pref: 100,
+            table: TPROXY_TABLE,
+            rule_pref: TPROXY_RULE_PREF,
             backend,
         }
     }
@@ -211,7 +199,7 @@ impl RuleSet {
             format!("-A {CHAIN_DIVERT} -j MARK --set-xmark {}", marks.tproxy),
             format!("-A {CHAIN_DIVERT} -j ACCEPT"),
             format!(
-                "-A {CHAIN_PREROUTING} -m mark --mark {:#x} -j RETURN",
+                "-A {CHAIN_PREROUTING} -m mark --mark {} -j RETURN",
                 marks.proxy
             ),
             format!("-A {CHAIN_PREROUTING} -p tcp -m socket --transparent -j {CHAIN_DIVERT}"),
@@ -272,7 +260,7 @@ impl RuleSet {
         let tproxy = |port: u16| format!("tproxy to 127.0.0.1:{port} {mark} accept");
         vec![
             "type filter hook prerouting priority mangle; policy accept;".to_owned(),
-            format!("meta mark {:#010x} return", marks.proxy),
+            format!("{} return", nft_mark_match(marks.proxy)),
             format!("meta l4proto tcp socket transparent 1 {mark} accept"),
             format!("{syn} ip saddr @{NFT_SET} {}", tproxy(ports.outbound)),
             format!(
@@ -367,6 +355,15 @@ impl RuleSet {
     }
 }
 
+/// An nft match of `mark` as `nft list` prints it: the value alone when the mark owns every bit.
+fn nft_mark_match(mark: Mark) -> String {
+    if mark.mask == u32::MAX {
+        format!("meta mark {:#010x}", mark.value)
+    } else {
+        format!("meta mark & {:#010x} == {:#010x}", mark.mask, mark.value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +383,36 @@ mod tests {
         assert_eq!("iptables".parse::<Backend>().unwrap(), Backend::Iptables);
         assert_eq!("nftables".parse::<Backend>().unwrap(), Backend::Nftables);
         assert!("ebtables".parse::<Backend>().is_err());
+    }
+
+    #[test]
+    fn marks_and_ports_are_the_nodes() {
+        let r = RuleSet::new(Backend::Iptables, []);
+        assert_eq!(r.marks.tproxy, marks::TPROXY);
+        assert_eq!(r.marks.proxy, marks::PROXY);
+        assert_eq!(r.ports.hbone, ports::HBONE);
+        assert_eq!((r.table, r.rule_pref), (TPROXY_TABLE, TPROXY_RULE_PREF));
+    }
+
+    #[test]
+    fn a_masked_proxy_mark_is_matched_under_its_mask() {
+        let mut r = RuleSet::new(Backend::Nftables, []);
+        let exact = format!("{CHAIN_PREROUTING} -m mark --mark 0x539 -j RETURN");
+        assert!(r.iptables_rules().iter().any(|l| l.ends_with(&exact)));
+        assert!(
+            r.nft_chain_lines()
+                .contains(&"meta mark 0x00000539 return".to_owned())
+        );
+        r.marks.proxy = Mark {
+            value: 0x539,
+            mask: 0xfff,
+        };
+        let masked = format!("{CHAIN_PREROUTING} -m mark --mark 0x539/0xfff -j RETURN");
+        assert!(r.iptables_rules().iter().any(|l| l.ends_with(&masked)));
+        assert!(
+            r.nft_chain_lines()
+                .contains(&"meta mark & 0x00000fff == 0x00000539 return".to_owned())
+        );
     }
 
     #[test]

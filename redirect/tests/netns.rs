@@ -373,10 +373,8 @@ fn drift_repair(backend: Backend) {
     let st = status(&host, &rules).unwrap();
     assert!(!st.in_sync(), "{st}");
     assert!(
-        st.items.iter().any(
-            |i| matches!(i.state, ItemState::Drift(_) | ItemState::Missing)
-                && i.name.contains("chain")
-        ),
+        matches!(st.chains.state, ItemState::Drift(_) | ItemState::Missing)
+            && st.chains.name.contains("chain"),
         "{st}"
     );
     apply(&host, &rules).unwrap();

@@ -134,10 +134,7 @@ fn rules_for_node(config: &Config, node: &str, backend: Backend) -> Result<RuleS
     if config.node(node).is_none() {
         bail!("no node {node:?} in the config");
     }
-    let pods = config
-        .workloads_on_node(node)
-        .filter(|w| config.in_mesh(w))
-        .map(|w| w.ip);
+    let pods = config.mesh_workloads_on_node(node).map(|w| w.ip);
     Ok(RuleSet::new(backend, pods))
 }
 

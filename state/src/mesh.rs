@@ -166,9 +166,7 @@ impl MeshState {
 
     /// The mesh workloads on this node.
     pub fn local_mesh_workloads(&self) -> impl Iterator<Item = &Workload> {
-        self.config
-            .workloads_on_node(&self.node)
-            .filter(|w| self.config.in_mesh(w))
+        self.config.mesh_workloads_on_node(&self.node)
     }
 
     /// Whether `w`'s namespace accepts plaintext from outside the mesh.

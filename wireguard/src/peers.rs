@@ -7,11 +7,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
 use nodemesh_config::{Config, WireguardPublicKey};
+use nodemesh_net::ports;
 
 use crate::error::WireguardError;
 
-/// The WireGuard UDP port (DESIGN.md "Ports").
-pub const DEFAULT_PORT: u16 = 51820;
+/// The WireGuard UDP port a node listens on unless told otherwise ([`ports::WIREGUARD`]).
+pub const DEFAULT_PORT: u16 = ports::WIREGUARD;
 
 /// A node as WireGuard sees it: where it is, which pods it has, its key.
 #[derive(Debug, Clone, PartialEq, Eq)]

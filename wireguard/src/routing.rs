@@ -21,22 +21,12 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use nodemesh_net::routing::{HBONE_RULE_PREF, WIREGUARD_RULE_PREF, WIREGUARD_TABLE};
+use nodemesh_net::{marks, ports};
 
 use crate::command::{ROUTING_TOOLS, Tool, locate, run, try_run};
 use crate::error::WireguardError;
 
-/// The routing table of the tunnel.
-pub const TABLE: u32 = 134;
-/// The priority of the rules sending remote pod networks to [`TABLE`].
-pub const RULE_PREF: u32 = 110;
-/// The priority of the rule keeping HBONE in `main`.
-pub const HBONE_RULE_PREF: u32 = 105;
-/// The HBONE mark and mask (`0x222/0xfff`).
-pub const HBONE_MARK: &str = "0x222/0xfff";
-/// The TPROXY delivery mark and mask of capture (`0x111/0xfff`), never overwritten.
-pub const TPROXY_MARK: &str = "0x111/0xfff";
-/// The HBONE port, exempted from the tunnel.
-pub const HBONE_PORT: u16 = 15008;
 /// The metric of the unreachable fallback routes (worse than the device routes' 0).
 pub const UNREACHABLE_METRIC: u32 = 4096;
 /// Our mangle chains and the built-in chain each is jumped to from.
@@ -108,13 +98,14 @@ impl Routing {
     /// The rules of our chains, in order, as `iptables-restore` takes them.
     pub fn chain_rules(&self) -> Vec<String> {
         let [(_, pre), (_, out), (_, post)] = CHAINS;
-        let mark = format!("-j MARK --set-xmark {HBONE_MARK}");
+        let (hbone, tproxy, port) = (marks::HBONE, marks::TPROXY, ports::HBONE);
+        let mark = format!("-j MARK --set-xmark {hbone}");
         vec![
-            format!("-A {pre} -m mark --mark {TPROXY_MARK} -j RETURN"),
-            format!("-A {pre} -p tcp -m tcp --dport {HBONE_PORT} {mark}"),
-            format!("-A {pre} -p tcp -m tcp --sport {HBONE_PORT} {mark}"),
-            format!("-A {out} -p tcp -m tcp --dport {HBONE_PORT} {mark}"),
-            format!("-A {out} -p tcp -m tcp --sport {HBONE_PORT} {mark}"),
+            format!("-A {pre} -m mark --mark {tproxy} -j RETURN"),
+            format!("-A {pre} -p tcp -m tcp --dport {port} {mark}"),
+            format!("-A {pre} -p tcp -m tcp --sport {port} {mark}"),
+            format!("-A {out} -p tcp -m tcp --dport {port} {mark}"),
+            format!("-A {out} -p tcp -m tcp --sport {port} {mark}"),
             format!(
                 "-A {post} -o {} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
                 self.dev
@@ -182,7 +173,7 @@ fn parse_net(text: &str) -> Option<Ipv4Net> {
 
 /// The networks of `ip -4 rule list pref 110` lines that look up our table.
 pub fn parse_rules(text: &str) -> BTreeSet<Ipv4Net> {
-    let lookup = format!("lookup {TABLE}");
+    let lookup = format!("lookup {WIREGUARD_TABLE}");
     text.lines()
         .filter(|l| l.contains(&lookup))
         .filter_map(|l| {
@@ -226,10 +217,16 @@ pub fn preflight() -> Result<(), WireguardError> {
 
 /// Reads what of ours is installed in this network namespace.
 pub fn installed() -> Result<Installed, WireguardError> {
-    let table = TABLE.to_string();
+    let table = WIREGUARD_TABLE.to_string();
     let rules = run(
         Tool::Ip,
-        &["-4", "rule", "list", "pref", &RULE_PREF.to_string()],
+        &[
+            "-4",
+            "rule",
+            "list",
+            "pref",
+            &WIREGUARD_RULE_PREF.to_string(),
+        ],
         None,
         "list the WireGuard ip rules",
     )?;
@@ -244,7 +241,7 @@ pub fn installed() -> Result<Installed, WireguardError> {
         Tool::Ip,
         &["-4", "route", "show", "table", &table],
         None,
-        "list table 134",
+        &format!("list table {WIREGUARD_TABLE}"),
     )?;
     let (dev_routes, unreachable) = if routes.ok {
         parse_routes(&routes.stdout)
@@ -274,7 +271,7 @@ pub fn installed() -> Result<Installed, WireguardError> {
     }
     Ok(Installed {
         rules: parse_rules(&rules),
-        hbone_rule: hbone.contains(&format!("fwmark {HBONE_MARK} lookup main")),
+        hbone_rule: hbone.contains(&format!("fwmark {} lookup main", marks::HBONE)),
         dev_routes,
         unreachable,
         jumps,
@@ -287,7 +284,7 @@ pub fn installed() -> Result<Installed, WireguardError> {
 pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
     preflight()?;
     let steps = routing.plan(&installed()?);
-    let table = TABLE.to_string();
+    let table = WIREGUARD_TABLE.to_string();
     let source = routing.source.map(|a| a.to_string());
     if let Some(source) = &source {
         let addr = format!("{source}/32");
@@ -305,9 +302,9 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
                 )?;
             }
             Step::HboneRule => {
-                let pref = HBONE_RULE_PREF.to_string();
+                let (pref, mark) = (HBONE_RULE_PREF.to_string(), marks::HBONE.to_string());
                 let argv = [
-                    "-4", "rule", "add", "pref", &pref, "fwmark", HBONE_MARK, "lookup", "main",
+                    "-4", "rule", "add", "pref", &pref, "fwmark", &mark, "lookup", "main",
                 ];
                 run(Tool::Ip, &argv, None, "add the HBONE ip rule")?;
             }
@@ -344,7 +341,7 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
                 run(Tool::Ip, &argv, None, "route a pod network into the tunnel")?;
             }
             Step::Rule(net) => {
-                let (net, pref) = (net.to_string(), RULE_PREF.to_string());
+                let (net, pref) = (net.to_string(), WIREGUARD_RULE_PREF.to_string());
                 let argv = [
                     "-4", "rule", "add", "pref", &pref, "to", &net, "lookup", &table,
                 ];
@@ -366,7 +363,7 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
 pub fn remove(dev: &str) -> Result<Installed, WireguardError> {
     preflight()?;
     let found = installed()?;
-    let (table, pref) = (TABLE.to_string(), RULE_PREF.to_string());
+    let (table, pref) = (WIREGUARD_TABLE.to_string(), WIREGUARD_RULE_PREF.to_string());
     for net in &found.rules {
         let net = net.to_string();
         let argv = [
@@ -375,9 +372,9 @@ pub fn remove(dev: &str) -> Result<Installed, WireguardError> {
         run(Tool::Ip, &argv, None, "delete a WireGuard ip rule")?;
     }
     if found.hbone_rule {
-        let pref = HBONE_RULE_PREF.to_string();
+        let (pref, mark) = (HBONE_RULE_PREF.to_string(), marks::HBONE.to_string());
         let argv = [
-            "-4", "rule", "del", "pref", &pref, "fwmark", HBONE_MARK, "lookup", "main",
+            "-4", "rule", "del", "pref", &pref, "fwmark", &mark, "lookup", "main",
         ];
         run(Tool::Ip, &argv, None, "delete the HBONE ip rule")?;
     }
@@ -386,7 +383,7 @@ pub fn remove(dev: &str) -> Result<Installed, WireguardError> {
             Tool::Ip,
             &["-4", "route", "flush", "table", &table],
             None,
-            "flush table 134",
+            &format!("flush table {WIREGUARD_TABLE}"),
         )?;
     }
     if !found.jumps.is_empty() || !found.chains.is_empty() {

@@ -1,0 +1,372 @@
+//! [`Status`]: what is installed compared with a desired [`RuleSet`], part by part (pure).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::observe::{Firewall, IptablesState, NftState, Observed};
+use crate::rules::{
+    Backend, CHAIN_DIVERT, CHAIN_PREROUTING, IPSET_NAME, IPSET_STAGING, NFT_SET, NFT_TABLE, RuleSet,
+};
+
+/// The state of one part of the capture rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemState {
+    /// Installed and as desired.
+    InSync,
+    /// Not installed at all.
+    Missing,
+    /// Installed but different from the desired rules; says how.
+    Drift(String),
+}
+
+/// One part of the capture rules and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// What it is, as printed: `ip_forward`, `ip rule pref 100`, `route table 133`, ...
+    pub name: String,
+    /// Its state.
+    pub state: ItemState,
+}
+
+impl Item {
+    fn new(name: impl Into<String>, state: ItemState) -> Self {
+        Self {
+            name: name.into(),
+            state,
+        }
+    }
+
+    /// Whether this part is installed as desired.
+    pub fn in_sync(&self) -> bool {
+        self.state == ItemState::InSync
+    }
+}
+
+/// What is installed on a host compared with a desired [`RuleSet`], one field per part (in
+/// install order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The backend looked at.
+    pub backend: Backend,
+    /// `net.ipv4.ip_forward`, which capture needs on.
+    pub ip_forward: Item,
+    /// The `ip rule` sending TPROXY-marked packets to our table.
+    pub ip_rule: Item,
+    /// The local route of our table.
+    pub route: Item,
+    /// The pod set: the ipset or the nft set.
+    pub pod_set: Item,
+    /// Our chains: `mangle` chains and the jump to them, or the nft chain.
+    pub chains: Item,
+}
+
+impl Status {
+    /// Every part, in install order.
+    pub fn items(&self) -> [&Item; 5] {
+        [
+            &self.ip_forward,
+            &self.ip_rule,
+            &self.route,
+            &self.pod_set,
+            &self.chains,
+        ]
+    }
+
+    /// Whether everything is installed as desired.
+    pub fn in_sync(&self) -> bool {
+        self.items().iter().all(|i| i.in_sync())
+    }
+
+    /// Whether none of our rules, sets, ip rules or routes is installed (`ip_forward` aside).
+    pub fn nothing_installed(&self) -> bool {
+        self.items()[1..]
+            .iter()
+            .all(|i| i.state == ItemState::Missing)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "backend: {}", self.backend)?;
+        for item in self.items() {
+            match &item.state {
+                ItemState::InSync => writeln!(f, "{}: in sync", item.name)?,
+                ItemState::Missing => writeln!(f, "{}: missing", item.name)?,
+                ItemState::Drift(how) => writeln!(f, "{}: drift: {how}", item.name)?,
+            }
+        }
+        let summary = if self.in_sync() {
+            "in sync"
+        } else if self.nothing_installed() {
+            "not installed"
+        } else {
+            "drift"
+        };
+        write!(f, "capture: {summary}")
+    }
+}
+
+/// Compares what is installed with the desired rules. Pure: reads nothing, changes nothing.
+pub fn compare(observed: &Observed, desired: &RuleSet) -> Status {
+    let ip_forward = Item::new(
+        "ip_forward",
+        if observed.ip_forward == "1" {
+            ItemState::InSync
+        } else {
+            ItemState::Drift(format!("is {}, capture needs 1", observed.ip_forward))
+        },
+    );
+    let want_rule = desired.ip_rule_line();
+    let ip_rule = Item::new(
+        ip_rule_part(desired),
+        match observed.ip_rules.as_slice() {
+            [] => ItemState::Missing,
+            [one] if *one == want_rule => ItemState::InSync,
+            other => ItemState::Drift(format!("found {other:?}, want [{want_rule:?}]")),
+        },
+    );
+    let want_route = desired.route_line();
+    let route = Item::new(
+        route_part(desired),
+        match observed.routes.as_deref() {
+            None | Some([]) => ItemState::Missing,
+            Some([one]) if one == want_route => ItemState::InSync,
+            Some(other) => ItemState::Drift(format!("found {other:?}, want [{want_route:?}]")),
+        },
+    );
+    let (pod_set, chains) = match &observed.firewall {
+        Firewall::Iptables(installed) => compare_iptables(installed, desired),
+        Firewall::Nftables(installed) => compare_nft(installed, desired),
+    };
+    Status {
+        backend: desired.backend,
+        ip_forward,
+        ip_rule,
+        route,
+        pod_set,
+        chains,
+    }
+}
+
+/// The name of the ip rule part: `ip rule pref 100`.
+pub(crate) fn ip_rule_part(rules: &RuleSet) -> String {
+    format!("ip rule pref {}", rules.rule_pref)
+}
+
+/// The name of the route part: `route table 133`.
+pub(crate) fn route_part(rules: &RuleSet) -> String {
+    format!("route table {}", rules.table)
+}
+
+fn compare_iptables(installed: &IptablesState, desired: &RuleSet) -> (Item, Item) {
+    let IptablesState {
+        rules,
+        chains,
+        jumps,
+        sets,
+        members,
+    } = installed;
+    let mut state = members_state(members.as_ref(), desired.pods());
+    if sets.iter().any(|s| s == IPSET_STAGING) && state != ItemState::Missing {
+        state = ItemState::Drift(format!("leftover staging set {IPSET_STAGING}"));
+    }
+    let pod_set = Item::new(format!("ipset {IPSET_NAME}"), state);
+    let want = desired.iptables_rules();
+    let state = if chains.is_empty() && *jumps == 0 {
+        ItemState::Missing
+    } else if *jumps != 1 {
+        ItemState::Drift(format!("{jumps} jumps from mangle PREROUTING, want 1"))
+    } else if *rules != want {
+        ItemState::Drift(diff_lines(rules, &want))
+    } else if chains.len() != 2 {
+        ItemState::Drift(format!("chains {chains:?}"))
+    } else {
+        ItemState::InSync
+    };
+    let chains = Item::new(
+        format!("chains mangle {CHAIN_PREROUTING} {CHAIN_DIVERT}"),
+        state,
+    );
+    (pod_set, chains)
+}
+
+fn compare_nft(installed: &NftState, desired: &RuleSet) -> (Item, Item) {
+    let pod_set = Item::new(
+        format!("nft set ip {NFT_TABLE} {NFT_SET}"),
+        members_state(installed.members.as_ref(), desired.pods()),
+    );
+    let want = desired.nft_chain_lines();
+    let chains = Item::new(
+        format!("nft chain ip {NFT_TABLE} {CHAIN_PREROUTING}"),
+        match &installed.chain {
+            None => ItemState::Missing,
+            Some(c) if c.is_empty() => ItemState::Missing,
+            Some(c) if *c == want => ItemState::InSync,
+            Some(c) => ItemState::Drift(diff_lines(c, &want)),
+        },
+    );
+    (pod_set, chains)
+}
+
+fn diff_lines(installed: &[String], desired: &[String]) -> String {
+    let missing = desired.iter().filter(|l| !installed.contains(l)).count();
+    let extra = installed.iter().filter(|l| !desired.contains(l)).count();
+    if missing == 0 && extra == 0 {
+        "rules in another order".to_owned()
+    } else {
+        format!("{missing} rule(s) missing, {extra} unexpected")
+    }
+}
+
+fn members_state(members: Option<&BTreeSet<Ipv4Addr>>, desired: &BTreeSet<Ipv4Addr>) -> ItemState {
+    match members {
+        None => ItemState::Missing,
+        Some(m) if m == desired => ItemState::InSync,
+        Some(m) => {
+            let missing: Vec<_> = desired.difference(m).map(ToString::to_string).collect();
+            let extra: Vec<_> = m.difference(desired).map(ToString::to_string).collect();
+            ItemState::Drift(format!(
+                "missing [{}], unexpected [{}]",
+                missing.join(", "),
+                extra.join(", ")
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn rules(backend: Backend) -> RuleSet {
+        RuleSet::new(
+            backend,
+            [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
+        )
+    }
+
+    /// What a successful apply of `rules` leaves installed.
+    pub(crate) fn installed(rules: &RuleSet) -> Observed {
+        let firewall = match rules.backend {
+            Backend::Iptables => Firewall::Iptables(IptablesState {
+                rules: rules.iptables_rules(),
+                chains: vec![CHAIN_DIVERT.into(), CHAIN_PREROUTING.into()],
+                jumps: 1,
+                sets: vec![IPSET_NAME.into()],
+                members: Some(rules.pods().clone()),
+            }),
+            Backend::Nftables => Firewall::Nftables(NftState {
+                chain: Some(rules.nft_chain_lines()),
+                members: Some(rules.pods().clone()),
+            }),
+        };
+        Observed {
+            ip_forward: "1".into(),
+            ip_rules: vec![rules.ip_rule_line()],
+            routes: Some(vec![rules.route_line().into()]),
+            firewall,
+        }
+    }
+
+    /// A host with nothing of ours and forwarding off.
+    pub(crate) fn bare(backend: Backend) -> Observed {
+        Observed {
+            ip_forward: "0".into(),
+            ip_rules: vec![],
+            routes: None,
+            firewall: Firewall::empty(backend),
+        }
+    }
+
+    #[test]
+    fn what_apply_installs_is_in_sync() {
+        for backend in [Backend::Iptables, Backend::Nftables] {
+            let r = rules(backend);
+            let st = compare(&installed(&r), &r);
+            assert!(st.in_sync(), "{st}");
+            assert!(!st.nothing_installed());
+        }
+    }
+
+    #[test]
+    fn a_bare_host_has_nothing_installed() {
+        for backend in [Backend::Iptables, Backend::Nftables] {
+            let st = compare(&bare(backend), &rules(backend));
+            assert!(st.nothing_installed(), "{st}");
+            assert!(!st.in_sync());
+            assert!(st.to_string().ends_with("capture: not installed"), "{st}");
+        }
+    }
+
+    #[test]
+    fn parts_are_named_fields() {
+        let st = compare(
+            &installed(&rules(Backend::Iptables)),
+            &rules(Backend::Iptables),
+        );
+        assert_eq!(st.ip_forward.name, "ip_forward");
+        assert_eq!(st.ip_rule.name, "ip rule pref 100");
+        assert_eq!(st.route.name, "route table 133");
+        assert_eq!(st.pod_set.name, "ipset nodemesh-pods");
+        assert_eq!(
+            st.chains.name,
+            "chains mangle NODEMESH-PREROUTING NODEMESH-DIVERT"
+        );
+        let st = compare(
+            &installed(&rules(Backend::Nftables)),
+            &rules(Backend::Nftables),
+        );
+        assert_eq!(st.pod_set.name, "nft set ip nodemesh pods");
+        assert_eq!(st.chains.name, "nft chain ip nodemesh NODEMESH-PREROUTING");
+    }
+
+    #[test]
+    fn drift_is_named() {
+        let r = rules(Backend::Iptables);
+        let mut seen = installed(&r);
+        seen.ip_forward = "0".into();
+        if let Firewall::Iptables(fw) = &mut seen.firewall {
+            fw.jumps = 2;
+            fw.members
+                .as_mut()
+                .unwrap()
+                .insert(Ipv4Addr::new(10, 0, 0, 9));
+        }
+        let st = compare(&seen, &r);
+        let text = st.to_string();
+        assert!(text.contains("ip_forward: drift: is 0"), "{text}");
+        assert!(text.contains("2 jumps from mangle PREROUTING"), "{text}");
+        assert!(text.contains("unexpected [10.0.0.9]"), "{text}");
+        assert!(text.ends_with("capture: drift"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_nft_rule_is_drift() {
+        let r = rules(Backend::Nftables);
+        let mut seen = installed(&r);
+        if let Firewall::Nftables(NftState { chain: Some(c), .. }) = &mut seen.firewall {
+            c.pop();
+        }
+        let st = compare(&seen, &r);
+        assert_eq!(
+            st.chains.state,
+            ItemState::Drift("1 rule(s) missing, 0 unexpected".into()),
+            "{st}"
+        );
+    }
+
+    #[test]
+    fn a_leftover_staging_set_is_drift() {
+        let r = rules(Backend::Iptables);
+        let mut seen = installed(&r);
+        if let Firewall::Iptables(fw) = &mut seen.firewall {
+            fw.sets.push(IPSET_STAGING.into());
+        }
+        let st = compare(&seen, &r);
+        assert_eq!(
+            st.pod_set.state,
+            ItemState::Drift(format!("leftover staging set {IPSET_STAGING}"))
+        );
+    }
+}
