@@ -170,7 +170,8 @@ impl Proxy {
             &config,
             format!(
                 "ca: {{address: \"https://127.0.0.1:1\", rootCert: ca/trust-bundle.pem}}\n\
-                 nodes: [{{name: node-a, address: 127.0.0.1}}]\n\
+                 nodes: [{{name: node-a, address: 127.200.0.1, podCIDR: 127.200.1.0/24}}]\n\
+                 workloads: [{{name: web-1, namespace: shop, ip: 127.200.1.11, node: node-a}}]\n\
                  policies: [{}]\n",
                 SHARED_POLICIES.join(", ")
             ),
