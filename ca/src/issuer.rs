@@ -66,7 +66,49 @@ pub enum LifetimeError {
     },
 }
 
+/// Why a lifetime policy is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LifetimePolicyError {
+    /// The maximum is shorter than the minimum.
+    #[error("the maximum lifetime {max:?} is below the minimum of {min:?}")]
+    MaxBelowMin {
+        /// The maximum asked for.
+        max: Duration,
+        /// The minimum.
+        min: Duration,
+    },
+    /// The default lies outside the bounds.
+    #[error("the default lifetime {default:?} must lie between {min:?} and the maximum {max:?}")]
+    DefaultOutOfBounds {
+        /// The default asked for.
+        default: Duration,
+        /// The minimum.
+        min: Duration,
+        /// The maximum.
+        max: Duration,
+    },
+}
+
 impl LifetimePolicy {
+    /// The default policy with another `default` and `max` lifetime, refused unless
+    /// `min <= default <= max`.
+    pub fn with_bounds(default: Duration, max: Duration) -> Result<Self, LifetimePolicyError> {
+        let policy = LifetimePolicy {
+            default,
+            max,
+            ..LifetimePolicy::default()
+        };
+        let min = policy.min;
+        if max < min {
+            return Err(LifetimePolicyError::MaxBelowMin { max, min });
+        }
+        if default < min || default > max {
+            return Err(LifetimePolicyError::DefaultOutOfBounds { default, min, max });
+        }
+        Ok(policy)
+    }
+
     /// The lifetime to issue for a request of `seconds` (Istio's `validity_duration`): 0 means
     /// the default, longer than the maximum is clamped, negative or below the minimum is refused.
     pub fn resolve(&self, seconds: i64) -> Result<Duration, LifetimeError> {
@@ -254,4 +296,44 @@ fn leaf_params(validity: Validity) -> CertificateParams {
     params.not_before = validity.not_before.into();
     params.not_after = validity.not_after.into();
     params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn bounds_hold_the_default() {
+        let day = Duration::from_secs(86_400);
+        let p = LifetimePolicy::with_bounds(day, 2 * day).expect("valid bounds");
+        assert_eq!((p.default, p.min, p.max), (day, MIN, 2 * day));
+        assert_eq!(p.backdate, BACKDATE);
+        // The default may equal either bound.
+        assert!(LifetimePolicy::with_bounds(MIN, MIN).is_ok());
+        assert_eq!(
+            LifetimePolicy::with_bounds(3 * day, 2 * day),
+            Err(LifetimePolicyError::DefaultOutOfBounds {
+                default: 3 * day,
+                min: MIN,
+                max: 2 * day
+            })
+        );
+        assert_eq!(
+            LifetimePolicy::with_bounds(Duration::from_secs(59), day),
+            Err(LifetimePolicyError::DefaultOutOfBounds {
+                default: Duration::from_secs(59),
+                min: MIN,
+                max: day
+            })
+        );
+        assert_eq!(
+            LifetimePolicy::with_bounds(Duration::from_secs(30), Duration::from_secs(30)),
+            Err(LifetimePolicyError::MaxBelowMin {
+                max: Duration::from_secs(30),
+                min: MIN
+            })
+        );
+    }
 }

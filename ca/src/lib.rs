@@ -3,7 +3,7 @@
 //! use it.
 //!
 //! The signing logic ([`csr`], [`issuer`], [`authz`], [`service::handle_request`]) does no I/O;
-//! [`server`], [`http`] and [`client`] bring the sockets.
+//! [`server`], [`http`] and [`client`] bring the sockets, [`state`] and [`offline`] the files.
 
 pub mod authz;
 pub mod callers;
@@ -11,6 +11,7 @@ pub mod client;
 pub mod csr;
 pub mod http;
 pub mod issuer;
+pub mod offline;
 mod reload;
 pub mod server;
 pub mod service;
@@ -24,6 +25,7 @@ pub mod proto {
 
 pub use callers::{AuthError, AuthFuture, Authenticator, Callers};
 pub use client::{CaClient, ClientError, IdentityIssuer};
-pub use issuer::{Authority, LifetimePolicy, Validity};
+pub use issuer::{Authority, LifetimePolicy, LifetimePolicyError, Validity};
+pub use offline::{OfflineError, OfflineSvid};
 pub use server::{RunningCa, ServeError, ServeOptions, start};
 pub use state::{RootSource, StateError};

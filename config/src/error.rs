@@ -101,3 +101,41 @@ pub enum LoadError {
         errors: ConfigErrors,
     },
 }
+
+impl LoadError {
+    /// Every problem as one line without the file name, as `nodemesh config check` prints them
+    /// after it: each `path: reason` of an invalid file, or `cannot read: <cause>`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            LoadError::Io { source, .. } => vec![format!("cannot read: {source}")],
+            LoadError::Invalid { errors, .. } => {
+                errors.errors().iter().map(ToString::to_string).collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_one_problem_each_without_the_file() {
+        let invalid = LoadError::Invalid {
+            path: "c.yaml".into(),
+            errors: ConfigErrors(vec![
+                ConfigError::new("workloads[0].node", "no node \"z\""),
+                ConfigError::new("", "not a mapping"),
+            ]),
+        };
+        assert_eq!(
+            invalid.lines(),
+            ["workloads[0].node: no node \"z\"", "not a mapping"]
+        );
+        let io = LoadError::Io {
+            path: "c.yaml".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        };
+        assert_eq!(io.lines(), ["cannot read: gone"]);
+    }
+}

@@ -20,8 +20,6 @@ pub type Labels = BTreeMap<String, String>;
 pub const MESH_LABEL: &str = "nodemesh.io/mesh";
 /// The label by which a mesh namespace accepts plaintext from outside the mesh (`permissive`).
 pub const MTLS_MODE_LABEL: &str = "nodemesh.io/mtls-mode";
-/// The default of `rootNamespace`.
-pub const DEFAULT_ROOT_NAMESPACE: &str = "nodemesh-system";
 /// The default of `workloads[].serviceAccount`.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 

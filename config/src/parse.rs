@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use nodemesh_identity::{SpiffeId, TrustDomain};
+use nodemesh_policy::DEFAULT_ROOT_NAMESPACE;
 use serde_json::Value;
 
 use crate::config::{Config, Parts};
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{
-    Ca, DEFAULT_ROOT_NAMESPACE, DEFAULT_SERVICE_ACCOUNT, Labels, MESH_LABEL, MTLS_MODE_LABEL,
-    Namespace, Node, Protocol, RawPolicy, Service, ServicePort, Workload,
+    Ca, DEFAULT_SERVICE_ACCOUNT, Labels, MESH_LABEL, MTLS_MODE_LABEL, Namespace, Node, Protocol,
+    RawPolicy, Service, ServicePort, Workload,
 };
 use crate::names::{dns1035_label, dns1123_label, dns1123_subdomain, port_name};
 use crate::reader::{self, Errors, Fields, field};

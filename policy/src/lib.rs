@@ -5,6 +5,7 @@
 //! ```text
 //! YAML / Kubernetes --(model)--> AuthorizationPolicySpec --(compile)--> Policy
 //!     Policy... --> PolicySet::new --> decide_connection / decide_request / explain --> Decision
+//! name=value pairs --(TrafficQuery::from_pairs)--> connection() / request() --^
 //! ```
 //!
 //! The engine does no I/O. Semantics are Istio's, with these stricter points: request paths are
@@ -24,6 +25,7 @@ pub mod matcher;
 pub mod model;
 pub mod path;
 pub mod policy;
+pub mod query;
 pub mod request;
 mod rule;
 pub mod status;
@@ -39,4 +41,5 @@ pub use model::AuthorizationPolicy;
 pub use model::{Action, AuthorizationPolicySpec, PolicyDocument};
 pub use path::{InvalidPath, PathOptions};
 pub use policy::{Policy, PolicyRef};
+pub use query::{FieldProblem, TrafficField, TrafficQuery, TrafficQueryError};
 pub use request::{Connection, Destination, Headers, HttpRequest, Labels, Peer};

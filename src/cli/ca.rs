@@ -1,17 +1,13 @@
 //! `nodemesh ca`: run the in-cluster CA, manage its root, issue certificates offline.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use nodemesh_ca::csr::check_csr;
 use nodemesh_ca::{LifetimePolicy, RootSource, ServeOptions};
-use nodemesh_identity::{
-    SpiffeId, SystemClock, TrustDomain, der_to_pem, generate_csr, private_key_to_pem,
-};
+use nodemesh_identity::{SpiffeId, SystemClock, TrustDomain};
 
 /// Default state directory of the CA.
 const DEFAULT_STATE_DIR: &str = "/var/lib/nodemesh/ca";
@@ -144,14 +140,8 @@ pub async fn run(cmd: CaCommand) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let lifetimes = LifetimePolicy {
-        default: args.default_lifetime,
-        max: args.max_lifetime,
-        ..LifetimePolicy::default()
-    };
-    if lifetimes.default < lifetimes.min || lifetimes.default > lifetimes.max {
-        bail!("--default-lifetime must lie between 1m and --max-lifetime");
-    }
+    let lifetimes = LifetimePolicy::with_bounds(args.default_lifetime, args.max_lifetime)
+        .context("--default-lifetime, --max-lifetime")?;
     let (root, callers) = match (args.source, args.config, args.tokens) {
         (super::Source::File, Some(config_file), Some(tokens_file)) => (
             RootSource {
@@ -208,55 +198,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 fn issue(args: IssueArgs) -> Result<()> {
-    let trust_domain = args.identity.trust_domain();
-    let source = RootSource::state_dir(&args.state_dir);
-    let authority = source.load(&trust_domain).with_context(|| {
-        format!(
-            "loading the root from {} (run `nodemesh ca init` first?)",
-            args.state_dir.display()
-        )
-    })?;
-    let validity = LifetimePolicy::default()
-        .window(
-            i64::try_from(args.lifetime.as_secs()).unwrap_or(i64::MAX),
-            SystemTime::now(),
-        )
-        .context("--lifetime")?;
-    let csr = generate_csr(&args.identity)?;
-    let checked = check_csr(&csr.csr_pem, &trust_domain)?;
-    let chain = authority.issue(&checked, validity)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let chain_pem: String = chain.iter().map(|c| der_to_pem(c)).collect();
-    write_file(
-        &args.out.join("cert-chain.pem"),
-        chain_pem.as_bytes(),
-        0o644,
-    )?;
-    let key_pem = private_key_to_pem(&csr.key)?;
-    write_file(&args.out.join("key.pem"), key_pem.as_bytes(), 0o600)?;
-    write_file(
-        &args.out.join("root-cert.pem"),
-        authority.bundle().to_pem().as_bytes(),
-        0o644,
-    )?;
+    let root = RootSource::state_dir(&args.state_dir);
+    nodemesh_ca::offline::issue(&root, &args.identity, args.lifetime, SystemTime::now())?
+        .write_to(&args.out)?;
     println!(
         "wrote cert-chain.pem, key.pem and root-cert.pem for {} to {}",
         args.identity,
         args.out.display()
     );
     Ok(())
-}
-
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))
 }

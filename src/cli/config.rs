@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nodemesh_config::{Config, LoadError};
+use nodemesh_config::Config;
 
 /// Work with the standalone config: the one YAML file, shared by all nodes, that lists the
 /// nodes, namespaces, workloads, Services and AuthorizationPolicies of a cluster run without
@@ -47,37 +47,16 @@ fn check(file: &Path) -> (String, bool) {
     let mut out = String::new();
     match Config::from_file(file) {
         Ok(config) => {
-            let _ = writeln!(out, "{name}: ok ({})", summary(&config));
+            let _ = writeln!(out, "{name}: ok ({})", config.summary());
             (out, true)
         }
-        Err(LoadError::Invalid { errors, .. }) => {
-            for error in errors {
-                let _ = writeln!(out, "{name}: {error}");
+        Err(e) => {
+            for line in e.lines() {
+                let _ = writeln!(out, "{name}: {line}");
             }
             (out, false)
         }
-        Err(LoadError::Io { source, .. }) => {
-            let _ = writeln!(out, "{name}: cannot read: {source}");
-            (out, false)
-        }
-        Err(other) => {
-            let _ = writeln!(out, "{name}: {other}");
-            (out, false)
-        }
     }
-}
-
-/// `2 nodes, 5 workloads, 1 service, 3 policies`.
-fn summary(config: &Config) -> String {
-    let count =
-        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
-    [
-        count(config.nodes().len(), "node", "nodes"),
-        count(config.workloads().len(), "workload", "workloads"),
-        count(config.services().len(), "service", "services"),
-        count(config.policies().len(), "policy", "policies"),
-    ]
-    .join(", ")
 }
 
 #[cfg(test)]

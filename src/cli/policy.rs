@@ -3,15 +3,13 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nodemesh_policy::lint::lint_files;
-use nodemesh_policy::matcher::{principal_form, principal_parts};
 use nodemesh_policy::{
-    Connection, DEFAULT_ROOT_NAMESPACE, Destination, EngineOptions, HttpRequest, Peer, PolicySet,
-    Verdict, load_files,
+    DEFAULT_ROOT_NAMESPACE, EngineOptions, PolicySet, TrafficField, TrafficQuery, Verdict,
+    load_files,
 };
 
 /// Check, explain and lint AuthorizationPolicies (`security.nodemesh.io/v1`, and Istio's
@@ -41,7 +39,8 @@ pub enum Output {
     Json,
 }
 
-/// The policies, and the traffic to decide.
+/// The policies, and the traffic to decide (checked by [`TrafficQuery`], as the proxy's
+/// `/policy/explain` checks its query string).
 #[derive(Debug, clap::Args)]
 pub struct TrafficArgs {
     /// Multi-document YAML of AuthorizationPolicy objects (repeat the flag for more files).
@@ -51,14 +50,14 @@ pub struct TrafficArgs {
     #[arg(long, value_name = "NS")]
     destination_namespace: String,
     /// Labels of the destination workload (`k=v`, comma-separated or repeated).
-    #[arg(long, value_name = "K=V", value_delimiter = ',')]
+    #[arg(long, value_name = "K=V")]
     destination_labels: Vec<String>,
     /// Destination port.
     #[arg(long, value_name = "PORT")]
-    destination_port: u16,
+    destination_port: String,
     /// Destination IP address.
     #[arg(long, value_name = "IP")]
-    destination_ip: Option<IpAddr>,
+    destination_ip: Option<String>,
     /// The caller's identity, `TRUST-DOMAIN/ns/NS/sa/SA` (with or without `spiffe://`); none
     /// means a plaintext caller.
     #[arg(long, value_name = "PRINCIPAL")]
@@ -68,18 +67,18 @@ pub struct TrafficArgs {
     source_namespace: Option<String>,
     /// The caller's IP address.
     #[arg(long, value_name = "IP")]
-    source_ip: Option<IpAddr>,
+    source_ip: Option<String>,
     /// HTTP method; without it the stream is not HTTP.
     #[arg(long)]
     method: Option<String>,
-    /// HTTP request path (query included, normalized by the engine).
-    #[arg(long, requires = "method", default_value = "/")]
-    path: String,
-    /// HTTP Host.
-    #[arg(long, requires = "method")]
+    /// HTTP request path, query included, normalized by the engine (needs --method) [default: /].
+    #[arg(long)]
+    path: Option<String>,
+    /// HTTP Host (needs --method).
+    #[arg(long)]
     host: Option<String>,
-    /// HTTP header `Name: value` (repeat for more).
-    #[arg(long = "header", value_name = "NAME: VALUE", requires = "method")]
+    /// HTTP header `Name: value`, names case-insensitive (needs --method; repeat for more).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
     /// Namespace whose policies apply mesh-wide.
     #[arg(long, value_name = "NS", default_value = DEFAULT_ROOT_NAMESPACE)]
@@ -90,6 +89,34 @@ pub struct TrafficArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+}
+
+impl TrafficArgs {
+    /// The traffic flags as `(name, value)` pairs, named like the flags.
+    fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        use TrafficField as F;
+        let single = [
+            (F::DestinationNamespace, Some(&self.destination_namespace)),
+            (F::DestinationPort, Some(&self.destination_port)),
+            (F::DestinationIp, self.destination_ip.as_ref()),
+            (F::SourcePrincipal, self.source_principal.as_ref()),
+            (F::SourceNamespace, self.source_namespace.as_ref()),
+            (F::SourceIp, self.source_ip.as_ref()),
+            (F::Method, self.method.as_ref()),
+            (F::Path, self.path.as_ref()),
+            (F::Host, self.host.as_ref()),
+        ];
+        let repeated = (self
+            .destination_labels
+            .iter()
+            .map(|v| (F::DestinationLabels, v)))
+        .chain(self.headers.iter().map(|v| (F::Header, v)));
+        single
+            .into_iter()
+            .filter_map(|(f, v)| Some((f, v?)))
+            .chain(repeated)
+            .map(|(f, v)| (f.name(), v.as_str()))
+    }
 }
 
 /// The files to lint.
@@ -135,65 +162,10 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
     ExitCode::from(outcome.code)
 }
 
-/// The traffic flags, checked and owned.
-struct Traffic {
-    labels: Vec<(String, String)>,
-    principal: Option<String>,
-    namespace: Option<String>,
-    headers: Vec<(String, String)>,
-}
-
-fn traffic(args: &TrafficArgs) -> Result<Traffic, String> {
-    let mut labels = Vec::new();
-    for pair in &args.destination_labels {
-        match pair.split_once('=') {
-            Some((k, v)) if !k.is_empty() => labels.push((k.to_owned(), v.to_owned())),
-            _ => return Err(format!("--destination-labels: {pair:?} is not k=v")),
-        }
-    }
-    let principal = args.source_principal.as_deref().map(principal_form);
-    let principal_ns = match principal {
-        Some(p) => match principal_parts(p) {
-            Some((ns, _)) => Some(ns),
-            None => {
-                return Err(format!(
-                    "--source-principal: {p:?} is not TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT"
-                ));
-            }
-        },
-        None => None,
-    };
-    if let (Some(given), Some(from_principal)) = (&args.source_namespace, principal_ns)
-        && given != from_principal
-    {
-        return Err(format!(
-            "--source-namespace {given:?} contradicts the principal's namespace {from_principal:?}"
-        ));
-    }
-    let mut headers = Vec::new();
-    for h in &args.headers {
-        match h.split_once(':') {
-            Some((name, value)) if !name.trim().is_empty() => {
-                headers.push((name.trim().to_owned(), value.trim_start().to_owned()));
-            }
-            _ => return Err(format!("--header: {h:?} is not 'Name: value'")),
-        }
-    }
-    Ok(Traffic {
-        labels,
-        principal: principal.map(str::to_owned),
-        namespace: args
-            .source_namespace
-            .clone()
-            .or(principal_ns.map(str::to_owned)),
-        headers,
-    })
-}
-
 /// `check` (or `explain`): load, decide, print.
 fn decide(args: &TrafficArgs, explain: bool) -> Outcome {
-    let t = match traffic(args) {
-        Ok(t) => t,
+    let query = match TrafficQuery::from_pairs(args.pairs()) {
+        Ok(q) => q,
         Err(e) => return Outcome::bad_input(format!("error: {e}\n")),
     };
     let policies = match load_files(&args.policies) {
@@ -212,25 +184,8 @@ fn decide(args: &TrafficArgs, explain: bool) -> Outcome {
     };
     options.path.decode_escaped_slashes = args.decode_escaped_slashes;
     let set = PolicySet::new(policies, options);
-    let conn = Connection {
-        source: Peer {
-            principal: t.principal.as_deref(),
-            namespace: t.namespace.as_deref(),
-            ip: args.source_ip,
-        },
-        destination: Destination {
-            namespace: &args.destination_namespace,
-            labels: &t.labels,
-            ip: args.destination_ip,
-            port: args.destination_port,
-        },
-    };
-    let req = args.method.as_deref().map(|method| HttpRequest {
-        method,
-        path: &args.path,
-        host: args.host.as_deref().unwrap_or(""),
-        headers: &t.headers,
-    });
+    let conn = query.connection();
+    let req = query.request();
     let (verdict, stdout) = if explain {
         let e = set.explain(&conn, req.as_ref());
         let out = match args.output {
@@ -423,6 +378,8 @@ spec:
             ],
             &["--method", "GET", "--header", "no-colon"],
             &["--destination-labels", "novalue"],
+            &["--path", "/api"],
+            &["--destination-ip", "10.0.0"],
         ] {
             let o = outcome(&dir, &[&["check"][..], &with(extra)].concat());
             assert_eq!(o.code, 2, "{extra:?}: {o:?}");

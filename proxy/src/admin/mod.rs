@@ -11,12 +11,11 @@ pub use server::{
     PROMETHEUS_CONTENT_TYPE,
 };
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::StatusCode;
-use nodemesh_policy::{Connection, Destination, HttpRequest, Peer};
+use nodemesh_policy::TrafficQuery;
 use tokio::sync::watch;
 
 use crate::ctx::Ctx;
@@ -78,64 +77,13 @@ impl AdminState for State {
 /// `source-namespace`, `source-ip`, `method`, `path`, `host`, `header` (repeatable `Name: value`).
 fn explain(ctx: &Ctx, query: &str) -> Result<serde_json::Value, String> {
     let params = parse_query(query);
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let namespace = get("destination-namespace").ok_or("destination-namespace is required")?;
-    let port: u16 = get("destination-port")
-        .ok_or("destination-port is required")?
-        .parse()
-        .map_err(|_| "destination-port: not a port number")?;
-    let mut labels = BTreeMap::new();
-    for pair in get("destination-labels")
-        .unwrap_or("")
-        .split(',')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("destination-labels: {pair:?} is not k=v"))?;
-        labels.insert(k.to_owned(), v.to_owned());
-    }
-    let ip = |name: &str| -> Result<_, String> {
-        get(name)
-            .map(|v| v.parse().map_err(|_| format!("{name}: not an IP address")))
-            .transpose()
-    };
-    let principal = get("source-principal").map(|p| p.trim_start_matches("spiffe://"));
-    let headers: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| k == "header")
-        .map(|(_, v)| {
-            v.split_once(':')
-                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                .ok_or_else(|| format!("header: {v:?} is not `Name: value`"))
-        })
-        .collect::<Result<_, _>>()?;
-    let conn = Connection {
-        source: Peer {
-            principal,
-            namespace: get("source-namespace"),
-            ip: ip("source-ip")?,
-        },
-        destination: Destination {
-            namespace,
-            labels: &labels,
-            ip: ip("destination-ip")?,
-            port,
-        },
-    };
-    let req = get("method").map(|method| HttpRequest {
-        method,
-        path: get("path").unwrap_or("/"),
-        host: get("host").unwrap_or(""),
-        headers: &headers,
-    });
+    let query = TrafficQuery::from_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| e.to_string())?;
     let state = ctx.store.load();
-    Ok(state.policies().explain(&conn, req.as_ref()).to_json())
+    let explanation = state
+        .policies()
+        .explain(&query.connection(), query.request().as_ref());
+    Ok(explanation.to_json())
 }
 
 /// The admin, metrics and readiness servers of a running proxy.
