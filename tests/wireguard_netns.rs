@@ -331,8 +331,15 @@ fn is_wireguard(f: &FrameInfo) -> bool {
     )
 }
 
+/// IGMP: the underlay bridge's own ports announcing their multicast groups (from 0.0.0.0),
+/// not traffic between the nodes.
+fn is_igmp(f: &FrameInfo) -> bool {
+    f.transport == Transport::Other(2)
+}
+
 /// Stops `capture` and asserts the underlay carried none of `markers` (in any frame) and no
-/// IPv4 but WireGuard (UDP to or from port 51820); returns how many WireGuard frames it saw.
+/// IPv4 but WireGuard (UDP to or from port 51820) and the bridge's IGMP; returns how many
+/// WireGuard frames it saw.
 fn assert_nothing_but_wireguard(capture: PacketCapture, markers: &[&str]) -> usize {
     let captured = capture.finish().unwrap();
     assert!(captured.complete(), "the capture dropped frames");
@@ -342,7 +349,10 @@ fn assert_nothing_but_wireguard(capture: PacketCapture, markers: &[&str]) -> usi
             "plaintext marker {marker} on the underlay"
         );
     }
-    let others: Vec<FrameInfo> = captured.ipv4().filter(|f| !is_wireguard(f)).collect();
+    let others: Vec<FrameInfo> = captured
+        .ipv4()
+        .filter(|f| !is_wireguard(f) && !is_igmp(f))
+        .collect();
     assert!(
         others.is_empty(),
         "non-WireGuard IP packets on the underlay: {others:?}"
