@@ -1,65 +1,17 @@
 //! `nodemesh ca serve --source kubernetes` and `nodemesh proxy --source kubernetes` as
-//! processes, against the in-repo fake API server of `kube/tests/support` (reached through a
+//! processes, against the in-repo fake API server of `nodemesh-test-support` (reached through a
 //! kubeconfig): the CA creates its root Secret and bundle ConfigMap, the proxy publishes its
 //! WireGuard key on its Node, syncs, gets its pod's certificate through TokenReview and
 //! becomes ready.
 #![allow(clippy::unwrap_used)]
 
-#[path = "../kube/tests/support/mod.rs"]
-mod support;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use nodemesh_test_support::kube::FakeApi;
+use nodemesh_test_support::kube::objects::*;
+use nodemesh_test_support::process::{Killed, await_http_ok, field, http_get, line_with};
 use serde_json::json;
-use support::fake_api::FakeApi;
-use support::objects::*;
-
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-/// Reads lines from `from` until one contains `marker`; keeps draining afterwards.
-fn line_with(from: impl Read + Send + 'static, marker: &str) -> String {
-    let mut reader = BufReader::new(from);
-    let mut line = String::new();
-    while !line.contains(marker) {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "exited before {marker:?}"
-        );
-    }
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = reader.read_to_string(&mut sink);
-    });
-    line
-}
-
-fn field(line: &str, name: &str) -> String {
-    let rest = &line[line.find(&format!("{name} ")).unwrap() + name.len() + 1..];
-    rest.split([',', ' ', '\n']).next().unwrap().to_owned()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_mode_processes() {
@@ -69,7 +21,7 @@ async fn kubernetes_mode_processes() {
         NAMESPACES,
         namespace("shop", json!({"nodemesh.io/mesh": "enabled"})),
     );
-    support::kube_ca::proxy_a(&api);
+    nodemesh_test_support::kube::ca::proxy_a(&api);
     api.put(
         PODS,
         pod("shop", "web-1", "web", "10.1.1.11", "node-a", json!({})),
@@ -163,15 +115,7 @@ async fn kubernetes_mode_processes() {
         api.get(NODES, "", "node-a").unwrap()["metadata"]["annotations"]["nodemesh.io/wireguard-public-key"],
         key
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = http_get(&readiness, "/healthz/ready").unwrap_or_default();
-        if r.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready: {r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_http_ok(&readiness, "/healthz/ready", Duration::from_secs(15));
     let dump = http_get(&admin, "/config_dump").unwrap();
     assert!(
         dump.contains("spiffe://cluster.local/ns/shop/sa/web") && dump.contains("web-1"),

@@ -1,5 +1,5 @@
 //! Root tier, Kubernetes mode: the testbed's proxies run `--source kubernetes` against the
-//! in-repo fake API server of `kube/tests/support` (no API server can be installed on our build
+//! in-repo fake API server of `nodemesh-test-support` (no API server can be installed on our build
 //! hosts; the fake speaks the list/watch JSON protocol to the real kube-rs client). The fake runs
 //! inside node-a's namespace on its underlay address, so both nodes' proxies reach it; its pods
 //! mirror the testbed's pods (same names, IPs and nodes). Changes made through the API — a pod
@@ -9,18 +9,17 @@
 //! Runs as root; without root it prints a skip line, unless `NODEMESH_E2E=1` (then it fails).
 #![allow(clippy::unwrap_used)]
 
-#[path = "../kube/tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use nodemesh_redirect::Backend;
+use nodemesh_test_support::kube::FakeApi;
+use nodemesh_test_support::kube::objects::*;
+use nodemesh_test_support::root_tier;
+use nodemesh_test_support::wait::eventually_blocking as eventually;
 use nodemesh_testbed::scenario;
 use nodemesh_testbed::{MeshOptions, Testbed};
 use serde_json::json;
-use support::fake_api::FakeApi;
-use support::objects::*;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
 
@@ -92,23 +91,12 @@ fn fake_api_for(bed: &Testbed) -> FakeApi {
     api
 }
 
-/// Polls `f` for up to 10 s.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 /// Service, L7 and L4 policy from the API's objects; then, through the API, frontend-a opts out
 /// of the mesh (node-a drops it from the capture set, so its plaintext call is refused by
 /// node-b's STRICT mode), comes back, and a DENY policy for batch -> frontend takes effect.
 #[test]
 fn proxies_follow_the_kubernetes_api() {
-    if !nodemesh_testbed::root_tier(
+    if !root_tier(
         "proxies_follow_the_kubernetes_api",
         Backend::Nftables.tools(),
     ) {

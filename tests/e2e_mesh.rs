@@ -36,7 +36,7 @@ fn shop(spec: ClusterSpec, opts: &MeshOptions) -> Testbed {
 /// Every step of `nodemesh demo`, asserted: Service VIP across nodes with both SPIFFE IDs in
 /// the flow log, L7 deny, L4 deny, STRICT, passthrough, and an underlay with TLS only.
 fn demo_steps(backend: Backend) {
-    if !nodemesh_testbed::root_tier("demo_steps", backend.tools()) {
+    if !nodemesh_test_support::root_tier("demo_steps", backend.tools()) {
         return;
     }
     let bed = shop(scenario::shop(), &options(backend));
@@ -63,7 +63,7 @@ fn demo_steps(backend: Backend) {
 /// With only `CAP_NET_ADMIN` and `CAP_NET_RAW` (the Helm chart's DaemonSet capabilities), the
 /// proxies install capture and serve the demo's traffic.
 fn runs_with_only_net_admin_and_net_raw(backend: Backend) {
-    if !nodemesh_testbed::root_tier("runs_with_only_net_admin_and_net_raw", backend.tools()) {
+    if !nodemesh_test_support::root_tier("runs_with_only_net_admin_and_net_raw", backend.tools()) {
         return;
     }
     let mut opts = options(backend);
@@ -93,7 +93,7 @@ fn runs_with_only_net_admin_and_net_raw(backend: Backend) {
 /// SIGTERM (drain) and SIGKILL (crash) of node-b's proxy both leave capture in place: calls
 /// fail, nothing reaches the underlay in plaintext, and a restarted proxy serves again.
 fn stopped_proxy_fails_closed(backend: Backend) {
-    if !nodemesh_testbed::root_tier("stopped_proxy_fails_closed", backend.tools()) {
+    if !nodemesh_test_support::root_tier("stopped_proxy_fails_closed", backend.tools()) {
         return;
     }
     let mut bed = shop(scenario::shop(), &options(backend));
@@ -107,7 +107,7 @@ fn stopped_proxy_fails_closed(backend: Backend) {
 /// Pod -> pod on one node goes through the proxy and its policy: allowed first, then refused
 /// once a DENY policy lands in the config (reloaded live), with the deny in the flow log.
 fn same_node_goes_through_policy(backend: Backend) {
-    if !nodemesh_testbed::root_tier("same_node_goes_through_policy", backend.tools()) {
+    if !nodemesh_test_support::root_tier("same_node_goes_through_policy", backend.tools()) {
         return;
     }
     let mut bed = shop(scenario::shop(), &options(backend));
@@ -161,7 +161,7 @@ fn same_node_goes_through_policy(backend: Backend) {
 
 /// With `--preserve-source-ip` the destination pod sees the client pod's IP, not the node's.
 fn preserves_source_ip(backend: Backend) {
-    if !nodemesh_testbed::root_tier("preserves_source_ip", backend.tools()) {
+    if !nodemesh_test_support::root_tier("preserves_source_ip", backend.tools()) {
         return;
     }
     let mut opts = options(backend);
@@ -183,7 +183,8 @@ fn preserves_source_ip(backend: Backend) {
 /// 200 concurrent connections from 4 pods (50 each, to a pod on the other node) all complete
 /// with their 64 KiB of data intact.
 fn concurrent_connections_keep_data_intact(backend: Backend) {
-    if !nodemesh_testbed::root_tier("concurrent_connections_keep_data_intact", backend.tools()) {
+    if !nodemesh_test_support::root_tier("concurrent_connections_keep_data_intact", backend.tools())
+    {
         return;
     }
     let mut spec = scenario::shop();
@@ -323,7 +324,10 @@ fn without_empty_blocks(
 /// `nodemesh redirect install` twice changes nothing the second time; `remove` restores the
 /// node's rules exactly as they were before.
 fn redirect_cli_is_idempotent_and_reversible(backend: Backend) {
-    if !nodemesh_testbed::root_tier("redirect_cli_is_idempotent_and_reversible", backend.tools()) {
+    if !nodemesh_test_support::root_tier(
+        "redirect_cli_is_idempotent_and_reversible",
+        backend.tools(),
+    ) {
         return;
     }
     let bed = Testbed::build(scenario::shop()).unwrap();

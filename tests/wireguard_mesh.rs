@@ -15,7 +15,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
 
 #[test]
 fn proxies_with_wireguard_carry_hbone_and_the_rest() {
-    if !nodemesh_testbed::root_tier(
+    if !nodemesh_test_support::root_tier(
         "proxies_with_wireguard_carry_hbone_and_the_rest",
         nodemesh_redirect::Backend::Iptables.tools(),
     ) {

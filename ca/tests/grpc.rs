@@ -19,7 +19,7 @@ fn der(pem: &str) -> CertificateDer<'static> {
 
 #[tokio::test]
 async fn node_gets_its_own_workload_identity() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let csr = generate_csr(&id(WEB)).unwrap();
     let chain = f
@@ -41,7 +41,7 @@ async fn node_gets_its_own_workload_identity() {
 
 #[tokio::test]
 async fn foreign_identity_is_permission_denied() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let csr = generate_csr(&id(DB)).unwrap();
     let err = f
@@ -64,7 +64,7 @@ async fn foreign_identity_is_permission_denied() {
 
 #[tokio::test]
 async fn bad_or_missing_token_is_unauthenticated() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     for token in ["not-a-valid-token-000000", ""] {
         let csr = generate_csr(&id(WEB)).unwrap();
@@ -92,7 +92,7 @@ async fn bad_or_missing_token_is_unauthenticated() {
 
 #[tokio::test]
 async fn impersonated_identity_must_match_the_csr() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let csr = generate_csr(&id(WEB)).unwrap();
     let err = f
@@ -139,7 +139,7 @@ fn greedy_csr(uris: &[&str]) -> String {
 
 #[tokio::test]
 async fn smuggled_fields_are_overwritten_and_lifetime_clamped() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let hundred_years = 100 * 365 * 86_400;
     let chain = f
@@ -174,7 +174,7 @@ async fn smuggled_fields_are_overwritten_and_lifetime_clamped() {
 
 #[tokio::test]
 async fn csr_with_two_uri_sans_is_refused() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let err = f
         .client(&ca, TOKEN_A)
@@ -190,7 +190,7 @@ async fn csr_with_two_uri_sans_is_refused() {
 
 #[tokio::test]
 async fn bad_lifetimes_are_invalid_argument() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     for seconds in [-1, 59] {
         let csr = generate_csr(&id(WEB)).unwrap();
@@ -220,7 +220,7 @@ async fn bad_lifetimes_are_invalid_argument() {
 
 #[tokio::test]
 async fn hostile_csrs_are_refused_while_others_are_served() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let client = f.client(&ca, TOKEN_A);
     let garbage: String = (0..4096)
@@ -284,7 +284,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 #[tokio::test]
 async fn http_serves_the_bundle_and_readiness() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let bundle = http_get(ca.http_addr, "/trust-bundle").await;
     assert!(bundle.starts_with("HTTP/1.1 200"), "{bundle}");

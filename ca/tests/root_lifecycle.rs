@@ -18,7 +18,7 @@ fn chain(pems: &[String]) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
-async fn issue(f: &Fixture, ca: &nodemesh_ca::RunningCa) -> Vec<CertificateDer<'static>> {
+async fn issue(f: &LocalCa, ca: &nodemesh_ca::RunningCa) -> Vec<CertificateDer<'static>> {
     let csr = generate_csr(&id(WEB)).unwrap();
     chain(
         &f.client(ca, TOKEN_A)
@@ -30,7 +30,7 @@ async fn issue(f: &Fixture, ca: &nodemesh_ca::RunningCa) -> Vec<CertificateDer<'
 
 #[tokio::test]
 async fn root_is_created_private_and_persists_across_restarts() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let root = std::fs::read_to_string(f.state("root-cert.pem")).unwrap();
     let key_mode = std::fs::metadata(f.state("root-key.pem"))
@@ -61,7 +61,7 @@ async fn root_is_created_private_and_persists_across_restarts() {
 
 #[tokio::test]
 async fn rotation_on_a_running_server_keeps_old_certificates_valid() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     let old = issue(&f, &ca).await;
     let td = TrustDomain::default();
@@ -89,7 +89,7 @@ async fn rotation_on_a_running_server_keeps_old_certificates_valid() {
 
 #[tokio::test]
 async fn exposed_root_key_is_refused() {
-    let f = Fixture::new();
+    let f = fixture();
     let ca = f.start().await;
     ca.shutdown().await;
     std::fs::set_permissions(

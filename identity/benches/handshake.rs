@@ -5,16 +5,13 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use criterion::{Criterion, criterion_group, criterion_main};
 use nodemesh_identity::{
     CredentialStore, Credentials, SpiffeId, SvidUsage, TrustDomain, WatchedCertResolver,
     client_config, crypto_provider, placeholder_server_name, server_config, verify_svid,
 };
+use nodemesh_test_support::TestCa;
 use rustls::{ClientConnection, ServerConnection};
-use support::TestCa;
 use tokio::sync::watch;
 
 fn store(ca: &TestCa, id: &str) -> Arc<CredentialStore> {

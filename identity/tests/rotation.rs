@@ -2,8 +2,6 @@
 //! down, and the old certificate served until a new one arrives.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -12,7 +10,7 @@ use nodemesh_identity::{
     Backoff, CertificateIssuer, Clock, CredentialStore, SpiffeId, TokioClock, crypto_provider,
     run_renewal,
 };
-use support::TestCa;
+use nodemesh_test_support::TestCa;
 
 const DAY: Duration = Duration::from_secs(86_400);
 

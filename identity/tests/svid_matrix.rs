@@ -1,13 +1,11 @@
 //! X.509-SVID validation: one valid case and every way an SVID can be wrong, each with its own error.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
 use nodemesh_identity::{SvidError, SvidUsage, verify_svid};
+use nodemesh_test_support::TestCa;
 use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose, SanType};
-use support::TestCa;
 
 const ID: &str = "spiffe://cluster.local/ns/shop/sa/web";
 

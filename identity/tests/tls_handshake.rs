@@ -2,15 +2,13 @@
 //! nodemesh uses for HBONE.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 
 use nodemesh_identity::{
     CredentialStore, Credentials, SpiffeId, TrustBundle, TrustDomain, WatchedCertResolver,
     client_config, crypto_provider, peer_identity, placeholder_server_name, server_config,
 };
-use support::TestCa;
+use nodemesh_test_support::TestCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

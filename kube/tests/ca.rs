@@ -3,17 +3,15 @@
 //! root kept in a Secret across restarts.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use nodemesh_ca::Authenticator;
 use nodemesh_identity::SpiffeId;
 use nodemesh_kube::ca::{PodPlacement, RootStore, TokenReviewAuthenticator};
+use nodemesh_test_support::kube::FakeApi;
+use nodemesh_test_support::kube::objects::*;
 use serde_json::{Value, json};
-use support::fake_api::FakeApi;
-use support::objects::*;
 
 const PROXY_SA: &str = "system:serviceaccount:nodemesh-system:nodemesh-proxy";
 
@@ -51,28 +49,8 @@ fn id(s: &str) -> SpiffeId {
 #[tokio::test]
 async fn tokens_are_reviewed_and_identities_bound_to_the_node() {
     let api = FakeApi::start().await;
-    api.put(
-        PODS,
-        pod(
-            "nodemesh-system",
-            "proxy-a",
-            "nodemesh-proxy",
-            "10.0.0.1",
-            "node-a",
-            json!({}),
-        ),
-    );
-    api.put(
-        PODS,
-        pod(
-            "nodemesh-system",
-            "proxy-b",
-            "nodemesh-proxy",
-            "10.0.0.2",
-            "node-b",
-            json!({}),
-        ),
-    );
+    api.put(PODS, proxy_pod("proxy-a", "10.0.0.1", "node-a"));
+    api.put(PODS, proxy_pod("proxy-b", "10.0.0.2", "node-b"));
     api.put(
         PODS,
         pod("shop", "web-1", "web", "10.1.1.11", "node-a", json!({})),
@@ -166,7 +144,7 @@ async fn tokens_are_reviewed_and_identities_bound_to_the_node() {
 
     // The web pod leaves node-a: its identity is no longer issued there.
     api.delete(PODS, "shop", "web-1");
-    support::eventually("web-1 gone from the index", || {
+    nodemesh_test_support::wait::eventually("web-1 gone from the index", || {
         !auth.runs_on("node-a", &id("spiffe://cluster.local/ns/shop/sa/web"))
     })
     .await;

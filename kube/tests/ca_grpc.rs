@@ -3,13 +3,11 @@
 //! identities of pods on its own node only; other tokens are refused with `Unauthenticated`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use nodemesh_ca::{CaClient, ClientError};
 use nodemesh_identity::{SpiffeId, generate_csr};
+use nodemesh_test_support::kube::FakeApi;
+use nodemesh_test_support::kube::objects::*;
 use serde_json::json;
-use support::fake_api::FakeApi;
-use support::objects::*;
 
 /// The gRPC status code's name.
 fn code(r: Result<Vec<String>, ClientError>) -> String {
@@ -22,7 +20,7 @@ fn code(r: Result<Vec<String>, ClientError>) -> String {
 #[tokio::test]
 async fn proxies_get_their_own_nodes_identities_only() {
     let api = FakeApi::start().await;
-    support::kube_ca::proxy_a(&api);
+    nodemesh_test_support::kube::ca::proxy_a(&api);
     api.put(
         PODS,
         pod("shop", "web-1", "web", "10.1.1.11", "node-a", json!({})),
@@ -32,7 +30,7 @@ async fn proxies_get_their_own_nodes_identities_only() {
         pod("shop", "db-1", "db", "10.1.2.21", "node-b", json!({})),
     );
     let dir = tempfile::tempdir().unwrap();
-    let (ca, bundle) = support::kube_ca::start(&api, &dir.path().join("ca")).await;
+    let (ca, bundle) = nodemesh_test_support::kube::ca::start(&api, &dir.path().join("ca")).await;
     let address = format!("https://127.0.0.1:{}", ca.grpc_addr.port());
     let ask = |token: &'static str, identity: &'static str| {
         let address = address.clone();

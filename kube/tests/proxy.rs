@@ -3,23 +3,20 @@
 //! lose them, and `/config_dump` and `/metrics` on the admin API show the cluster's state.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nodemesh_config::Ca;
-use nodemesh_identity::Backoff;
 use nodemesh_kube::mesh::MeshSettings;
 use nodemesh_kube::watch::Retry;
 use nodemesh_kube::{KubeSource, SourceOptions};
-use nodemesh_proxy::observe::FlowLogTarget;
 use nodemesh_proxy::{ProxyHandle, ProxyOptions, StateSource};
+use nodemesh_test_support::kube::FakeApi;
+use nodemesh_test_support::kube::objects::*;
+use nodemesh_test_support::mesh::proxy_options;
+use nodemesh_test_support::wait::eventually;
 use serde_json::json;
-use support::eventually;
-use support::fake_api::FakeApi;
-use support::objects::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -51,7 +48,7 @@ async fn proxy_follows_the_cluster() {
         namespace("shop", json!({"nodemesh.io/mesh": "enabled"})),
     );
     api.put(NAMESPACES, namespace("nodemesh-system", json!({})));
-    support::kube_ca::proxy_a(&api);
+    nodemesh_test_support::kube::ca::proxy_a(&api);
     api.put(
         PODS,
         pod(
@@ -64,7 +61,7 @@ async fn proxy_follows_the_cluster() {
         ),
     );
     let dir = tempfile::tempdir().unwrap();
-    let (ca, bundle) = support::kube_ca::start(&api, &dir.path().join("ca")).await;
+    let (ca, bundle) = nodemesh_test_support::kube::ca::start(&api, &dir.path().join("ca")).await;
     let bundle_file = dir.path().join("trust-bundle.pem");
     std::fs::write(&bundle_file, bundle).unwrap();
 
@@ -94,26 +91,9 @@ async fn proxy_follows_the_cluster() {
     .await
     .unwrap();
     let proxy = ProxyHandle::start(ProxyOptions {
-        source: StateSource::Store(Arc::clone(source.store())),
-        node: "node-a".into(),
         ca_token: "token-a".into(),
-        ca_token_file: None,
-        outbound_addr: "127.0.0.1:0".parse().unwrap(),
-        inbound_addr: "127.0.0.1:0".parse().unwrap(),
-        inbound_plaintext_addr: "127.0.0.1:0".parse().unwrap(),
-        inbound_binds: Vec::new(),
-        hbone_port: 15008,
         drain_timeout: Duration::from_secs(1),
-        flow_log: FlowLogTarget::Off,
-        preserve_source_ip: false,
-        transparent: false,
-        mark_sockets: false,
-        reload_interval: Duration::from_millis(100),
-        backoff: Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        },
-        l7_limits: Default::default(),
+        ..proxy_options(StateSource::Store(Arc::clone(source.store())), "node-a")
     })
     .await
     .unwrap();

@@ -1,10 +1,9 @@
-//! The Kubernetes source against the in-repo fake API server (see `support/fake_api.rs` for why
-//! a fake and what it leaves out), through the real kube-rs client and kube-runtime watchers:
+//! The Kubernetes source against the in-repo fake API server (see
+//! `test-support/src/kube/fake_api.rs` for why a fake and what it leaves out), through the real
+//! kube-rs client and kube-runtime watchers:
 //! every change of the cluster shows in the proxy's `MeshStore`, an outage keeps the last
 //! state and raises the staleness, and the relist after it applies what changed meanwhile.
 #![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,10 +14,10 @@ use nodemesh_kube::mesh::MeshSettings;
 use nodemesh_kube::watch::Retry;
 use nodemesh_kube::{KubeSource, SourceOptions};
 use nodemesh_state::MeshStore;
+use nodemesh_test_support::kube::FakeApi;
+use nodemesh_test_support::kube::objects::*;
+use nodemesh_test_support::wait::eventually;
 use serde_json::json;
-use support::eventually;
-use support::fake_api::FakeApi;
-use support::objects::*;
 
 fn cluster(api: &FakeApi) {
     api.put(NODES, node("node-a", "10.0.0.1", "10.1.1.0/24"));

@@ -3,8 +3,7 @@
 //! 1 KiB request/response round trip. Uses the in-process mesh of the integration tests.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use nodemesh_test_support::mesh as support;
 
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -2,7 +2,7 @@
 //! See `support/mod.rs` for the layout.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use nodemesh_test_support::mesh as support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! series, or a refusal); and HTTP requests carry their real response flags to `/metrics`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use nodemesh_test_support::mesh as support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -12,48 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use nodemesh_redirect::{
     Backend, Host, ItemState, NFT_TABLE, RedirectError, RuleSet, Tool, apply, remove, status,
 };
+use nodemesh_test_support::process::sh;
+use nodemesh_test_support::root_tier;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Whether the root tier runs here; panics when it must run and cannot.
-fn root_tier(test: &str) -> bool {
-    let forced = std::env::var("NODEMESH_E2E").is_ok_and(|v| v == "1");
-    let missing: Vec<_> = [
-        Tool::Ip,
-        Tool::IptablesRestore,
-        Tool::IptablesSave,
-        Tool::Ipset,
-        Tool::Nft,
-    ]
-    .into_iter()
-    .filter_map(|t| t.locate().err())
-    .map(|e| e.to_string())
-    .collect();
-    let reason = if !is_root() {
-        Some("not root".to_owned())
-    } else if !missing.is_empty() {
-        Some(missing.join("; "))
-    } else {
-        None
-    };
-    match reason {
-        None => true,
-        Some(reason) if forced => panic!("{test}: NODEMESH_E2E=1 but cannot run: {reason}"),
-        Some(reason) => {
-            eprintln!("skip {test}: {reason} (set NODEMESH_E2E=1 to make this a failure)");
-            false
-        }
-    }
-}
+/// What every test here needs besides root: both backends' tools.
+const TOOLS: [Tool; 5] = [
+    Tool::Ip,
+    Tool::IptablesRestore,
+    Tool::IptablesSave,
+    Tool::Ipset,
+    Tool::Nft,
+];
 
 /// A network namespace of our own, deleted on drop (its processes killed first).
 struct Netns {
@@ -100,16 +69,6 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
-}
-
-fn sh(argv: &[&str]) -> String {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{argv:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Everything of the namespace's firewall and routing that capture could touch, with
@@ -327,14 +286,14 @@ fn lifecycle(backend: Backend) {
 
 #[test]
 fn lifecycle_iptables() {
-    if root_tier("lifecycle_iptables") {
+    if root_tier("lifecycle_iptables", TOOLS) {
         lifecycle(Backend::Iptables);
     }
 }
 
 #[test]
 fn lifecycle_nftables() {
-    if root_tier("lifecycle_nftables") {
+    if root_tier("lifecycle_nftables", TOOLS) {
         lifecycle(Backend::Nftables);
     }
 }
@@ -385,21 +344,21 @@ fn drift_repair(backend: Backend) {
 
 #[test]
 fn drift_is_reported_and_repaired_iptables() {
-    if root_tier("drift_is_reported_and_repaired_iptables") {
+    if root_tier("drift_is_reported_and_repaired_iptables", TOOLS) {
         drift_repair(Backend::Iptables);
     }
 }
 
 #[test]
 fn drift_is_reported_and_repaired_nftables() {
-    if root_tier("drift_is_reported_and_repaired_nftables") {
+    if root_tier("drift_is_reported_and_repaired_nftables", TOOLS) {
         drift_repair(Backend::Nftables);
     }
 }
 
 #[test]
 fn unknown_namespace_is_refused_before_anything() {
-    if !root_tier("unknown_namespace_is_refused_before_anything") {
+    if !root_tier("unknown_namespace_is_refused_before_anything", TOOLS) {
         return;
     }
     let host = Host::netns(format!("nm-redir-{}-absent", std::process::id()));
@@ -410,7 +369,7 @@ fn unknown_namespace_is_refused_before_anything() {
 
 #[test]
 fn remove_also_clears_the_other_backend() {
-    if !root_tier("remove_also_clears_the_other_backend") {
+    if !root_tier("remove_also_clears_the_other_backend", TOOLS) {
         return;
     }
     let ns = Netns::new();
@@ -430,7 +389,7 @@ const RO_CHILD_ENV: &str = "NODEMESH_REDIRECT_RO_NETNS";
 
 #[test]
 fn read_only_proc_sys_is_refused_before_anything() {
-    if !root_tier("read_only_proc_sys_is_refused_before_anything") {
+    if !root_tier("read_only_proc_sys_is_refused_before_anything", TOOLS) {
         return;
     }
     let ns = Netns::new();

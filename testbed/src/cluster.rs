@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::error::TestbedError;
 use crate::netns::{self, Netns};
-use crate::plan::{ClusterSpec, NodePlan, Plan, PodPlan};
+use crate::plan::{ClusterSpec, NodePlan, Plan, PodPlan, PodRouting};
 use crate::process::Process;
 
 /// Every testbed namespace starts with this.
@@ -117,9 +117,19 @@ impl Testbed {
                 self.wire_pod(&ns, node, pod)?;
             }
         }
-        for node in &plan.nodes {
+        if self.spec.pod_routing == PodRouting::Underlay {
+            self.route_pod_networks()?;
+        }
+        Ok(())
+    }
+
+    /// Adds on every node a route to each other node's pod network via its underlay address
+    /// (what [`PodRouting::Underlay`] does at build time; for a testbed built with
+    /// [`PodRouting::None`] once a test wants plaintext routes).
+    pub fn route_pod_networks(&self) -> Result<(), TestbedError> {
+        for node in &self.plan.nodes {
             let ns = &self.nodes[&node.name];
-            for other in plan.nodes.iter().filter(|o| o.name != node.name) {
+            for other in self.plan.nodes.iter().filter(|o| o.name != node.name) {
                 ns.ip(&[
                     "route",
                     "add",
@@ -258,6 +268,12 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A test failed: the processes' last words, to see why.
+            for (key, process) in &self.processes {
+                eprintln!("--- {key} ---\n{}", process.log_tail(20));
+            }
+        }
         if !self.kept
             && let Err(e) = self.teardown()
         {
@@ -277,29 +293,6 @@ pub fn check_prerequisites() -> Result<(), TestbedError> {
         TestbedError::Prerequisite(format!("{e} (scripts/install-deps installs it)"))
     })?;
     Ok(())
-}
-
-/// Whether a root-tier test runs here: root, `ip` and `tools` present. Otherwise it prints a
-/// skip line and returns `false`, unless `NODEMESH_E2E=1`, where a skip is a failure (panic).
-pub fn root_tier(test: &str, tools: &[nodemesh_redirect::Tool]) -> bool {
-    let forced = std::env::var("NODEMESH_E2E").is_ok_and(|v| v == "1");
-    let problem = check_prerequisites()
-        .err()
-        .map(|e| e.to_string())
-        .or_else(|| {
-            tools
-                .iter()
-                .find_map(|t| t.locate().err())
-                .map(|e| e.to_string())
-        });
-    match problem {
-        None => true,
-        Some(p) if forced => panic!("{test}: NODEMESH_E2E=1 but cannot run: {p}"),
-        Some(p) => {
-            eprintln!("skip {test}: {p} (set NODEMESH_E2E=1 to make this a failure)");
-            false
-        }
-    }
 }
 
 /// Kills the processes of, and deletes, every testbed namespace whose name starts with

@@ -19,14 +19,14 @@ mod plan;
 mod process;
 pub mod scenario;
 
-pub use cluster::{NAME_PREFIX, Testbed, check_prerequisites, destroy_all, root_tier};
+pub use cluster::{NAME_PREFIX, Testbed, check_prerequisites, destroy_all};
 pub use config::{CA_GRPC_PORT, ca_address, render as render_config};
 pub use error::TestbedError;
 pub use mesh::{CA_HTTP_PORT, MeshOptions, READINESS_PORT};
 pub use netns::{Netns, NetnsTask, list as list_netns};
 pub use packets::{Captured, FrameInfo, PacketCapture, Transport};
 pub use plan::{
-    ClusterSpec, Labels, NamespaceSpec, NodePlan, NodeSpec, Plan, PodPlan, PodSpec, ServicePlan,
-    ServiceSpec,
+    ClusterSpec, Labels, NamespaceSpec, NodePlan, NodeSpec, Plan, PodPlan, PodRouting, PodSpec,
+    ServicePlan, ServiceSpec,
 };
 pub use process::Process;

@@ -19,8 +19,6 @@ use crate::process::Process;
 pub const READINESS_PORT: u16 = 15021;
 /// The CA's HTTP port.
 pub const CA_HTTP_PORT: u16 = 15014;
-/// How long a process may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to run the mesh.
 #[derive(Debug, Clone)]
@@ -240,36 +238,7 @@ impl Testbed {
     /// Stops the proxy of `node` with `signal` (SIGTERM drains; SIGKILL is a crash) and returns
     /// how it ended. Its capture rules stay.
     pub fn stop_proxy(&mut self, node: &str, signal: Signal) -> Result<String, TestbedError> {
-        let mut process = self
-            .processes
-            .remove(&format!("proxy/{node}"))
-            .ok_or_else(|| TestbedError::Spec(format!("no proxy running on {node:?}")))?;
-        Ok(process.stop(signal, Duration::from_secs(10)))
-    }
-
-    /// Starts `argv` inside namespace `ns` (a pod or node of this testbed) as the process
-    /// `key`, with its output in `<dir>/<key>.log`; it is killed at teardown.
-    pub fn start_process(
-        &mut self,
-        key: &str,
-        ns: &Netns,
-        argv: &[&str],
-    ) -> Result<(), TestbedError> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| TestbedError::Spec("empty command".into()))?;
-        let mut cmd = ns.command(program);
-        cmd.args(args);
-        let log = self.dir.join(format!("{}.log", key.replace('/', "-")));
-        let process = Process::start(key, cmd, &log)?;
-        self.processes.insert(key.to_owned(), process);
-        Ok(())
-    }
-
-    /// The pid of a running process (`ca`, `proxy/<node>`, `app/<pod>`, or a key given to
-    /// [`Testbed::start_process`]).
-    pub fn pid(&self, process: &str) -> Option<u32> {
-        self.processes.get(process).and_then(Process::pid)
+        self.stop_process(&format!("proxy/{node}"), signal)
     }
 
     /// The flow log file of `node`'s proxy.
@@ -284,14 +253,6 @@ impl Testbed {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
-    }
-
-    /// The log of a process (`ca`, `proxy/<node>`, `app/<pod>`), for messages.
-    pub fn log_tail(&self, process: &str, lines: usize) -> String {
-        self.processes
-            .get(process)
-            .map(|p| p.log_tail(lines))
-            .unwrap_or_default()
     }
 
     /// Waits until `127.0.0.1:port` in `ns` accepts (and, with `path`, answers 200), failing
@@ -319,16 +280,8 @@ impl Testbed {
             if ready {
                 return Ok(());
             }
-            let running = self
-                .processes
-                .get_mut(process)
-                .is_some_and(Process::is_running);
-            if !running || start.elapsed() > READY_TIMEOUT {
-                return Err(TestbedError::NotReady {
-                    what: format!("{process} ({})", if running { "running" } else { "exited" }),
-                    waited_ms: start.elapsed().as_millis(),
-                    log: self.log_tail(process, 20),
-                });
+            if let Some(e) = self.gave_up(process, start) {
+                return Err(e);
             }
             std::thread::sleep(Duration::from_millis(25));
         }

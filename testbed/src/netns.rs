@@ -15,13 +15,18 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates the namespace and brings its `lo` up (a new namespace has it down).
+    /// Creates the namespace, brings its `lo` up (a new namespace has it down) and turns IPv6
+    /// off for the links it will get: the testbed is IPv4, and link-local addresses appearing
+    /// a moment after each link comes up would make snapshots of its routes race.
     pub fn create(name: &str) -> Result<Self, TestbedError> {
         run(Command::new("ip").args(["netns", "add", name]))?;
         let ns = Self {
             name: name.to_owned(),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
         Ok(ns)
     }
 

@@ -160,6 +160,13 @@ impl Captured {
         self.dropped == 0
     }
 
+    /// Whether any kept frame, IPv4 or not, contains `needle` anywhere.
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        self.frames
+            .iter()
+            .any(|f| f.windows(needle.len()).any(|w| w == needle))
+    }
+
     /// The IPv4 frames whose bytes contain `needle` anywhere (headers or payload).
     pub fn containing(&self, needle: &[u8]) -> Vec<FrameInfo> {
         self.frames

@@ -24,6 +24,20 @@ pub struct ClusterSpec {
     pub services: Vec<ServiceSpec>,
     /// AuthorizationPolicy documents, as JSON (the same shape as the YAML/CRD).
     pub policies: Vec<serde_json::Value>,
+    /// How nodes reach each other's pod networks.
+    pub pod_routing: PodRouting,
+}
+
+/// How a node reaches the pods of the other nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PodRouting {
+    /// A route per other node's pod network via that node's underlay address (as flannel's
+    /// `host-gw`): pod traffic crosses the underlay as it is.
+    #[default]
+    Underlay,
+    /// No such routes: only what a test sets up (a tunnel, or
+    /// [`crate::Testbed::route_pod_networks`] later) carries pod traffic between nodes.
+    None,
 }
 
 /// One node and its pods.

@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::cluster::Testbed;
 use crate::error::TestbedError;
-use crate::netns::command_line;
+use crate::netns::{Netns, command_line};
 
 /// A running child process; dropping it kills it (SIGKILL) and reaps it.
 #[derive(Debug)]
@@ -17,6 +18,8 @@ pub struct Process {
     name: String,
     child: Option<Child>,
     log: PathBuf,
+    /// The log's length when the process started (an earlier run may have written before).
+    log_start: u64,
 }
 
 impl Process {
@@ -34,6 +37,7 @@ impl Process {
             path: log.to_owned(),
             source,
         })?;
+        let log_start = file.metadata().map_or(0, |m| m.len());
         let line = command_line(&cmd);
         let child = cmd
             .stdin(Stdio::null())
@@ -48,6 +52,7 @@ impl Process {
             name: name.to_owned(),
             child: Some(child),
             log: log.to_owned(),
+            log_start,
         })
     }
 
@@ -64,6 +69,18 @@ impl Process {
     /// Its log file.
     pub fn log(&self) -> &Path {
         &self.log
+    }
+
+    /// What it has written to its log since it started.
+    pub fn output(&self) -> String {
+        use std::io::{Read as _, Seek as _};
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log)
+            && f.seek(std::io::SeekFrom::Start(self.log_start)).is_ok()
+        {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
     }
 
     /// The last lines of its log.
@@ -88,11 +105,11 @@ impl Process {
         };
         let pid = Pid::from_raw(child.id() as i32);
         let _ = kill(pid, signal);
-        let deadline = std::time::Instant::now() + grace;
+        let deadline = Instant::now() + grace;
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => return status.to_string(),
-                Ok(None) if std::time::Instant::now() < deadline => {
+                Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 _ => {
@@ -118,5 +135,87 @@ impl Drop for Process {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// How long a process may take to become ready.
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The testbed's processes, by key: `ca`, `proxy/<node>`, `app/<pod>`, and whatever a test
+/// starts with [`Testbed::start_process`].
+impl Testbed {
+    /// Starts `argv` inside namespace `ns` (a pod or node of this testbed) as the process
+    /// `key`, with its output in `<dir>/<key>.log`; it is killed at teardown.
+    pub fn start_process(
+        &mut self,
+        key: &str,
+        ns: &Netns,
+        argv: &[&str],
+    ) -> Result<(), TestbedError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| TestbedError::Spec("empty command".into()))?;
+        let mut cmd = ns.command(program);
+        cmd.args(args);
+        let log = self.dir.join(format!("{}.log", key.replace('/', "-")));
+        let process = Process::start(key, cmd, &log)?;
+        self.processes.insert(key.to_owned(), process);
+        Ok(())
+    }
+
+    /// Waits until process `key` has written `needle` to its log (since it started), failing
+    /// early if it exits, and after 30 s.
+    pub fn await_log(&mut self, key: &str, needle: &str) -> Result<(), TestbedError> {
+        let start = Instant::now();
+        loop {
+            let process = self
+                .processes
+                .get(key)
+                .ok_or_else(|| TestbedError::Spec(format!("no process {key:?}")))?;
+            if process.output().contains(needle) {
+                return Ok(());
+            }
+            if let Some(e) = self.gave_up(key, start) {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The pid of a running process (`ca`, `proxy/<node>`, `app/<pod>`, or a key given to
+    /// [`Testbed::start_process`]).
+    pub fn pid(&self, process: &str) -> Option<u32> {
+        self.processes.get(process).and_then(Process::pid)
+    }
+
+    /// Stops the process `key` with `signal`, waiting up to 10 s before SIGKILL, and returns
+    /// how it ended (as [`Process::stop`]).
+    pub fn stop_process(&mut self, key: &str, signal: Signal) -> Result<String, TestbedError> {
+        let mut process = self
+            .processes
+            .remove(key)
+            .ok_or_else(|| TestbedError::Spec(format!("no process {key:?} running")))?;
+        Ok(process.stop(signal, Duration::from_secs(10)))
+    }
+
+    /// The log of a process (`ca`, `proxy/<node>`, `app/<pod>`), for messages.
+    pub fn log_tail(&self, process: &str, lines: usize) -> String {
+        self.processes
+            .get(process)
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// Why waiting for `process` (since `start`) ends: it exited, or took too long.
+    pub(crate) fn gave_up(&mut self, process: &str, start: Instant) -> Option<TestbedError> {
+        let running = self
+            .processes
+            .get_mut(process)
+            .is_some_and(Process::is_running);
+        (!running || start.elapsed() > READY_TIMEOUT).then(|| TestbedError::NotReady {
+            what: format!("{process} ({})", if running { "running" } else { "exited" }),
+            waited_ms: start.elapsed().as_millis(),
+            log: self.log_tail(process, 20),
+        })
     }
 }

@@ -59,6 +59,7 @@ pub fn shop() -> ClusterSpec {
             selector: [("app".to_owned(), "web".to_owned())].into(),
         }],
         policies: shop_policies(),
+        ..ClusterSpec::default()
     }
 }
 

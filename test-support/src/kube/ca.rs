@@ -1,29 +1,21 @@
-//! The CA as `nodemesh ca serve --source kubernetes` runs it, in process, against the fake API.
+//! The CA as `nodemesh ca serve --source kubernetes` runs it, in process, against the fake API:
+//! its root in a Secret, its bundle in a ConfigMap, callers authenticated by TokenReview and
+//! placed by the pods the API lists.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use nodemesh_ca::{Callers, LifetimePolicy, RunningCa, ServeOptions};
-use nodemesh_identity::SystemClock;
+use nodemesh_ca::{Callers, RunningCa};
 use nodemesh_kube::ca::{PodPlacement, RootStore, TokenReviewAuthenticator};
 use serde_json::json;
 
 use super::fake_api::FakeApi;
-use super::objects::*;
+use super::objects::{CONFIGMAPS, PODS, proxy_pod};
+use crate::ca::{loopback_options, start as start_ca};
 
 /// The proxy pod of node-a and a TokenReview answer for its token `token-a`.
 pub fn proxy_a(api: &FakeApi) {
-    api.put(
-        PODS,
-        pod(
-            "nodemesh-system",
-            "proxy-a",
-            "nodemesh-proxy",
-            "10.0.0.1",
-            "node-a",
-            json!({}),
-        ),
-    );
+    api.put(PODS, proxy_pod("proxy-a", "10.0.0.1", "node-a"));
     api.review(
         "token-a",
         json!({"authenticated": true, "audiences": ["nodemesh-ca"],
@@ -34,7 +26,8 @@ pub fn proxy_a(api: &FakeApi) {
     );
 }
 
-/// A running CA and the trust bundle it published in the ConfigMap.
+/// A running CA (its state in `state_dir`) and the trust bundle it published in the
+/// ConfigMap `nodemesh-system/nodemesh-trust-bundle`.
 pub async fn start(api: &FakeApi, state_dir: &std::path::Path) -> (RunningCa, String) {
     let td: nodemesh_identity::TrustDomain = "cluster.local".parse().unwrap();
     let (root, _) = RootStore {
@@ -46,7 +39,7 @@ pub async fn start(api: &FakeApi, state_dir: &std::path::Path) -> (RunningCa, St
     .unwrap();
     let pods = Arc::new(PodPlacement::new(td.clone()));
     let follower = Arc::clone(&pods);
-    let pod_api = kube::Api::all(api.client());
+    let pod_api = ::kube::Api::all(api.client());
     tokio::spawn(async move { follower.follow(pod_api).await });
     pods.wait_synced().await;
     let authenticator = Arc::new(TokenReviewAuthenticator::new(
@@ -54,23 +47,11 @@ pub async fn start(api: &FakeApi, state_dir: &std::path::Path) -> (RunningCa, St
         vec!["nodemesh-system/nodemesh-proxy".parse().unwrap()],
         pods,
     ));
-    let ca = nodemesh_ca::start(
-        ServeOptions {
-            root,
-            callers: Callers::External {
-                trust_domain: td,
-                authenticator,
-            },
-            grpc_listen: "127.0.0.1:0".parse().unwrap(),
-            http_listen: "127.0.0.1:0".parse().unwrap(),
-            serving_names: vec!["127.0.0.1".into()],
-            lifetimes: LifetimePolicy::default(),
-            reload_interval: Duration::from_millis(100),
-        },
-        Arc::new(SystemClock),
-    )
-    .await
-    .unwrap();
+    let callers = Callers::External {
+        trust_domain: td,
+        authenticator,
+    };
+    let ca = start_ca(loopback_options(root, callers)).await;
     let bundle = api
         .get(CONFIGMAPS, "nodemesh-system", "nodemesh-trust-bundle")
         .unwrap()["data"]["trust-bundle.pem"]

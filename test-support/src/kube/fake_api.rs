@@ -47,6 +47,7 @@ pub struct FakeApi {
     inner: Arc<RwLock<Inner>>,
     /// Bumped on every change and outage flip; open watches follow it.
     changed: watch::Sender<u64>,
+    /// Where it listens.
     pub addr: SocketAddr,
 }
 
@@ -203,9 +204,9 @@ impl FakeApi {
     }
 
     /// A kube client talking to this server.
-    pub fn client(&self) -> kube::Client {
+    pub fn client(&self) -> ::kube::Client {
         let url: http::Uri = format!("http://{}", self.addr).parse().unwrap();
-        kube::Client::try_from(kube::Config::new(url)).unwrap()
+        ::kube::Client::try_from(::kube::Config::new(url)).unwrap()
     }
 
     fn bump(&self) {

@@ -1,6 +1,5 @@
-//! Test certificates made on the fly with rcgen: a root per trust domain and leaves with any
-//! flaw a test needs. No key is ever checked in.
-#![allow(dead_code, clippy::unwrap_used)]
+//! [`TestCa`]: test certificates made on the fly with rcgen, a root per trust domain and leaves
+//! with any flaw a test needs. No key is ever checked in.
 
 use std::time::{Duration, SystemTime};
 
@@ -13,11 +12,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A self-signed root that signs test leaves.
 pub struct TestCa {
+    /// The root certificate.
     pub cert: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl TestCa {
+    /// A new root with common name `name`, valid from a day ago for ten years.
     pub fn new(name: &str) -> Self {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::default();
@@ -34,6 +35,7 @@ impl TestCa {
         }
     }
 
+    /// A trust bundle of this root alone.
     pub fn bundle(&self) -> TrustBundle {
         TrustBundle::from_der(vec![self.cert.clone()]).unwrap()
     }
