@@ -20,6 +20,8 @@ mod apply;
 mod error;
 mod execute;
 mod host;
+mod iptables;
+mod nft;
 mod observe;
 mod plan;
 mod reconcile;
@@ -30,11 +32,15 @@ pub use apply::{apply, remove, status};
 pub use error::RedirectError;
 pub use execute::{ApplyReport, execute};
 pub use host::{Host, Tool};
-pub use observe::{Firewall, IptablesState, NftState, Observed, observe, observe_firewall};
+pub use iptables::IptablesTable;
+pub use nft::NftChain;
+pub use observe::{
+    Firewall, IptablesState, NftState, Observed, TableState, observe, observe_firewall,
+};
 pub use plan::{Action, Plan, plan, plan_removal};
 pub use reconcile::{Installer, Reconciler};
 pub use rules::{
-    Backend, CHAIN_DIVERT, CHAIN_PREROUTING, IPSET_NAME, IPSET_STAGING, Marks, NFT_SET, NFT_TABLE,
-    Ports, RuleSet,
+    Backend, CHAIN_DIVERT, CHAIN_DNAT, CHAIN_FORWARD, CHAIN_NAT, CHAIN_PREROUTING, IPSET_NAME,
+    IPSET_STAGING, Marks, NFT_SET, NFT_TABLE, Ports, RuleSet,
 };
 pub use status::{Item, ItemState, Status, compare};

@@ -3,14 +3,13 @@
 //! Reading changes nothing. The parsers of the tools' output are pure and tested here; the
 //! comparison with a desired [`RuleSet`] is [`crate::compare`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use crate::error::RedirectError;
 use crate::host::{Host, Tool, ok_or_failed};
-use crate::rules::{
-    Backend, CHAIN_PREROUTING, IPSET_NAME, IPSET_STAGING, NFT_SET, NFT_TABLE, RuleSet,
-};
+use crate::iptables::IptablesTable;
+use crate::rules::{Backend, IPSET_NAME, IPSET_STAGING, NFT_SET, NFT_TABLE, RuleSet};
 
 /// The kernel switch capture needs on (`1`): TPROXY delivers forwarded packets.
 pub(crate) const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -50,23 +49,53 @@ impl Firewall {
 /// Our iptables chains and ipsets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IptablesState {
-    /// Our `-A NODEMESH-*` rules, in `iptables-save` order.
-    pub rules: Vec<String>,
-    /// Our chains that exist.
-    pub chains: Vec<String>,
-    /// How many jumps lead from `mangle PREROUTING` to our chain.
-    pub jumps: usize,
+    /// Ours in `mangle` (capture).
+    pub mangle: TableState,
+    /// Ours in `nat` (captured flows skip NAT).
+    pub nat: TableState,
+    /// Ours in `filter` (the forward guard).
+    pub filter: TableState,
     /// Our sets that exist (the pod set, a leftover staging set).
     pub sets: Vec<String>,
     /// The pod set's members, when it exists.
     pub members: Option<BTreeSet<Ipv4Addr>>,
 }
 
+impl IptablesState {
+    /// What of ours is in `table`.
+    pub fn table(&self, table: IptablesTable) -> &TableState {
+        match table {
+            IptablesTable::Mangle => &self.mangle,
+            IptablesTable::Nat => &self.nat,
+            IptablesTable::Filter => &self.filter,
+        }
+    }
+
+    fn table_mut(&mut self, table: IptablesTable) -> &mut TableState {
+        match table {
+            IptablesTable::Mangle => &mut self.mangle,
+            IptablesTable::Nat => &mut self.nat,
+            IptablesTable::Filter => &mut self.filter,
+        }
+    }
+}
+
+/// Our chains in one iptables table, and the jumps to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableState {
+    /// Our chains that exist, sorted.
+    pub chains: Vec<String>,
+    /// Our `-A NODEMESH-*` rules, in `iptables-save` order.
+    pub rules: Vec<String>,
+    /// Where the jumps to our chain sit in the built-in chain (0 = its first rule).
+    pub jumps: Vec<usize>,
+}
+
 /// Our nft table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NftState {
-    /// The lines of our chain, when the table exists (empty when the chain does not).
-    pub chain: Option<Vec<String>>,
+    /// Our chains by name with their lines, when the table exists.
+    pub chains: Option<BTreeMap<String, Vec<String>>>,
     /// The pod set's members, when it exists.
     pub members: Option<BTreeSet<Ipv4Addr>>,
 }
@@ -161,7 +190,7 @@ fn observe_nft(host: &Host) -> Result<NftState, RedirectError> {
         None
     };
     Ok(NftState {
-        chain: Some(parse_nft_chain(&listed.stdout)),
+        chains: Some(parse_nft_chains(&listed.stdout)),
         members,
     })
 }
@@ -173,26 +202,36 @@ fn lines(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Our chains, rules and jumps in the `mangle` table of `iptables-save` output (no sets).
+/// Our chains, rules and jumps in `iptables-save` output, per table of ours (no sets).
 fn parse_iptables_save(save: &str) -> IptablesState {
     let mut found = IptablesState::default();
-    let mut in_mangle = false;
-    let jump = format!("-A PREROUTING -j {CHAIN_PREROUTING}");
+    let mut table = None;
+    let mut position = 0;
     for line in save.lines().map(str::trim_end) {
-        if let Some(table) = line.strip_prefix('*') {
-            in_mangle = table == "mangle";
-        } else if !in_mangle {
-        } else if let Some(decl) = line.strip_prefix(':') {
+        if let Some(name) = line.strip_prefix('*') {
+            table = IptablesTable::ALL.into_iter().find(|t| t.name() == name);
+            position = 0;
+            continue;
+        }
+        let Some(table) = table else { continue };
+        let (builtin, _) = table.hook();
+        let ours = found.table_mut(table);
+        if let Some(decl) = line.strip_prefix(':') {
             if decl.starts_with("NODEMESH-") {
-                found
-                    .chains
+                ours.chains
                     .push(decl.split(' ').next().unwrap_or(decl).to_owned());
             }
         } else if line.starts_with("-A NODEMESH-") {
-            found.rules.push(line.to_owned());
-        } else if line == jump {
-            found.jumps += 1;
+            ours.rules.push(line.to_owned());
+        } else if line.strip_prefix("-A ").and_then(|l| l.split(' ').next()) == Some(builtin) {
+            if line == table.jump() {
+                ours.jumps.push(position);
+            }
+            position += 1;
         }
+    }
+    for table in IptablesTable::ALL {
+        found.table_mut(table).chains.sort();
     }
     found
 }
@@ -222,18 +261,26 @@ fn parse_ipset_members(saved: &str) -> Result<BTreeSet<Ipv4Addr>, RedirectError>
     Ok(members)
 }
 
-/// The lines of our chain in `nft list table` output, trimmed.
-fn parse_nft_chain(listed: &str) -> Vec<String> {
-    let header = format!("chain {CHAIN_PREROUTING} {{");
-    listed
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| *l != header)
-        .skip(1)
-        .take_while(|l| *l != "}")
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// Our chains in `nft list table` output: each chain's lines, trimmed.
+fn parse_nft_chains(listed: &str) -> BTreeMap<String, Vec<String>> {
+    let mut chains = BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in listed.lines().map(str::trim) {
+        if let Some((name, lines)) = current.as_mut() {
+            if line == "}" {
+                chains.insert(std::mem::take(name), std::mem::take(lines));
+                current = None;
+            } else if !line.is_empty() {
+                lines.push(line.to_owned());
+            }
+        } else if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix(" {"))
+        {
+            current = Some((name.to_owned(), Vec::new()));
+        }
+    }
+    chains
 }
 
 /// The members of the pod set in `nft -j list set` output.
@@ -281,26 +328,39 @@ mod tests {
     }
 
     #[test]
-    fn iptables_save_of_mangle_only() {
+    fn iptables_save_per_table_with_jump_positions() {
         let save = "\
 *filter
-:NODEMESH-PREROUTING - [0:0]
--A PREROUTING -j NODEMESH-PREROUTING
+:FORWARD ACCEPT [0:0]
+:NODEMESH-FORWARD - [0:0]
+-A FORWARD -j KUBE-FORWARD
+-A FORWARD -j NODEMESH-FORWARD
+-A NODEMESH-FORWARD -p tcp -j DROP
 COMMIT
 *mangle
 :PREROUTING ACCEPT [0:0]
-:NODEMESH-DIVERT - [0:0]
 :NODEMESH-PREROUTING - [3:120]
--A PREROUTING -p udp -j ACCEPT
+:NODEMESH-DIVERT - [0:0]
 -A PREROUTING -j NODEMESH-PREROUTING
+-A PREROUTING -p udp -j ACCEPT
 -A PREROUTING -j NODEMESH-PREROUTING
 -A NODEMESH-DIVERT -j ACCEPT
 COMMIT
+*raw
+:NODEMESH-NAT - [0:0]
+-A PREROUTING -j NODEMESH-NAT
+COMMIT
 ";
         let found = parse_iptables_save(save);
-        assert_eq!(found.chains, ["NODEMESH-DIVERT", "NODEMESH-PREROUTING"]);
-        assert_eq!(found.jumps, 2);
-        assert_eq!(found.rules, ["-A NODEMESH-DIVERT -j ACCEPT"]);
+        assert_eq!(
+            found.mangle.chains,
+            ["NODEMESH-DIVERT", "NODEMESH-PREROUTING"]
+        );
+        assert_eq!(found.mangle.jumps, [0, 2]);
+        assert_eq!(found.mangle.rules, ["-A NODEMESH-DIVERT -j ACCEPT"]);
+        assert_eq!(found.filter.jumps, [1]);
+        assert_eq!(found.filter.rules, ["-A NODEMESH-FORWARD -p tcp -j DROP"]);
+        assert_eq!(found.nat, TableState::default(), "raw is not ours");
         assert_eq!(
             parse_iptables_save("*mangle\nCOMMIT\n"),
             IptablesState::default()
@@ -322,17 +382,21 @@ COMMIT
     }
 
     #[test]
-    fn nft_chain_lines() {
+    fn nft_chains_by_name() {
         let listed = "table ip nodemesh {\n\tset pods {\n\t\ttype ipv4_addr\n\t}\n\n\tchain \
                       NODEMESH-PREROUTING {\n\t\ttype filter hook prerouting priority mangle; \
-                      policy accept;\n\n\t\tmeta mark 0x00000539 return\n\t}\n}\n";
+                      policy accept;\n\n\t\tmeta mark 0x00000539 return\n\t}\n\n\tchain \
+                      NODEMESH-NAT {\n\t}\n}\n";
+        let chains = parse_nft_chains(listed);
         assert_eq!(
-            parse_nft_chain(listed),
+            chains["NODEMESH-PREROUTING"],
             [
                 "type filter hook prerouting priority mangle; policy accept;",
                 "meta mark 0x00000539 return"
             ]
         );
-        assert!(parse_nft_chain("table ip nodemesh {\n}\n").is_empty());
+        assert!(chains["NODEMESH-NAT"].is_empty());
+        assert_eq!(chains.len(), 2);
+        assert!(parse_nft_chains("table ip nodemesh {\n}\n").is_empty());
     }
 }

@@ -5,11 +5,10 @@
 //! `ipset restore`, `nft -f`); a part already in sync is not touched, so planning again after
 //! the plan ran yields nothing, and a changed pod set only replaces the set's members.
 
-use std::fmt::Write as _;
-
-use crate::observe::{Firewall, IptablesState, NftState, Observed};
-use crate::rules::{Backend, CHAIN_PREROUTING, NFT_TABLE, RuleSet};
-use crate::status::{Status, compare, ip_rule_part, route_part};
+use crate::iptables::{IptablesTable, render_iptables_removal};
+use crate::observe::{Firewall, IptablesState, NftState, Observed, TableState};
+use crate::rules::{Backend, NFT_TABLE, RuleSet};
+use crate::status::{Status, compare, ip_rule_part, iptables_part, route_part};
 
 /// One tool run on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,27 +111,26 @@ fn plan_iptables(plan: &mut Plan, status: &Status, installed: &IptablesState, de
             [Action::ReplaceIpset(desired.render_ipset())],
         );
     }
-    if !status.chains.in_sync() {
-        let jumps = installed.jumps;
-        let mut input = desired.render_iptables(jumps == 0);
-        // Extra jumps (someone added one) go in the same commit.
-        let extra =
-            format!("-D PREROUTING -j {CHAIN_PREROUTING}\n").repeat(jumps.saturating_sub(1));
-        input = input.replacen("*mangle\n", &format!("*mangle\n{extra}"), 1);
-        plan.change(&status.chains.name, [Action::WriteChains(input)]);
+    let parts = [&status.capture, &status.nat, &status.forward];
+    for (table, part) in IptablesTable::ALL.into_iter().zip(parts) {
+        if !part.in_sync() {
+            let jumps = installed.table(table).jumps.len();
+            let input = desired.render_iptables(table, jumps);
+            plan.change(&part.name, [Action::WriteChains(input)]);
+        }
     }
 }
 
 fn plan_nft(plan: &mut Plan, status: &Status, desired: &RuleSet) {
-    if !status.chains.in_sync() {
-        // The table is replaced whole, set included.
-        if !status.pod_set.in_sync() {
-            plan.change(&status.pod_set.name, []);
-        }
-        plan.change(
-            &status.chains.name,
-            [Action::WriteNftTable(desired.render_nft())],
-        );
+    let chains = [&status.capture, &status.nat, &status.forward];
+    let stale: Vec<_> = chains.into_iter().filter(|c| !c.in_sync()).collect();
+    if !stale.is_empty() {
+        // The table is replaced whole, set included: one action changes every stale part.
+        let set = (!status.pod_set.in_sync()).then_some(&status.pod_set);
+        plan.actions
+            .push(Action::WriteNftTable(desired.render_nft()));
+        plan.changed
+            .extend(set.into_iter().chain(stale).map(|p| p.name.clone()));
     } else if !status.pod_set.in_sync() {
         plan.change(
             &status.pod_set.name,
@@ -164,32 +162,20 @@ pub fn plan_removal(observed: &Observed, leftover: Option<&Firewall>, rules: &Ru
 
 fn plan_firewall_removal(plan: &mut Plan, firewall: &Firewall) {
     match firewall {
-        Firewall::Iptables(IptablesState {
-            chains,
-            jumps,
-            sets,
-            ..
-        }) => {
-            if !chains.is_empty() || *jumps > 0 {
-                let mut input = String::from("*mangle\n");
-                for _ in 0..*jumps {
-                    let _ = writeln!(input, "-D PREROUTING -j {CHAIN_PREROUTING}");
+        Firewall::Iptables(installed) => {
+            for table in IptablesTable::ALL {
+                let TableState { chains, jumps, .. } = installed.table(table);
+                if !chains.is_empty() || !jumps.is_empty() {
+                    let input = render_iptables_removal(table, chains, jumps.len());
+                    plan.change(&iptables_part(table), [Action::DeleteChains(input)]);
                 }
-                for chain in chains {
-                    let _ = writeln!(input, "-F {chain}");
-                }
-                for chain in chains {
-                    let _ = writeln!(input, "-X {chain}");
-                }
-                input.push_str("COMMIT\n");
-                plan.change("chains", [Action::DeleteChains(input)]);
             }
-            for set in sets {
+            for set in &installed.sets {
                 plan.change(&format!("ipset {set}"), [Action::DestroyIpset(set.clone())]);
             }
         }
-        Firewall::Nftables(NftState { chain, .. }) => {
-            if chain.is_some() {
+        Firewall::Nftables(NftState { chains, .. }) => {
+            if chains.is_some() {
                 plan.change(
                     &format!("nft table ip {NFT_TABLE}"),
                     [Action::DeleteNftTable],
@@ -212,7 +198,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::rules::{CHAIN_DIVERT, IPSET_NAME, IPSET_STAGING};
+    use crate::rules::{CHAIN_DIVERT, CHAIN_PREROUTING, IPSET_NAME, IPSET_STAGING};
     use crate::status::tests::{bare, installed, rules};
 
     #[test]
@@ -226,7 +212,9 @@ mod tests {
                 Action::AddIpRule(r.ip_rule_args()),
                 Action::AddLocalRoute { table: 133 },
                 Action::ReplaceIpset(r.render_ipset()),
-                Action::WriteChains(r.render_iptables(true)),
+                Action::WriteChains(r.render_iptables(IptablesTable::Mangle, 0)),
+                Action::WriteChains(r.render_iptables(IptablesTable::Nat, 0)),
+                Action::WriteChains(r.render_iptables(IptablesTable::Filter, 0)),
             ]
         );
         assert_eq!(
@@ -236,7 +224,9 @@ mod tests {
                 "ip rule pref 100",
                 "route table 133",
                 "ipset nodemesh-pods",
-                "chains mangle NODEMESH-PREROUTING NODEMESH-DIVERT"
+                "chains mangle NODEMESH-PREROUTING NODEMESH-DIVERT",
+                "chains nat NODEMESH-NAT",
+                "chains filter NODEMESH-FORWARD",
             ]
         );
     }
@@ -250,7 +240,9 @@ mod tests {
             plan.changed[3..],
             [
                 "nft set ip nodemesh pods",
-                "nft chain ip nodemesh NODEMESH-PREROUTING"
+                "nft chains ip nodemesh NODEMESH-PREROUTING NODEMESH-DNAT",
+                "nft chain ip nodemesh NODEMESH-NAT",
+                "nft chain ip nodemesh NODEMESH-FORWARD",
             ]
         );
     }
@@ -287,16 +279,11 @@ mod tests {
         seen.ip_rules.push("100:\tfrom all lookup 99".into());
         seen.routes = Some(vec!["unreachable default".into()]);
         if let Firewall::Iptables(fw) = &mut seen.firewall {
-            fw.jumps = 3;
+            fw.mangle.jumps = vec![0, 4, 7];
         }
         let plan = plan(&seen, &r);
         let delete = Action::DeleteIpRule(vec!["pref".into(), "100".into()]);
-        let mut chains = r.render_iptables(false);
-        chains = chains.replacen(
-            "*mangle\n",
-            "*mangle\n-D PREROUTING -j NODEMESH-PREROUTING\n-D PREROUTING -j NODEMESH-PREROUTING\n",
-            1,
-        );
+        let chains = r.render_iptables(IptablesTable::Mangle, 3);
         assert_eq!(
             plan.actions,
             [
@@ -315,8 +302,11 @@ mod tests {
         let r = rules(Backend::Nftables);
         let seen = installed(&r);
         let leftover = Firewall::Iptables(IptablesState {
-            chains: vec![CHAIN_DIVERT.into(), CHAIN_PREROUTING.into()],
-            jumps: 1,
+            mangle: TableState {
+                chains: vec![CHAIN_DIVERT.into(), CHAIN_PREROUTING.into()],
+                jumps: vec![0],
+                ..TableState::default()
+            },
             sets: vec![IPSET_NAME.into(), IPSET_STAGING.into()],
             ..IptablesState::default()
         });
@@ -338,7 +328,7 @@ mod tests {
             plan.changed,
             [
                 "nft table ip nodemesh",
-                "chains",
+                "chains mangle NODEMESH-PREROUTING NODEMESH-DIVERT",
                 "ipset nodemesh-pods",
                 "ipset nodemesh-pods-new",
                 "ip rule pref 100",

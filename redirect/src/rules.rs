@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
@@ -19,6 +18,14 @@ use crate::error::RedirectError;
 pub const CHAIN_PREROUTING: &str = "NODEMESH-PREROUTING";
 /// Our chain that marks packets of flows owned by a transparent socket and accepts them.
 pub const CHAIN_DIVERT: &str = "NODEMESH-DIVERT";
+/// Our chain jumped to first from `nat PREROUTING`: flows already captured skip NAT, so
+/// kube-proxy does not rewrite a captured connection's Service VIP.
+pub const CHAIN_NAT: &str = "NODEMESH-NAT";
+/// Our chain jumped to first from `filter FORWARD`: TCP to or from a mesh pod that no proxy
+/// socket owns is dropped.
+pub const CHAIN_FORWARD: &str = "NODEMESH-FORWARD";
+/// Our nft chain after kube-proxy's DNAT: captures connections DNAT'd to a local mesh pod.
+pub const CHAIN_DNAT: &str = "NODEMESH-DNAT";
 /// The ipset (`hash:ip`) of the node's mesh pod IPs.
 pub const IPSET_NAME: &str = "nodemesh-pods";
 /// The staging ipset filled and swapped in to replace [`IPSET_NAME`] atomically.
@@ -180,138 +187,6 @@ impl RuleSet {
         }
     }
 
-    /// The rule in `mangle PREROUTING` that jumps to our chain, as `iptables-save` prints it.
-    pub fn iptables_jump(&self) -> String {
-        format!("-A PREROUTING -j {CHAIN_PREROUTING}")
-    }
-
-    /// The rules of our chains, as `iptables-save` prints them (chains in its order).
-    pub fn iptables_rules(&self) -> Vec<String> {
-        let Self { ports, marks, .. } = self;
-        let syn = "-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN";
-        let tproxy = |port: u16| {
-            format!(
-                "-j TPROXY --on-port {port} --on-ip 127.0.0.1 --tproxy-mark {}",
-                marks.tproxy
-            )
-        };
-        vec![
-            format!("-A {CHAIN_DIVERT} -j MARK --set-xmark {}", marks.tproxy),
-            format!("-A {CHAIN_DIVERT} -j ACCEPT"),
-            format!(
-                "-A {CHAIN_PREROUTING} -m mark --mark {} -j RETURN",
-                marks.proxy
-            ),
-            format!("-A {CHAIN_PREROUTING} -p tcp -m socket --transparent -j {CHAIN_DIVERT}"),
-            format!(
-                "-A {CHAIN_PREROUTING} {syn} -m set --match-set {IPSET_NAME} src {}",
-                tproxy(ports.outbound)
-            ),
-            format!(
-                "-A {CHAIN_PREROUTING} -p tcp -m tcp --dport {} --tcp-flags FIN,SYN,RST,ACK SYN \
-                 -m set --match-set {IPSET_NAME} dst {}",
-                ports.hbone,
-                tproxy(ports.hbone)
-            ),
-            format!(
-                "-A {CHAIN_PREROUTING} {syn} -m set --match-set {IPSET_NAME} dst {}",
-                tproxy(ports.inbound)
-            ),
-        ]
-    }
-
-    /// `iptables-restore --noflush` input that (re)creates our chains in `mangle`: declaring a
-    /// chain flushes it, so the whole table change is one atomic commit. The jump from
-    /// `PREROUTING` is included when `with_jump` (it must not be added twice).
-    pub fn render_iptables(&self, with_jump: bool) -> String {
-        let mut out = String::from("*mangle\n");
-        let _ = writeln!(out, ":{CHAIN_DIVERT} - [0:0]");
-        let _ = writeln!(out, ":{CHAIN_PREROUTING} - [0:0]");
-        if with_jump {
-            let _ = writeln!(out, "{}", self.iptables_jump());
-        }
-        for rule in self.iptables_rules() {
-            let _ = writeln!(out, "{rule}");
-        }
-        out.push_str("COMMIT\n");
-        out
-    }
-
-    /// `ipset restore` input that replaces the pod set in place: fill a staging set, swap it in
-    /// (atomic), destroy the staging set. Rules that reference the set are untouched.
-    pub fn render_ipset(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "create {IPSET_NAME} hash:ip family inet -exist");
-        let _ = writeln!(out, "create {IPSET_STAGING} hash:ip family inet -exist");
-        let _ = writeln!(out, "flush {IPSET_STAGING}");
-        for ip in &self.pods {
-            let _ = writeln!(out, "add {IPSET_STAGING} {ip}");
-        }
-        let _ = writeln!(out, "swap {IPSET_STAGING} {IPSET_NAME}");
-        let _ = writeln!(out, "destroy {IPSET_STAGING}");
-        out
-    }
-
-    /// The lines of our nft chain, as `nft list` prints them (trimmed).
-    pub fn nft_chain_lines(&self) -> Vec<String> {
-        let Self { ports, marks, .. } = self;
-        let mark = format!("meta mark set {:#010x}", marks.tproxy.value);
-        let syn = "tcp flags syn / fin,syn,rst,ack";
-        let tproxy = |port: u16| format!("tproxy to 127.0.0.1:{port} {mark} accept");
-        vec![
-            "type filter hook prerouting priority mangle; policy accept;".to_owned(),
-            format!("{} return", nft_mark_match(marks.proxy)),
-            format!("meta l4proto tcp socket transparent 1 {mark} accept"),
-            format!("{syn} ip saddr @{NFT_SET} {}", tproxy(ports.outbound)),
-            format!(
-                "tcp dport {} {syn} ip daddr @{NFT_SET} {}",
-                ports.hbone,
-                tproxy(ports.hbone)
-            ),
-            format!("{syn} ip daddr @{NFT_SET} {}", tproxy(ports.inbound)),
-            // Unlike iptables' TPROXY target, nft's `tproxy` falls through to the next rule
-            // when no listener is there (the proxy is down): drop, so capture fails closed.
-            format!("{syn} ip saddr @{NFT_SET} drop"),
-            format!("{syn} ip daddr @{NFT_SET} drop"),
-        ]
-    }
-
-    /// The `nft -f` script that replaces our table in one transaction (create it empty if absent,
-    /// delete it, define it whole), in the layout `nft list table` prints.
-    pub fn render_nft(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "table ip {NFT_TABLE} {{}}");
-        let _ = writeln!(out, "delete table ip {NFT_TABLE}");
-        let _ = writeln!(out, "table ip {NFT_TABLE} {{");
-        let _ = writeln!(out, "\tset {NFT_SET} {{");
-        let _ = writeln!(out, "\t\ttype ipv4_addr");
-        if !self.pods.is_empty() {
-            let _ = writeln!(out, "\t\telements = {{ {} }}", self.nft_elements());
-        }
-        let _ = writeln!(out, "\t}}");
-        let _ = writeln!(out);
-        let _ = writeln!(out, "\tchain {CHAIN_PREROUTING} {{");
-        for line in self.nft_chain_lines() {
-            let _ = writeln!(out, "\t\t{line}");
-        }
-        let _ = writeln!(out, "\t}}");
-        let _ = writeln!(out, "}}");
-        out
-    }
-
-    /// The `nft -f` script that replaces only the pod set's elements, in one transaction.
-    pub fn render_nft_set(&self) -> String {
-        let mut out = format!("flush set ip {NFT_TABLE} {NFT_SET}\n");
-        if !self.pods.is_empty() {
-            let _ = writeln!(
-                out,
-                "add element ip {NFT_TABLE} {NFT_SET} {{ {} }}",
-                self.nft_elements()
-            );
-        }
-        out
-    }
-
     /// The `ip rule` selector and action, after `ip rule add`/`del`.
     pub fn ip_rule_args(&self) -> Vec<String> {
         vec![
@@ -345,23 +220,6 @@ impl RuleSet {
             self.table
         )
     }
-
-    fn nft_elements(&self) -> String {
-        self.pods
-            .iter()
-            .map(Ipv4Addr::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// An nft match of `mark` as `nft list` prints it: the value alone when the mark owns every bit.
-fn nft_mark_match(mark: Mark) -> String {
-    if mark.mask == u32::MAX {
-        format!("meta mark {:#010x}", mark.value)
-    } else {
-        format!("meta mark & {:#010x} == {:#010x}", mark.mask, mark.value)
-    }
 }
 
 #[cfg(test)]
@@ -392,35 +250,5 @@ mod tests {
         assert_eq!(r.marks.proxy, marks::PROXY);
         assert_eq!(r.ports.hbone, ports::HBONE);
         assert_eq!((r.table, r.rule_pref), (TPROXY_TABLE, TPROXY_RULE_PREF));
-    }
-
-    #[test]
-    fn a_masked_proxy_mark_is_matched_under_its_mask() {
-        let mut r = RuleSet::new(Backend::Nftables, []);
-        let exact = format!("{CHAIN_PREROUTING} -m mark --mark 0x539 -j RETURN");
-        assert!(r.iptables_rules().iter().any(|l| l.ends_with(&exact)));
-        assert!(
-            r.nft_chain_lines()
-                .contains(&"meta mark 0x00000539 return".to_owned())
-        );
-        r.marks.proxy = Mark {
-            value: 0x539,
-            mask: 0xfff,
-        };
-        let masked = format!("{CHAIN_PREROUTING} -m mark --mark 0x539/0xfff -j RETURN");
-        assert!(r.iptables_rules().iter().any(|l| l.ends_with(&masked)));
-        assert!(
-            r.nft_chain_lines()
-                .contains(&"meta mark & 0x00000fff == 0x00000539 return".to_owned())
-        );
-    }
-
-    #[test]
-    fn set_change_keeps_chains() {
-        let a = RuleSet::new(Backend::Iptables, [Ipv4Addr::new(10, 0, 0, 1)]);
-        let b = a.with_pods([Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)]);
-        assert_eq!(a.iptables_rules(), b.iptables_rules());
-        assert_eq!(a.nft_chain_lines(), b.nft_chain_lines());
-        assert_ne!(a.render_ipset(), b.render_ipset());
     }
 }

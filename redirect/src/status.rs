@@ -4,9 +4,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::observe::{Firewall, IptablesState, NftState, Observed};
+use crate::iptables::IptablesTable;
+use crate::observe::{Firewall, IptablesState, NftState, Observed, TableState};
 use crate::rules::{
-    Backend, CHAIN_DIVERT, CHAIN_PREROUTING, IPSET_NAME, IPSET_STAGING, NFT_SET, NFT_TABLE, RuleSet,
+    Backend, CHAIN_DNAT, CHAIN_FORWARD, CHAIN_NAT, CHAIN_PREROUTING, IPSET_NAME, IPSET_STAGING,
+    NFT_SET, NFT_TABLE, RuleSet,
 };
 
 /// The state of one part of the capture rules.
@@ -57,19 +59,25 @@ pub struct Status {
     pub route: Item,
     /// The pod set: the ipset or the nft set.
     pub pod_set: Item,
-    /// Our chains: `mangle` chains and the jump to them, or the nft chain.
-    pub chains: Item,
+    /// Capture: the `mangle` chains and the jump to them, or the nft prerouting chains.
+    pub capture: Item,
+    /// Captured flows skip NAT (kube-proxy keeps its hands off their Service VIP).
+    pub nat: Item,
+    /// The forward guard: TCP to or from a mesh pod that no proxy socket owns is dropped.
+    pub forward: Item,
 }
 
 impl Status {
     /// Every part, in install order.
-    pub fn items(&self) -> [&Item; 5] {
+    pub fn items(&self) -> [&Item; 7] {
         [
             &self.ip_forward,
             &self.ip_rule,
             &self.route,
             &self.pod_set,
-            &self.chains,
+            &self.capture,
+            &self.nat,
+            &self.forward,
         ]
     }
 
@@ -135,7 +143,7 @@ pub fn compare(observed: &Observed, desired: &RuleSet) -> Status {
             Some(other) => ItemState::Drift(format!("found {other:?}, want [{want_route:?}]")),
         },
     );
-    let (pod_set, chains) = match &observed.firewall {
+    let [pod_set, capture, nat, forward] = match &observed.firewall {
         Firewall::Iptables(installed) => compare_iptables(installed, desired),
         Firewall::Nftables(installed) => compare_nft(installed, desired),
     };
@@ -145,7 +153,9 @@ pub fn compare(observed: &Observed, desired: &RuleSet) -> Status {
         ip_rule,
         route,
         pod_set,
-        chains,
+        capture,
+        nat,
+        forward,
     }
 }
 
@@ -159,54 +169,106 @@ pub(crate) fn route_part(rules: &RuleSet) -> String {
     format!("route table {}", rules.table)
 }
 
-fn compare_iptables(installed: &IptablesState, desired: &RuleSet) -> (Item, Item) {
-    let IptablesState {
-        rules,
-        chains,
-        jumps,
-        sets,
-        members,
-    } = installed;
-    let mut state = members_state(members.as_ref(), desired.pods());
-    if sets.iter().any(|s| s == IPSET_STAGING) && state != ItemState::Missing {
+/// The name of one table's part: `chains mangle NODEMESH-PREROUTING NODEMESH-DIVERT`.
+pub(crate) fn iptables_part(table: IptablesTable) -> String {
+    let mut chains = table.chains().to_vec();
+    chains.sort_by_key(|c| std::cmp::Reverse(*c == table.hook().1));
+    format!("chains {} {}", table.name(), chains.join(" "))
+}
+
+/// The pod set, then the capture, nat and forward parts.
+fn compare_iptables(installed: &IptablesState, desired: &RuleSet) -> [Item; 4] {
+    let mut state = members_state(installed.members.as_ref(), desired.pods());
+    if installed.sets.iter().any(|s| s == IPSET_STAGING) && state != ItemState::Missing {
         state = ItemState::Drift(format!("leftover staging set {IPSET_STAGING}"));
     }
     let pod_set = Item::new(format!("ipset {IPSET_NAME}"), state);
-    let want = desired.iptables_rules();
-    let state = if chains.is_empty() && *jumps == 0 {
+    let [mangle, nat, filter] = IptablesTable::ALL.map(|table| {
+        Item::new(
+            iptables_part(table),
+            compare_table(table, installed.table(table), desired),
+        )
+    });
+    [pod_set, mangle, nat, filter]
+}
+
+fn compare_table(table: IptablesTable, installed: &TableState, desired: &RuleSet) -> ItemState {
+    let TableState {
+        chains,
+        rules,
+        jumps,
+    } = installed;
+    let (builtin, _) = table.hook();
+    let want = desired.iptables_rules(table);
+    if chains.is_empty() && jumps.is_empty() {
         ItemState::Missing
-    } else if *jumps != 1 {
-        ItemState::Drift(format!("{jumps} jumps from mangle PREROUTING, want 1"))
+    } else if jumps.len() != 1 {
+        ItemState::Drift(format!(
+            "{} jumps from {} {builtin}, want 1",
+            jumps.len(),
+            table.name()
+        ))
+    } else if jumps[0] != 0 {
+        // In nat, KUBE-SERVICES before us would DNAT captured flows; in filter, an ACCEPT
+        // before us would forward what the guard must drop.
+        ItemState::Drift(format!(
+            "the jump is rule {} of {} {builtin}, want it first",
+            jumps[0] + 1,
+            table.name()
+        ))
     } else if *rules != want {
         ItemState::Drift(diff_lines(rules, &want))
-    } else if chains.len() != 2 {
+    } else if *chains != table.chains() {
         ItemState::Drift(format!("chains {chains:?}"))
     } else {
         ItemState::InSync
-    };
-    let chains = Item::new(
-        format!("chains mangle {CHAIN_PREROUTING} {CHAIN_DIVERT}"),
-        state,
-    );
-    (pod_set, chains)
+    }
 }
 
-fn compare_nft(installed: &NftState, desired: &RuleSet) -> (Item, Item) {
+/// The name of one group of our nft chains: `nft chains ip nodemesh NODEMESH-PREROUTING ...`.
+pub(crate) fn nft_part(names: &[&str]) -> String {
+    let noun = if names.len() == 1 { "chain" } else { "chains" };
+    format!("nft {noun} ip {NFT_TABLE} {}", names.join(" "))
+}
+
+/// Our nft chains grouped as the parts of a [`Status`]: capture, nat, forward.
+pub(crate) const NFT_PARTS: [&[&str]; 3] = [
+    &[CHAIN_PREROUTING, CHAIN_DNAT],
+    &[CHAIN_NAT],
+    &[CHAIN_FORWARD],
+];
+
+/// The pod set, then the capture, nat and forward parts.
+fn compare_nft(installed: &NftState, desired: &RuleSet) -> [Item; 4] {
     let pod_set = Item::new(
         format!("nft set ip {NFT_TABLE} {NFT_SET}"),
         members_state(installed.members.as_ref(), desired.pods()),
     );
-    let want = desired.nft_chain_lines();
-    let chains = Item::new(
-        format!("nft chain ip {NFT_TABLE} {CHAIN_PREROUTING}"),
-        match &installed.chain {
-            None => ItemState::Missing,
-            Some(c) if c.is_empty() => ItemState::Missing,
-            Some(c) if *c == want => ItemState::InSync,
-            Some(c) => ItemState::Drift(diff_lines(c, &want)),
-        },
-    );
-    (pod_set, chains)
+    let want = desired.nft_chains();
+    let [capture, nat, forward] = NFT_PARTS.map(|names| {
+        let mut state = ItemState::InSync;
+        let mut missing = 0;
+        for name in names {
+            let wanted = &want
+                .iter()
+                .find(|c| c.name == *name)
+                .expect("a chain of ours")
+                .lines;
+            match installed.chains.as_ref().and_then(|c| c.get(*name)) {
+                None => missing += 1,
+                Some(c) if c.is_empty() => missing += 1,
+                Some(c) if c == wanted => {}
+                Some(c) => state = ItemState::Drift(format!("{name}: {}", diff_lines(c, wanted))),
+            }
+        }
+        if missing == names.len() {
+            state = ItemState::Missing;
+        } else if missing > 0 && state == ItemState::InSync {
+            state = ItemState::Drift(format!("{missing} chain(s) missing"));
+        }
+        Item::new(nft_part(names), state)
+    });
+    [pod_set, capture, nat, forward]
 }
 
 fn diff_lines(installed: &[String], desired: &[String]) -> String {
@@ -249,15 +311,28 @@ pub(crate) mod tests {
     /// What a successful apply of `rules` leaves installed.
     pub(crate) fn installed(rules: &RuleSet) -> Observed {
         let firewall = match rules.backend {
-            Backend::Iptables => Firewall::Iptables(IptablesState {
-                rules: rules.iptables_rules(),
-                chains: vec![CHAIN_DIVERT.into(), CHAIN_PREROUTING.into()],
-                jumps: 1,
-                sets: vec![IPSET_NAME.into()],
-                members: Some(rules.pods().clone()),
-            }),
+            Backend::Iptables => {
+                let [mangle, nat, filter] = IptablesTable::ALL.map(|table| TableState {
+                    chains: table.chains().iter().map(|c| c.to_string()).collect(),
+                    rules: rules.iptables_rules(table),
+                    jumps: vec![0],
+                });
+                Firewall::Iptables(IptablesState {
+                    mangle,
+                    nat,
+                    filter,
+                    sets: vec![IPSET_NAME.into()],
+                    members: Some(rules.pods().clone()),
+                })
+            }
             Backend::Nftables => Firewall::Nftables(NftState {
-                chain: Some(rules.nft_chain_lines()),
+                chains: Some(
+                    rules
+                        .nft_chains()
+                        .into_iter()
+                        .map(|c| (c.name.to_owned(), c.lines))
+                        .collect(),
+                ),
                 members: Some(rules.pods().clone()),
             }),
         };
@@ -310,15 +385,21 @@ pub(crate) mod tests {
         assert_eq!(st.route.name, "route table 133");
         assert_eq!(st.pod_set.name, "ipset nodemesh-pods");
         assert_eq!(
-            st.chains.name,
+            st.capture.name,
             "chains mangle NODEMESH-PREROUTING NODEMESH-DIVERT"
         );
+        assert_eq!(st.nat.name, "chains nat NODEMESH-NAT");
+        assert_eq!(st.forward.name, "chains filter NODEMESH-FORWARD");
         let st = compare(
             &installed(&rules(Backend::Nftables)),
             &rules(Backend::Nftables),
         );
         assert_eq!(st.pod_set.name, "nft set ip nodemesh pods");
-        assert_eq!(st.chains.name, "nft chain ip nodemesh NODEMESH-PREROUTING");
+        assert_eq!(
+            st.capture.name,
+            "nft chains ip nodemesh NODEMESH-PREROUTING NODEMESH-DNAT"
+        );
+        assert_eq!(st.nat.name, "nft chain ip nodemesh NODEMESH-NAT");
     }
 
     #[test]
@@ -327,7 +408,8 @@ pub(crate) mod tests {
         let mut seen = installed(&r);
         seen.ip_forward = "0".into();
         if let Firewall::Iptables(fw) = &mut seen.firewall {
-            fw.jumps = 2;
+            fw.mangle.jumps = vec![0, 3];
+            fw.nat.jumps = vec![1];
             fw.members
                 .as_mut()
                 .unwrap()
@@ -337,6 +419,10 @@ pub(crate) mod tests {
         let text = st.to_string();
         assert!(text.contains("ip_forward: drift: is 0"), "{text}");
         assert!(text.contains("2 jumps from mangle PREROUTING"), "{text}");
+        assert!(
+            text.contains("the jump is rule 2 of nat PREROUTING, want it first"),
+            "{text}"
+        );
         assert!(text.contains("unexpected [10.0.0.9]"), "{text}");
         assert!(text.ends_with("capture: drift"), "{text}");
     }
@@ -345,15 +431,21 @@ pub(crate) mod tests {
     fn a_missing_nft_rule_is_drift() {
         let r = rules(Backend::Nftables);
         let mut seen = installed(&r);
-        if let Firewall::Nftables(NftState { chain: Some(c), .. }) = &mut seen.firewall {
-            c.pop();
+        if let Firewall::Nftables(NftState {
+            chains: Some(c), ..
+        }) = &mut seen.firewall
+        {
+            c.get_mut(CHAIN_PREROUTING).unwrap().pop();
+            c.remove(CHAIN_FORWARD);
         }
         let st = compare(&seen, &r);
         assert_eq!(
-            st.chains.state,
-            ItemState::Drift("1 rule(s) missing, 0 unexpected".into()),
+            st.capture.state,
+            ItemState::Drift("NODEMESH-PREROUTING: 1 rule(s) missing, 0 unexpected".into()),
             "{st}"
         );
+        assert_eq!(st.forward.state, ItemState::Missing);
+        assert!(st.nat.in_sync());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use nodemesh_redirect::{Backend, RuleSet};
+use nodemesh_redirect::{Backend, IptablesTable, RuleSet};
 
 fn rules(backend: Backend) -> RuleSet {
     RuleSet::parse(backend, ["10.200.1.12", "10.200.1.11", "10.200.1.13"]).unwrap()
@@ -32,18 +32,20 @@ fn check(name: &str, rendered: &str) {
 }
 
 #[test]
-fn iptables_restore_input() {
-    check(
-        "iptables-restore.txt",
-        &rules(Backend::Iptables).render_iptables(true),
-    );
+fn iptables_restore_input_per_table() {
+    for table in IptablesTable::ALL {
+        check(
+            &format!("iptables-restore-{}.txt", table.name()),
+            &rules(Backend::Iptables).render_iptables(table, 0),
+        );
+    }
 }
 
 #[test]
-fn iptables_restore_input_without_jump() {
+fn iptables_restore_input_moving_the_jump_first() {
     check(
-        "iptables-restore-nojump.txt",
-        &rules(Backend::Iptables).render_iptables(false),
+        "iptables-restore-nat-moved.txt",
+        &rules(Backend::Iptables).render_iptables(IptablesTable::Nat, 2),
     );
 }
 

@@ -10,7 +10,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nodemesh_redirect::{
-    Backend, Host, ItemState, NFT_TABLE, RedirectError, RuleSet, Tool, apply, remove, status,
+    Backend, Host, IptablesTable, ItemState, NFT_TABLE, RedirectError, RuleSet, Tool, apply,
+    remove, status,
 };
 use nodemesh_test_support::process::sh;
 use nodemesh_test_support::root_tier;
@@ -159,18 +160,16 @@ fn pods(last: &[u8]) -> Vec<Ipv4Addr> {
 fn lifecycle(backend: Backend) {
     let ns = Netns::new();
     let host = ns.host();
-    // Someone else's rule, which must survive us.
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "mangle",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "udp",
-        "-j",
-        "ACCEPT",
-    ]);
+    // Someone else's rules (kube-proxy's, say), which must survive us: ours go before them.
+    for (table, chain) in [
+        ("mangle", "PREROUTING"),
+        ("nat", "PREROUTING"),
+        ("filter", "FORWARD"),
+    ] {
+        ns.exec(&[
+            "iptables", "-t", table, "-A", chain, "-p", "udp", "-j", "ACCEPT",
+        ]);
+    }
     let before = snapshot(&ns);
     assert!(ours(&before).is_empty(), "{:?}", ours(&before));
 
@@ -191,7 +190,20 @@ fn lifecycle(backend: Backend) {
                     .iptables
                     .contains(&"-A PREROUTING -j NODEMESH-PREROUTING".to_owned())
             );
-            for rule in rules.iptables_rules() {
+            assert!(
+                installed
+                    .iptables
+                    .contains(&"-A PREROUTING -j NODEMESH-NAT".to_owned())
+            );
+            assert!(
+                installed
+                    .iptables
+                    .contains(&"-A FORWARD -j NODEMESH-FORWARD".to_owned())
+            );
+            for rule in IptablesTable::ALL
+                .into_iter()
+                .flat_map(|t| rules.iptables_rules(t))
+            {
                 assert!(
                     installed.iptables.contains(&rule),
                     "{rule} not in {:?}",
@@ -207,7 +219,7 @@ fn lifecycle(backend: Backend) {
             assert!(!installed.ipsets.contains("nodemesh-pods-new"));
         }
         Backend::Nftables => {
-            for line in rules.nft_chain_lines() {
+            for line in rules.nft_chains().into_iter().flat_map(|c| c.lines) {
                 assert!(
                     installed.nft.contains(&line),
                     "{line} not in {}",
@@ -332,8 +344,8 @@ fn drift_repair(backend: Backend) {
     let st = status(&host, &rules).unwrap();
     assert!(!st.in_sync(), "{st}");
     assert!(
-        matches!(st.chains.state, ItemState::Drift(_) | ItemState::Missing)
-            && st.chains.name.contains("chain"),
+        matches!(st.capture.state, ItemState::Drift(_) | ItemState::Missing)
+            && st.capture.name.contains("chain"),
         "{st}"
     );
     apply(&host, &rules).unwrap();
