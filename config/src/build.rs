@@ -104,6 +104,7 @@ impl ServicePort {
         Self {
             port,
             target_port,
+            node_port: None,
             name,
             protocol: Protocol::Tcp,
         }

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::error::{ConfigError, ConfigErrors, LoadError};
 use crate::model::{
-    Ca, Labels, MESH_LABEL, MTLS_MODE_LABEL, Namespace, Node, RawPolicy, Service, ServicePort,
-    WireguardPublicKey, Workload, as_display,
+    Ca, Endpoint, Labels, MESH_LABEL, MTLS_MODE_LABEL, Namespace, Node, RawPolicy, Service,
+    ServicePort, WireguardPublicKey, Workload, as_display,
 };
 use crate::parse;
 
@@ -300,6 +300,44 @@ impl Config {
             .into_iter()
             .flatten();
         explicit.into_iter().flatten().chain(selected)
+    }
+
+    /// Every endpoint of `service`: its explicit endpoints when it has them (a workload of
+    /// another namespace is skipped; an address that is no workload is an
+    /// [`Endpoint::Address`]), else the workloads its selector picks.
+    pub fn service_targets<'a>(&'a self, service: &'a Service) -> Vec<Endpoint<'a>> {
+        match service.endpoints.as_deref() {
+            Some(ips) => ips
+                .iter()
+                .filter_map(|ip| match self.workload_by_ip(*ip) {
+                    Some(w) if w.namespace == service.namespace => Some(Endpoint::Workload(w)),
+                    Some(_) => None,
+                    None => Some(Endpoint::Address(*ip)),
+                })
+                .collect(),
+            None => self.selected(service).map(Endpoint::Workload).collect(),
+        }
+    }
+
+    /// The Service and port that `ip:port` reaches through kube-proxy: a port of a Service VIP,
+    /// or a NodePort on any node's address.
+    pub fn service_at(&self, ip: Ipv4Addr, port: u16) -> Option<(&Service, &ServicePort)> {
+        self.service_by_vip(ip, port).or_else(|| {
+            if !self.nodes.iter().any(|n| n.address == ip) {
+                return None;
+            }
+            self.services.iter().find_map(|s| {
+                s.ports
+                    .iter()
+                    .find(|p| p.node_port == Some(port))
+                    .map(|p| (s, p))
+            })
+        })
+    }
+
+    /// The Service with the virtual IP `vip`, whatever the port.
+    pub fn service_with_vip(&self, vip: Ipv4Addr) -> Option<&Service> {
+        self.services.iter().find(|s| s.vip == vip)
     }
 
     fn selected<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Workload> {

@@ -103,8 +103,9 @@ pub struct Service {
     /// The labels a workload must have (all of them) to be an endpoint. Empty selects nothing.
     #[serde(skip_serializing_if = "Labels::is_empty")]
     pub selector: Labels,
-    /// Explicit ready endpoints by IP (from Kubernetes EndpointSlices), used instead of the
-    /// selector when set. Never set by the standalone YAML.
+    /// Explicit ready endpoints by IP (from Kubernetes EndpointSlices, or `endpoints` in the
+    /// YAML), used instead of the selector when set. They need not be workloads: the API
+    /// server and hostNetwork pods are not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<Ipv4Addr>>,
 }
@@ -118,11 +119,42 @@ pub struct ServicePort {
     pub port: u16,
     /// The port on the endpoint (default: `port`).
     pub target_port: u16,
+    /// The port every node's address forwards to the Service (kube-proxy's NodePort).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
     /// The port's name (required when the Service has more than one port).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The transport protocol.
     pub protocol: Protocol,
+}
+
+/// One endpoint of a [`Service`]: a known workload, or an address that is none (the API
+/// server, a hostNetwork pod, a host outside the cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    /// A workload of the Service's namespace.
+    Workload(&'a Workload),
+    /// An address that is no workload.
+    Address(Ipv4Addr),
+}
+
+impl Endpoint<'_> {
+    /// The endpoint's IP.
+    pub fn ip(&self) -> Ipv4Addr {
+        match self {
+            Self::Workload(w) => w.ip,
+            Self::Address(ip) => *ip,
+        }
+    }
+
+    /// The workload, when the endpoint is one.
+    pub fn workload(&self) -> Option<&Workload> {
+        match self {
+            Self::Workload(w) => Some(w),
+            Self::Address(_) => None,
+        }
+    }
 }
 
 /// A Service port's transport protocol. Only TCP for now.

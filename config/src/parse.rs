@@ -2,6 +2,7 @@
 //! all mistakes collected on the way.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use nodemesh_identity::{SpiffeId, TrustDomain};
@@ -40,8 +41,8 @@ const WORKLOAD_KEYS: &[&str] = &[
     "node",
     "labels",
 ];
-const SERVICE_KEYS: &[&str] = &["name", "namespace", "vip", "ports", "selector"];
-const PORT_KEYS: &[&str] = &["port", "targetPort", "name", "protocol"];
+const SERVICE_KEYS: &[&str] = &["name", "namespace", "vip", "ports", "selector", "endpoints"];
+const PORT_KEYS: &[&str] = &["port", "targetPort", "nodePort", "name", "protocol"];
 
 /// The values our own labels may take on a namespace.
 const NAMESPACE_LABELS: &[(&str, &[&str])] = &[
@@ -225,6 +226,13 @@ fn service(errs: &mut Errors, at: &str, value: &Value, checks: &mut Checks) -> O
     let vip = f.required(errs, "vip", values::ipv4);
     let ports = f.required(errs, "ports", service_ports);
     let selector = f.optional(errs, "selector", values::labels);
+    let endpoints = f.optional(errs, "endpoints", endpoint_ips);
+    if endpoints.is_some() && f.has("selector") {
+        errs.push(
+            &f.path("endpoints"),
+            "a service has either a selector or explicit endpoints, not both",
+        );
+    }
     let port_paths: Vec<(String, u16)> = ports
         .iter()
         .flatten()
@@ -244,8 +252,26 @@ fn service(errs: &mut Errors, at: &str, value: &Value, checks: &mut Checks) -> O
         vip: vip?,
         ports: ports?.into_iter().map(|(_, p)| p).collect(),
         selector: selector.unwrap_or_default(),
-        endpoints: None,
+        endpoints,
     })
+}
+
+/// Reads a Service's explicit endpoints: IPv4 addresses (the API server, hostNetwork pods,
+/// anything outside the mesh), each once.
+fn endpoint_ips(errs: &mut Errors, at: &str, value: &Value) -> Option<Vec<Ipv4Addr>> {
+    let items = reader::list(errs, at, value)?;
+    let mut ips = Vec::new();
+    for (path, value) in items {
+        let Some(ip) = values::ipv4(errs, &path, value) else {
+            continue;
+        };
+        if ips.contains(&ip) {
+            errs.push(&path, format!("duplicate endpoint {ip}"));
+        } else {
+            ips.push(ip);
+        }
+    }
+    Some(ips)
 }
 
 /// Reads a Service's ports with their paths: at least one, named when more than one, names
@@ -265,6 +291,7 @@ fn service_ports(errs: &mut Errors, at: &str, value: &Value) -> Option<Vec<(Stri
         };
         let port = f.required(errs, "port", values::port);
         let target_port = f.optional(errs, "targetPort", values::port);
+        let node_port = f.optional(errs, "nodePort", values::port);
         let name = f.optional(errs, "name", k8s_name(port_name));
         let protocol = f.optional(errs, "protocol", protocol).unwrap_or_default();
         if several && !f.has("name") {
@@ -286,6 +313,7 @@ fn service_ports(errs: &mut Errors, at: &str, value: &Value) -> Option<Vec<(Stri
             let p = ServicePort {
                 port,
                 target_port,
+                node_port,
                 name,
                 protocol,
             };

@@ -133,7 +133,7 @@ ca: {address: "https://ca:15012", rootCert: a.pem, token: x}
 nodes: [{name: node-a, address: 10.200.0.1, zone: z}]
 namespaces: [{name: shop, annotations: {}}]
 workloads: [{name: w, namespace: shop, ip: 10.1.1.1, node: node-a, service_account: sa}]
-services: [{name: s, namespace: shop, vip: 10.96.0.1, type: ClusterIP, ports: [{port: 80, nodePort: 30080}]}]
+services: [{name: s, namespace: shop, vip: 10.96.0.1, type: ClusterIP, ports: [{port: 80, appProtocol: http}]}]
 "#;
     assert_errors(
         yaml,
@@ -143,8 +143,28 @@ services: [{name: s, namespace: shop, vip: 10.96.0.1, type: ClusterIP, ports: [{
             "nodes[0].zone: unknown key (expected one of: name, address, podCIDR, wireguardPublicKey)",
             "namespaces[0].annotations: unknown key (expected one of: name, labels)",
             r#"workloads[0].service_account: unknown key (did you mean "serviceAccount"?)"#,
-            "services[0].type: unknown key (expected one of: name, namespace, vip, ports, selector)",
-            "services[0].ports[0].nodePort: unknown key (expected one of: port, targetPort, name, protocol)",
+            "services[0].type: unknown key (expected one of: name, namespace, vip, ports, selector, endpoints)",
+            "services[0].ports[0].appProtocol: unknown key (expected one of: port, targetPort, nodePort, name, protocol)",
+        ],
+    );
+}
+
+#[test]
+fn explicit_endpoints_are_addresses_each_once_and_exclude_a_selector() {
+    let yaml = r#"
+nodes: [{name: node-a, address: 10.200.0.1}]
+workloads: []
+services:
+  - {name: a, namespace: default, vip: 10.96.0.1, ports: [{port: 443, targetPort: 6443, nodePort: 99999}], endpoints: [10.200.0.250, api, 10.200.0.250]}
+  - {name: b, namespace: default, vip: 10.96.0.2, ports: [{port: 80}], selector: {app: b}, endpoints: [10.0.0.1]}
+"#;
+    assert_errors(
+        yaml,
+        &[
+            "services[0].ports[0].nodePort: port 99999 is out of range 1..=65535",
+            "services[0].endpoints[1]: \"api\" is not an IPv4 address",
+            "services[0].endpoints[2]: duplicate endpoint 10.200.0.250",
+            "services[1].endpoints: a service has either a selector or explicit endpoints, not both",
         ],
     );
 }

@@ -135,7 +135,16 @@ async fn first_sync_sees_the_cluster() {
     );
     assert!(state.in_pod_network(ip("10.1.2.200")));
     let vip: SocketAddr = "10.96.0.20:5432".parse().unwrap();
-    assert_eq!(state.pick_endpoint(vip).unwrap().endpoint.name, "db-1");
+    assert_eq!(
+        state
+            .pick_endpoint(vip)
+            .unwrap()
+            .endpoint
+            .workload()
+            .unwrap()
+            .name,
+        "db-1"
+    );
     assert!(state.policy_problems().is_empty());
     assert_eq!(state.config().policies().len(), 1);
     // The policy compiled: its status says so.
@@ -245,8 +254,13 @@ async fn changes_apply_live() {
         let s = store.load();
         let picks: std::collections::BTreeSet<String> = (0..4)
             .filter_map(|_| {
-                s.pick_endpoint(vip)
-                    .map(|t| format!("{}:{}", t.endpoint.name, t.port))
+                s.pick_endpoint(vip).map(|t| {
+                    format!(
+                        "{}:{}",
+                        t.endpoint.workload().map_or("?", |w| w.name.as_str()),
+                        t.port
+                    )
+                })
             })
             .collect();
         picks.into_iter().collect::<Vec<_>>() == ["db-1:6432", "db-2:6432"]

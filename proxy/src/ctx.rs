@@ -33,6 +33,8 @@ pub(crate) struct Ctx {
     pub(crate) drain: DrainWatch,
     /// Connect to pods from the client's IP.
     pub(crate) preserve_source_ip: bool,
+    /// Outbound connections leave from the client pod's IP ([`Ctx::outbound_source`]).
+    pub(crate) outbound_from_pod_ip: bool,
     /// Port of peers' HBONE listeners.
     pub(crate) hbone_port: u16,
     /// Limits of connections under L7 enforcement.
@@ -45,6 +47,12 @@ impl Ctx {
     /// The proxy's metrics.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         self.flows.metrics()
+    }
+
+    /// The source address outbound connections (HBONE to a peer, passthrough) of `client`
+    /// leave from: the client pod's own IP, unless the proxy was told to use the node's.
+    pub(crate) fn outbound_source(&self, client: ClientAddr) -> Option<IpAddr> {
+        self.outbound_from_pod_ip.then(|| client.ip())
     }
 
     /// The source address connections to pods leave from for `client` (its own IP, when the

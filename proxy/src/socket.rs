@@ -58,3 +58,34 @@ impl ConnectOptions {
         socket.connect(addr).await
     }
 }
+
+/// Whether `ip` is an address of this host, asked of the kernel's routing (a UDP socket
+/// "connected" to a local address gets that address as its own source). A connection to a
+/// local address cannot leave from a pod's IP: the reply would be routed to the pod.
+pub fn is_local(ip: IpAddr) -> bool {
+    let probe = || -> io::Result<bool> {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(
+            match ip {
+                IpAddr::V4(_) => IpAddr::from([0, 0, 0, 0]),
+                IpAddr::V6(_) => IpAddr::from([0u16; 8]),
+            },
+            0,
+        ))?;
+        socket.connect(SocketAddr::new(ip, 9))?;
+        Ok(socket.local_addr()?.ip() == ip)
+    };
+    ip.is_loopback() || probe().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_addresses_are_told_apart() {
+        assert!(is_local(IpAddr::from([127, 0, 0, 1])));
+        assert!(is_local(IpAddr::from([127, 0, 0, 2])));
+        // TEST-NET-1 is never an address of this host.
+        assert!(!is_local(IpAddr::from([192, 0, 2, 1])));
+    }
+}

@@ -22,8 +22,11 @@ workloads:
   - {name: db-1, namespace: shop, serviceAccount: db, ip: 10.2.0.21, node: node-b, labels: {app: db}}
   - {name: db-2, namespace: shop, serviceAccount: db, ip: 10.2.0.22, node: node-b, labels: {app: db}}
 services:
-  - {name: db, namespace: shop, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], selector: {app: db}}
+  - {name: db, namespace: shop, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080, nodePort: 30080}], selector: {app: db}}
   - {name: none, namespace: shop, vip: 10.96.0.11, ports: [{port: 80}], selector: {app: nothing}}
+  - {name: kubernetes, namespace: default, vip: 10.96.0.1, ports: [{port: 443, targetPort: 6443}], endpoints: [10.0.0.250]}
+  - {name: exporter, namespace: shop, vip: 10.96.0.12, ports: [{port: 9100}], endpoints: [10.0.0.2]}
+  - {name: ghost, namespace: shop, vip: 10.96.0.13, ports: [{port: 80}], endpoints: [10.2.0.99]}
 "#;
 
 fn state() -> MeshState {
@@ -32,6 +35,81 @@ fn state() -> MeshState {
 
 fn a(s: &str) -> SocketAddr {
     s.parse().unwrap()
+}
+
+/// Endpoints that are not pods (the API server behind `kubernetes.default`, a hostNetwork
+/// backend on a node's address) are reached as passthrough, under the Service's name; an
+/// endpoint inside a pod network that is no known workload is refused; a VIP port the Service
+/// does not declare is refused, never passed through to the VIP.
+#[test]
+fn endpoints_that_are_not_pods_are_passthrough_and_undeclared_vip_ports_refused() {
+    let st = state();
+    let own = [a("127.0.0.1:15001")];
+    let call = |dst: &str| {
+        classify(
+            &st,
+            ClientAddr(a("10.1.0.11:40000")),
+            OrigDstAddr(a(dst)),
+            &own,
+        )
+    };
+    assert_eq!(
+        call("10.96.0.1:443"),
+        Ok(Routed {
+            route: Route::Passthrough {
+                target: a("10.0.0.250:6443")
+            },
+            service: Some("kubernetes.default".into()),
+        })
+    );
+    assert_eq!(
+        call("10.96.0.12:9100").map(|r| r.route),
+        Ok(Route::Passthrough {
+            target: a("10.0.0.2:9100")
+        }),
+        "hostNetwork backend"
+    );
+    assert_eq!(
+        call("10.96.0.13:80"),
+        Err(RefusalReason::UnknownDestination)
+    );
+    assert_eq!(
+        call("10.96.0.1:80"),
+        Err(RefusalReason::UndeclaredServicePort)
+    );
+    assert_eq!(
+        call("10.96.0.10:8080"),
+        Err(RefusalReason::UndeclaredServicePort)
+    );
+}
+
+/// A mesh pod calling a NodePort (on its own node or another) goes to the Service's endpoints
+/// through the mesh, with policy, instead of being passed to kube-proxy's DNAT in plaintext.
+#[test]
+fn a_node_port_is_the_service() {
+    let st = state();
+    let own = [a("127.0.0.1:15001")];
+    for node in ["10.0.0.1", "10.0.0.2"] {
+        let routed = classify(
+            &st,
+            ClientAddr(a("10.1.0.11:40000")),
+            OrigDstAddr(a(&format!("{node}:30080"))),
+            &own,
+        )
+        .unwrap();
+        assert!(matches!(routed.route, Route::Hbone { .. }), "{routed:?}");
+        assert_eq!(routed.service.as_deref(), Some("db.shop"));
+    }
+    let other_port = classify(
+        &st,
+        ClientAddr(a("10.1.0.11:40000")),
+        OrigDstAddr(a("10.0.0.1:30081")),
+        &own,
+    );
+    assert!(matches!(
+        other_port.map(|r| r.route),
+        Ok(Route::Passthrough { .. })
+    ));
 }
 
 #[test]

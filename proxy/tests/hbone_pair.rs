@@ -34,6 +34,7 @@ async fn bytes_round_trip_intact_across_nodes() {
         source: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
         destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
         addr: mesh.addr("2.21", 15008),
+        source_ip: None,
     };
     assert_eq!(mesh.a.hbone().connections(&key).await, 1);
 }
@@ -93,6 +94,7 @@ async fn identities_are_verified_on_both_sides() {
         source: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
         destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/payments").unwrap(),
         addr: mesh.addr("2.21", 15008),
+        source_ip: None,
     };
     let caller = Caller {
         addr: mesh.addr("1.11", 1234),
@@ -126,6 +128,7 @@ policies:
         source: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
         destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
         addr: mesh.addr("2.21", 15008),
+        source_ip: None,
     };
     let caller = Caller {
         addr: mesh.addr("1.11", 1234),
@@ -489,6 +492,7 @@ async fn certificate_rotation_during_a_long_transfer() {
         source: web.clone(),
         destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
         addr: mesh.addr("2.21", 15008),
+        source_ip: None,
     };
     let first = ctx.certs().store(&web).unwrap().current().unwrap();
 

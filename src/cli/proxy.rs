@@ -89,6 +89,11 @@ pub struct ProxyArgs {
     /// Connect to pods from the client pod's IP (needs the capture rules' routing).
     #[arg(long)]
     preserve_source_ip: bool,
+    /// Make outbound connections (HBONE to peer proxies, passthrough) from the node's address
+    /// instead of the client pod's. The default, the pod's IP, lets the far side, cloud
+    /// metadata servers and host firewalls see which pod called.
+    #[arg(long)]
+    outbound_from_node_ip: bool,
     /// Listen without IP_TRANSPARENT and do not mark sockets: for running without capture
     /// (tests, debugging). Never in production.
     #[arg(long)]
@@ -237,6 +242,7 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         drain_timeout: args.drain_timeout,
         flow_log: args.flow_log,
         preserve_source_ip: args.preserve_source_ip,
+        outbound_from_pod_ip: !args.no_capture && !args.outbound_from_node_ip,
         transparent: !args.no_capture,
         mark_sockets: !args.no_capture,
         reload_interval: Duration::from_secs(1),

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use nodemesh_config::{Config, Service, Workload};
+use nodemesh_config::{Config, Endpoint, Service, Workload};
 use nodemesh_policy::{EngineOptions, Policy, PolicyDocument, PolicySet};
 
 /// A policy that did not compile: it fails closed, and is reported.
@@ -60,8 +60,9 @@ pub struct MeshState {
 pub struct ServiceTarget<'a> {
     /// The Service.
     pub service: &'a Service,
-    /// The chosen endpoint.
-    pub endpoint: &'a Workload,
+    /// The chosen endpoint: a workload, or an address that is none (the API server, a
+    /// hostNetwork pod).
+    pub endpoint: Endpoint<'a>,
     /// The endpoint's port.
     pub port: u16,
 }
@@ -182,22 +183,32 @@ impl MeshState {
         }
     }
 
-    /// The Service behind `vip:port`, if any.
+    /// Whether `ip` is the virtual IP of a Service (on any port).
+    pub fn is_service_vip(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => self.config.service_with_vip(v4).is_some(),
+            IpAddr::V6(_) => false,
+        }
+    }
+
+    /// The Service behind `addr`, if any: a port of its VIP, or its NodePort on a node's
+    /// address.
     pub fn service(&self, addr: SocketAddr) -> Option<&Service> {
         match addr.ip() {
-            IpAddr::V4(v4) => self.config.service_by_vip(v4, addr.port()).map(|(s, _)| s),
+            IpAddr::V4(v4) => self.config.service_at(v4, addr.port()).map(|(s, _)| s),
             IpAddr::V6(_) => None,
         }
     }
 
-    /// Picks a ready endpoint of the Service at `addr` round robin; `None` when it has none.
+    /// Picks a ready endpoint of the Service at `addr` (see [`MeshState::service`]) round
+    /// robin; `None` when it has none.
     pub fn pick_endpoint(&self, addr: SocketAddr) -> Option<ServiceTarget<'_>> {
         let IpAddr::V4(vip) = addr.ip() else {
             return None;
         };
-        let (service, port) = self.config.service_by_vip(vip, addr.port())?;
+        let (service, port) = self.config.service_at(vip, addr.port())?;
         let port = port.target_port;
-        let endpoints: Vec<&Workload> = self.config.service_endpoints(service).collect();
+        let endpoints = self.config.service_targets(service);
         if endpoints.is_empty() {
             return None;
         }

@@ -147,6 +147,7 @@ impl ProxyHandle {
             flows: FlowSink::new(metrics, flow_log),
             drain,
             preserve_source_ip: opts.preserve_source_ip,
+            outbound_from_pod_ip: opts.outbound_from_pod_ip,
             hbone_port: opts.hbone_port,
             l7_limits: opts.l7_limits,
             own_listeners,

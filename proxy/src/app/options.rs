@@ -51,6 +51,9 @@ pub struct ProxyOptions {
     pub flow_log: FlowLogTarget,
     /// Connect to pods from the client pod's IP.
     pub preserve_source_ip: bool,
+    /// Make outbound connections (HBONE to peers, passthrough) from the client pod's IP
+    /// instead of the node's; needs capture's routing for the replies (the CLI's default).
+    pub outbound_from_pod_ip: bool,
     /// Set `IP_TRANSPARENT` on listeners (capture needs it; tests without root do not).
     pub transparent: bool,
     /// Mark the proxy's sockets with `SO_MARK 0x539`.
@@ -80,6 +83,7 @@ impl Default for ProxyOptions {
             drain_timeout: Duration::from_secs(5),
             flow_log: FlowLogTarget::Stdout,
             preserve_source_ip: false,
+            outbound_from_pod_ip: false,
             transparent: true,
             mark_sockets: true,
             reload_interval: Duration::from_secs(1),

@@ -4,7 +4,7 @@
 //! decision; this file does the I/O.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -34,6 +34,10 @@ pub struct PoolKey {
     pub destination: SpiffeId,
     /// `<destination pod IP>:15008`.
     pub addr: SocketAddr,
+    /// The address the connection leaves from: the client pod's IP (bound transparently, so
+    /// the peer and everything on the way sees the pod, not the node), or `None` for the
+    /// node's own address.
+    pub source_ip: Option<IpAddr>,
 }
 
 #[derive(Default)]

@@ -40,7 +40,7 @@ pub(super) async fn dial(
     let config = tls.client(&key.source, &key.destination)?;
     let addr = key.addr;
     let tcp = connect
-        .connect(addr, None)
+        .connect(addr, key.source_ip)
         .await
         .map_err(|source| HboneError::Connect { addr, source })?;
     let handshake =

@@ -131,6 +131,8 @@ pub enum RefusalReason {
     UnknownDestination,
     /// A Service with no ready endpoint.
     NoEndpoint,
+    /// A Service VIP on a port the Service does not declare.
+    UndeclaredServicePort,
     /// The original destination is one of the proxy's own listeners.
     Loop,
     /// Connecting to the upstream (pod or peer proxy) failed.
@@ -145,13 +147,14 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in declaration order.
-    pub const ALL: [RefusalReason; 11] = [
+    pub const ALL: [RefusalReason; 12] = [
         RefusalReason::Policy,
         RefusalReason::StrictMtls,
         RefusalReason::NoCertificate,
         RefusalReason::UnknownSource,
         RefusalReason::UnknownDestination,
         RefusalReason::NoEndpoint,
+        RefusalReason::UndeclaredServicePort,
         RefusalReason::Loop,
         RefusalReason::UpstreamConnect,
         RefusalReason::BadRequest,
@@ -168,6 +171,7 @@ impl RefusalReason {
             RefusalReason::UnknownSource => "unknown_source",
             RefusalReason::UnknownDestination => "unknown_destination",
             RefusalReason::NoEndpoint => "no_endpoint",
+            RefusalReason::UndeclaredServicePort => "undeclared_service_port",
             RefusalReason::Loop => "loop",
             RefusalReason::UpstreamConnect => "upstream_connect",
             RefusalReason::BadRequest => "bad_request",

@@ -62,12 +62,16 @@ pub fn classify(
             .pick_endpoint(orig_dst.0)
             .ok_or(RefusalReason::NoEndpoint)?;
         (
-            SocketAddr::new(picked.endpoint.ip.into(), picked.port),
+            SocketAddr::new(picked.endpoint.ip().into(), picked.port),
             Some(format!(
                 "{}.{}",
                 picked.service.name, picked.service.namespace
             )),
         )
+    } else if state.is_service_vip(orig_dst.0.ip()) {
+        // kube-proxy has no rule for it either: passing it through would reach nothing, or
+        // whatever else answers on the VIP.
+        return Err(RefusalReason::UndeclaredServicePort);
     } else {
         (orig_dst.0, None)
     };

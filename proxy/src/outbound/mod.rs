@@ -53,7 +53,7 @@ where
             return inbound::serve(&ctx, state, arrival, client).await;
         }
         Route::Passthrough { target } => {
-            passthrough(&ctx, &state, &mut guard, &mut client, target).await
+            passthrough(&ctx, &state, &mut guard, &mut client, src, target).await
         }
         Route::Hbone {
             source,
@@ -71,12 +71,14 @@ where
     guard.finish(result);
 }
 
-/// Plain TCP to a destination outside the mesh.
+/// Plain TCP to a destination outside the mesh, from the client pod's IP (so a metadata
+/// server or a host firewall sees the pod, not the node).
 async fn passthrough<C>(
     ctx: &Ctx,
     state: &MeshState,
     guard: &mut FlowGuard,
     client: &mut C,
+    src: ClientAddr,
     target: SocketAddr,
 ) -> Result<Transferred, Refused>
 where
@@ -84,7 +86,10 @@ where
 {
     guard.flow().mtls = false;
     guard.flow().dst = Party::at(state, target, None);
-    let mut upstream = ctx.connect.connect(target, None).await.map_err(|error| {
+    let source = ctx
+        .outbound_source(src)
+        .filter(|_| !crate::socket::is_local(target.ip()));
+    let mut upstream = ctx.connect.connect(target, source).await.map_err(|error| {
         tracing::debug!(%target, %error, "passthrough connect failed");
         Refused::new(RefusalReason::UpstreamConnect)
     })?;
@@ -131,6 +136,7 @@ where
         source: hop.source,
         destination: hop.destination,
         addr: SocketAddr::new(hop.target.ip(), ctx.hbone_port),
+        source_ip: ctx.outbound_source(src),
     };
     let mut tunnel = ctx
         .hbone
