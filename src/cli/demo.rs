@@ -94,8 +94,12 @@ fn demo(args: &DemoArgs) -> Result<bool> {
     for tool in args.backend.tools() {
         tool.locate().context("run scripts/install-deps")?;
     }
-    step("building 2 nodes x (2 shop pods + 1 legacy pod), an underlay, Service web");
-    let mut bed = Testbed::build(scenario::shop())?;
+    step(&format!(
+        "building 2 nodes x (2 shop pods + 1 legacy pod), an underlay, kube-proxy's {} rules, \
+         Services web, kubernetes, node-exporter",
+        args.backend
+    ));
+    let mut bed = Testbed::build(scenario::shop_for(args.backend))?;
     // Ctrl-C must not leave namespaces behind.
     let prefix = bed.prefix().to_owned();
     install_teardown_on_signal(prefix.clone());

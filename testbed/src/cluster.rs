@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::error::TestbedError;
+use crate::kube_proxy::{self, KubeProxyMode};
 use crate::netns::{self, Netns};
-use crate::plan::{ClusterSpec, NodePlan, Plan, PodPlan, PodRouting};
+use crate::plan::{API_SERVER, ClusterSpec, METADATA, NodePlan, Plan, PodPlan, PodRouting};
 use crate::process::Process;
 
 /// Every testbed namespace starts with this.
@@ -85,6 +86,14 @@ impl Testbed {
         self.underlay
             .ip(&["link", "add", "br0", "type", "bridge"])?;
         self.underlay.ip(&["link", "set", "br0", "up"])?;
+        // Hosts outside every pod network on the underlay: the API server and the cloud's
+        // metadata server. Like a cloud VPC, the underlay routes each pod network to its node,
+        // so they can answer pods that call them from their own IP.
+        let api = format!("{API_SERVER}/24");
+        self.underlay.ip(&["addr", "add", &api, "dev", "br0"])?;
+        let metadata = format!("{METADATA}/32");
+        self.underlay
+            .ip(&["addr", "add", &metadata, "dev", "br0"])?;
         let plan = self.plan.clone();
         for (i, node) in plan.nodes.iter().enumerate() {
             let ns = Netns::create(&format!("{}-{}", self.prefix, node.name))?;
@@ -113,8 +122,19 @@ impl Testbed {
             ])?;
             ns.ip(&["link", "set", "uplink", "up"])?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
+            ns.ip(&["route", "add", &metadata, "dev", "uplink"])?;
+            self.underlay.ip(&[
+                "route",
+                "add",
+                &format!("{}/24", node.pod_cidr),
+                "via",
+                &node.address.to_string(),
+            ])?;
             for pod in &node.pods {
                 self.wire_pod(&ns, node, pod)?;
+            }
+            if let Some(mode) = self.spec.kube_proxy {
+                self.install_kube_proxy(&ns, node, mode)?;
             }
         }
         if self.spec.pod_routing == PodRouting::Underlay {
@@ -142,6 +162,34 @@ impl Testbed {
             }
         }
         Ok(())
+    }
+
+    /// Writes kube-proxy's rules for `node` to a file in the testbed directory and loads them,
+    /// as kube-proxy does at start.
+    fn install_kube_proxy(
+        &self,
+        ns: &Netns,
+        node: &NodePlan,
+        mode: KubeProxyMode,
+    ) -> Result<(), TestbedError> {
+        let (text, file, program, flag) = match mode {
+            KubeProxyMode::Iptables => (
+                kube_proxy::render_iptables(&self.plan),
+                "iptables",
+                "iptables-restore",
+                "--noflush",
+            ),
+            KubeProxyMode::Nftables => {
+                (kube_proxy::render_nft(&self.plan, node), "nft", "nft", "-f")
+            }
+        };
+        let path = self.dir.join(format!("kube-proxy-{}.{file}", node.name));
+        std::fs::write(&path, text).map_err(|source| TestbedError::File {
+            path: path.clone(),
+            source,
+        })?;
+        let path = path.to_string_lossy().into_owned();
+        ns.exec(&[program, flag, &path]).map(drop)
     }
 
     fn wire_pod(

@@ -71,13 +71,23 @@ pub fn render(
         .services
         .iter()
         .map(|s| {
-            json!({
+            let mut port = json!({"port": s.port, "targetPort": s.target_port});
+            if let Some(node_port) = s.node_port {
+                port["nodePort"] = json!(node_port);
+            }
+            let mut service = json!({
                 "name": s.name,
                 "namespace": s.namespace,
                 "vip": s.vip.to_string(),
-                "ports": [{"port": s.port, "targetPort": s.target_port}],
-                "selector": s.selector,
-            })
+                "ports": [port],
+            });
+            if s.endpoints.is_empty() {
+                service["selector"] = json!(s.selector);
+            } else {
+                let ips: Vec<String> = s.endpoints.iter().map(ToString::to_string).collect();
+                service["endpoints"] = json!(ips);
+            }
+            service
         })
         .collect();
     json!({

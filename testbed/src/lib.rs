@@ -12,21 +12,25 @@ pub mod apps;
 mod cluster;
 mod config;
 mod error;
+mod inject;
+pub mod kube_proxy;
 mod mesh;
 mod netns;
 mod packets;
 mod plan;
 mod process;
+pub mod real_node;
 pub mod scenario;
 
 pub use cluster::{NAME_PREFIX, Testbed, check_prerequisites, destroy_all};
 pub use config::{CA_GRPC_PORT, ca_address, render as render_config};
 pub use error::TestbedError;
-pub use mesh::{CA_HTTP_PORT, MeshOptions, READINESS_PORT};
+pub use kube_proxy::KubeProxyMode;
+pub use mesh::{CA_HTTP_PORT, HOST_NETWORK_PORT, MeshOptions, READINESS_PORT};
 pub use netns::{Netns, NetnsTask, list as list_netns};
 pub use packets::{Captured, FrameInfo, PacketCapture, Transport};
 pub use plan::{
-    ClusterSpec, Labels, NamespaceSpec, NodePlan, NodeSpec, Plan, PodPlan, PodRouting, PodSpec,
-    ServicePlan, ServiceSpec,
+    API_SERVER, API_SERVER_PORT, ClusterSpec, Labels, METADATA, NamespaceSpec, NodePlan, NodeSpec,
+    Plan, PodPlan, PodRouting, PodSpec, ServicePlan, ServiceSpec, node_address,
 };
 pub use process::Process;

@@ -2,6 +2,7 @@
 //! (`--manage-redirect`), the pods' apps — all real processes of the `nodemesh` binary, started
 //! inside their namespaces and awaited on their readiness ports (never on the capture port).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -13,12 +14,15 @@ use crate::cluster::Testbed;
 use crate::config::ca_node;
 use crate::error::TestbedError;
 use crate::netns::{Netns, run};
+use crate::plan::{API_SERVER, API_SERVER_PORT, METADATA};
 use crate::process::Process;
 
 /// The proxies' readiness port.
 pub const READINESS_PORT: u16 = 15021;
 /// The CA's HTTP port.
 pub const CA_HTTP_PORT: u16 = 15014;
+/// The port of every node's hostNetwork server (a node exporter, say), on the node's address.
+pub const HOST_NETWORK_PORT: u16 = 9100;
 
 /// How to run the mesh.
 #[derive(Debug, Clone)]
@@ -92,6 +96,49 @@ impl Testbed {
         }
         for (name, ns) in &pods {
             self.await_ready(&format!("app/{name}"), ns, apps::HTTP_PORT, None)?;
+        }
+        self.start_hosts(binary)
+    }
+
+    /// Starts the servers that are not pods: on the underlay the API server
+    /// ([`API_SERVER`]:[`API_SERVER_PORT`]) and the cloud's metadata server ([`METADATA`]:80),
+    /// on every node a hostNetwork server (node address:[`HOST_NETWORK_PORT`]); each is the
+    /// testbed app, which answers with the peer address it sees.
+    fn start_hosts(&mut self, binary: &std::path::Path) -> Result<(), TestbedError> {
+        let mut hosts = vec![
+            (
+                "apiserver".to_owned(),
+                self.underlay.clone(),
+                SocketAddr::from((API_SERVER, API_SERVER_PORT)),
+            ),
+            (
+                "metadata".to_owned(),
+                self.underlay.clone(),
+                SocketAddr::from((METADATA, 80)),
+            ),
+        ];
+        for node in &self.plan.nodes {
+            let ns = &self.nodes[&node.name];
+            hosts.push((
+                format!("hostnet-{}", node.name),
+                ns.clone(),
+                SocketAddr::from((node.address, HOST_NETWORK_PORT)),
+            ));
+        }
+        for (name, ns, http) in &hosts {
+            let echo = SocketAddr::new(http.ip(), apps::ECHO_PORT);
+            let mut cmd = ns.command(binary);
+            cmd.args(["testbed-app", "--name", name])
+                .arg("--http")
+                .arg(http.to_string())
+                .arg("--echo")
+                .arg(echo.to_string());
+            let log = self.dir.join(format!("{name}.log"));
+            let process = Process::start(name, cmd, &log)?;
+            self.processes.insert(format!("host/{name}"), process);
+        }
+        for (name, ns, http) in &hosts {
+            self.await_ready_at(&format!("host/{name}"), ns, *http, None)?;
         }
         Ok(())
     }
@@ -264,9 +311,19 @@ impl Testbed {
         port: u16,
         path: Option<&'static str>,
     ) -> Result<(), TestbedError> {
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        self.await_ready_at(process, ns, target, path)
+    }
+
+    fn await_ready_at(
+        &mut self,
+        process: &str,
+        ns: &Netns,
+        target: std::net::SocketAddr,
+        path: Option<&'static str>,
+    ) -> Result<(), TestbedError> {
         let start = Instant::now();
         loop {
-            let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             let ready = ns.block_on(async move {
                 match path {
                     None => tokio::net::TcpStream::connect(target).await.is_ok(),

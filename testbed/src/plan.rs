@@ -4,11 +4,27 @@
 //! Node `i` (from 0) sits on the underlay at `10.200.0.(i+1)/24` with pod network
 //! `10.200.(i+1).0/24`; its gateway address (the node side of every pod link, as the CNI `ptp`
 //! plugin does) is `.1`, its pods get `.11`, `.12`, ... Service VIPs are `10.96.0.(10+j)`.
+//! The underlay also holds hosts outside every pod network: [`API_SERVER`] (the cluster's API
+//! server, the `kubernetes` Service's endpoint) and the cloud's metadata server [`METADATA`],
+//! which every node routes to on its uplink.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::error::TestbedError;
+use crate::kube_proxy::KubeProxyMode;
+
+/// A host on the underlay outside every pod network: where the API server listens.
+pub const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 250);
+/// The API server's port.
+pub const API_SERVER_PORT: u16 = 6443;
+/// The cloud metadata server's address, on the underlay.
+pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// The underlay address of node `index` (from 0) of a spec: `10.200.0.(index+1)`.
+pub fn node_address(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 200, 0, (index + 1) as u8)
+}
 
 /// Labels of a namespace or pod.
 pub type Labels = BTreeMap<String, String>;
@@ -26,6 +42,9 @@ pub struct ClusterSpec {
     pub policies: Vec<serde_json::Value>,
     /// How nodes reach each other's pod networks.
     pub pod_routing: PodRouting,
+    /// kube-proxy's Service rules on every node (`None`: no kube-proxy, Service VIPs exist only
+    /// for the mesh).
+    pub kube_proxy: Option<KubeProxyMode>,
 }
 
 /// How a node reaches the pods of the other nodes.
@@ -102,6 +121,26 @@ pub struct ServiceSpec {
     pub target_port: u16,
     /// Label selector.
     pub selector: Labels,
+    /// The port every node's address forwards to the Service (kube-proxy's NodePort).
+    pub node_port: Option<u16>,
+    /// Endpoints that are not pods (the API server, hostNetwork pods), used instead of the
+    /// selector when not empty.
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+impl ServiceSpec {
+    /// A ClusterIP Service in front of the pods `selector` picks.
+    pub fn new(name: &str, namespace: &str, port: u16, target_port: u16, selector: Labels) -> Self {
+        Self {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            port,
+            target_port,
+            selector,
+            node_port: None,
+            endpoints: Vec::new(),
+        }
+    }
 }
 
 /// Where a node and its pods live.
@@ -151,6 +190,10 @@ pub struct ServicePlan {
     pub target_port: u16,
     /// Label selector.
     pub selector: Labels,
+    /// kube-proxy's NodePort.
+    pub node_port: Option<u16>,
+    /// Explicit endpoints that are not pods (empty: the selector's pods).
+    pub endpoints: Vec<Ipv4Addr>,
 }
 
 /// The address plan of a [`ClusterSpec`].
@@ -214,7 +257,7 @@ impl Plan {
                 .collect::<Result<_, _>>()?;
             nodes.push(NodePlan {
                 name: node.name.clone(),
-                address: Ipv4Addr::new(10, 200, 0, n),
+                address: node_address(i),
                 pod_cidr: Ipv4Addr::new(10, 200, n, 0),
                 gateway: Ipv4Addr::new(10, 200, n, 1),
                 pods,
@@ -231,6 +274,8 @@ impl Plan {
                 port: s.port,
                 target_port: s.target_port,
                 selector: s.selector.clone(),
+                node_port: s.node_port,
+                endpoints: s.endpoints.clone(),
             })
             .collect();
         Ok(Self { nodes, services })
@@ -251,6 +296,27 @@ impl Plan {
     /// The Service called `name`.
     pub fn service(&self, name: &str) -> Option<&ServicePlan> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The endpoint IPs of `service`: its explicit endpoints, else the pods of its namespace
+    /// carrying every label of its selector (none for an empty selector).
+    pub fn service_endpoints(&self, service: &ServicePlan) -> Vec<Ipv4Addr> {
+        if !service.endpoints.is_empty() {
+            return service.endpoints.clone();
+        }
+        self.nodes
+            .iter()
+            .flat_map(|n| &n.pods)
+            .filter(|p| {
+                !service.selector.is_empty()
+                    && p.namespace == service.namespace
+                    && service
+                        .selector
+                        .iter()
+                        .all(|(k, v)| p.labels.get(k) == Some(v))
+            })
+            .map(|p| p.ip)
+            .collect()
     }
 }
 
@@ -273,13 +339,7 @@ mod tests {
                     pods: vec![PodSpec::new("b1", "shop", "web")],
                 },
             ],
-            services: vec![ServiceSpec {
-                name: "web".into(),
-                namespace: "shop".into(),
-                port: 80,
-                target_port: 8080,
-                selector: Labels::new(),
-            }],
+            services: vec![ServiceSpec::new("web", "shop", 80, 8080, Labels::new())],
             ..ClusterSpec::default()
         }
     }

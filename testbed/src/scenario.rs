@@ -1,5 +1,7 @@
 //! The demo's shop: two nodes, each with two pods in the mesh namespace `shop` and one in the
-//! plain namespace `legacy`; a Service `web` in front of the web pod; policies that allow
+//! plain namespace `legacy`, kube-proxy's rules on both; a Service `web` (with a NodePort) in
+//! front of the web pod, `kubernetes` in front of the API server and `node-exporter` in front
+//! of a hostNetwork server on every node (endpoints that are not pods); policies that allow
 //! frontend -> web, deny `POST /admin*` on web, and allow only web -> db. Each demo step is a
 //! function that does something in the cluster and checks what happened, so `nodemesh demo`
 //! prints the outcomes and the root test tier asserts them.
@@ -12,7 +14,12 @@ use serde_json::{Value, json};
 use crate::apps::{self, CallError, HTTP_PORT};
 use crate::cluster::Testbed;
 use crate::error::TestbedError;
-use crate::plan::{ClusterSpec, Labels, NamespaceSpec, NodeSpec, PodSpec, ServiceSpec};
+use crate::kube_proxy::KubeProxyMode;
+use crate::mesh::HOST_NETWORK_PORT;
+use crate::plan::{
+    API_SERVER, API_SERVER_PORT, ClusterSpec, Labels, NamespaceSpec, NodeSpec, PodSpec,
+    ServiceSpec, node_address,
+};
 
 /// How long a demo call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,17 +58,49 @@ pub fn shop() -> ClusterSpec {
                 labels: Labels::new(),
             },
         ],
-        services: vec![ServiceSpec {
-            name: "web".into(),
-            namespace: "shop".into(),
-            port: 80,
-            target_port: HTTP_PORT,
-            selector: [("app".to_owned(), "web".to_owned())].into(),
-        }],
+        services: vec![
+            ServiceSpec {
+                node_port: Some(WEB_NODE_PORT),
+                ..ServiceSpec::new(
+                    "web",
+                    "shop",
+                    80,
+                    HTTP_PORT,
+                    [("app".to_owned(), "web".to_owned())].into(),
+                )
+            },
+            // Endpoints that are not pods: the API server, and a hostNetwork DaemonSet.
+            ServiceSpec {
+                endpoints: vec![API_SERVER],
+                ..ServiceSpec::new("kubernetes", "default", 443, API_SERVER_PORT, Labels::new())
+            },
+            ServiceSpec {
+                endpoints: (0..2).map(node_address).collect(),
+                ..ServiceSpec::new(
+                    "node-exporter",
+                    "monitoring",
+                    HOST_NETWORK_PORT,
+                    HOST_NETWORK_PORT,
+                    Labels::new(),
+                )
+            },
+        ],
         policies: shop_policies(),
+        kube_proxy: Some(KubeProxyMode::Iptables),
         ..ClusterSpec::default()
     }
 }
+
+/// The shop with kube-proxy in the mode that goes with the capture `backend`.
+pub fn shop_for(backend: nodemesh_redirect::Backend) -> ClusterSpec {
+    ClusterSpec {
+        kube_proxy: Some(KubeProxyMode::matching(backend)),
+        ..shop()
+    }
+}
+
+/// The NodePort of the shop's `web` Service.
+pub const WEB_NODE_PORT: u16 = 30080;
 
 /// The shop's AuthorizationPolicies.
 pub fn shop_policies() -> Vec<Value> {
@@ -113,7 +152,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(step: impl Into<String>) -> Self {
+    /// A step that has seen nothing wrong yet.
+    pub fn new(step: impl Into<String>) -> Self {
         Self {
             step: step.into(),
             ok: true,
@@ -122,7 +162,7 @@ impl Outcome {
     }
 
     /// Records a fact that must hold.
-    fn check(&mut self, holds: bool, what: impl Into<String>) {
+    pub fn check(&mut self, holds: bool, what: impl Into<String>) {
         let what = what.into();
         self.details
             .push(format!("{} {what}", if holds { "ok  " } else { "FAIL" }));
@@ -232,6 +272,14 @@ pub fn allowed_via_service(bed: &Testbed) -> Result<Outcome, TestbedError> {
         }
         None => out.check(false, "node-b flow log has the request"),
     }
+    // kube-proxy's DNAT did not touch the captured call: the outbound side saw the VIP.
+    let outbound = find_flow(bed, "node-a", |r| {
+        r["direction"] == "outbound" && r["service"] == "web.shop"
+    });
+    out.check(
+        outbound.is_some(),
+        "node-a flow log: the outbound connection names the Service web.shop",
+    );
     Ok(out)
 }
 
