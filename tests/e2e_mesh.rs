@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use nodemesh_redirect::Backend;
 use nodemesh_testbed::scenario;
-use nodemesh_testbed::{ClusterSpec, MeshOptions, Netns, Testbed, apps};
+use nodemesh_testbed::{ClusterSpec, KubeProxyMode, MeshOptions, Netns, Testbed, apps};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
 
@@ -24,8 +24,11 @@ fn options(backend: Backend) -> MeshOptions {
     opts
 }
 
-/// The shop with its mesh running.
-fn shop(spec: ClusterSpec, opts: &MeshOptions) -> Testbed {
+/// The shop with its mesh running, with kube-proxy in the mode that goes with the backend.
+fn shop(mut spec: ClusterSpec, opts: &MeshOptions) -> Testbed {
+    if spec.kube_proxy.is_some() {
+        spec.kube_proxy = Some(KubeProxyMode::matching(opts.backend));
+    }
     let mut bed = Testbed::build(spec).unwrap();
     if let Err(e) = bed.start_mesh(opts) {
         panic!("mesh did not start: {e}");
@@ -369,18 +372,7 @@ fn redirect_cli_is_idempotent_and_reversible(backend: Backend) {
     assert_eq!(snapshot(ns), before, "remove did not restore the rules");
 }
 
-macro_rules! per_backend {
-    ($($test:ident),* $(,)?) => {
-        mod iptables {
-            $(#[test] fn $test() { super::$test(super::Backend::Iptables) })*
-        }
-        mod nftables {
-            $(#[test] fn $test() { super::$test(super::Backend::Nftables) })*
-        }
-    };
-}
-
-per_backend!(
+nodemesh_test_support::per_backend!(
     demo_steps,
     runs_with_only_net_admin_and_net_raw,
     stopped_proxy_fails_closed,
