@@ -691,9 +691,15 @@ fn echo_when_ready(bed: &Testbed, pod: &str, target: SocketAddr, payload: &str) 
     String::from_utf8(answer.unwrap()).unwrap()
 }
 
+/// What older versions installed: every TCP to or from port 15008 marked before routing.
+const OLD_PREROUTING: &str = "*mangle\n:NMWG-PREROUTING - [0:0]\n-A PREROUTING -j NMWG-PREROUTING\n\
+    -A NMWG-PREROUTING -p tcp -m tcp --dport 15008 -j MARK --set-xmark 0x222/0xfff\n\
+    -A NMWG-PREROUTING -p tcp -m tcp --sport 15008 -j MARK --set-xmark 0x222/0xfff\nCOMMIT\n";
+
 /// Port 15008 is HBONE's only between proxies: TCP between pods to port 15008 (here pods outside
 /// the mesh, no proxy runs) crosses the underlay only inside WireGuard, even with plaintext
-/// routes between the pod networks in place.
+/// routes between the pod networks in place, and on nodes upgraded from a version that exempted
+/// any TCP to or from port 15008.
 #[test]
 fn tcp_between_pods_to_port_15008_goes_through_the_tunnel() {
     if !runs("tcp_between_pods_to_port_15008_goes_through_the_tunnel") {
@@ -704,8 +710,21 @@ fn tcp_between_pods_to_port_15008_goes_through_the_tunnel() {
     bed.route_pod_networks().unwrap();
     let (ka, kb) = (pubkey(&bed, "node-a"), pubkey(&bed, "node-b"));
     let config = both(&bed, &ka, &kb);
+    let old = bed.dir().join("old-prerouting.rules");
+    std::fs::write(&old, OLD_PREROUTING).unwrap();
+    for node in ["node-a", "node-b"] {
+        let ns = bed.node(node).unwrap();
+        ns.exec(&["iptables-restore", "--noflush", old.to_str().unwrap()])
+            .unwrap();
+    }
     up(&mut bed, "node-a", &config);
     up(&mut bed, "node-b", &config);
+    let mangle = bed
+        .node("node-a")
+        .unwrap()
+        .exec(&["iptables-save", "-t", "mangle"])
+        .unwrap();
+    assert!(!mangle.contains("NMWG-PREROUTING"), "{mangle}");
     let pod_b = bed.pod("pod-b").unwrap().clone();
     let argv = [
         BINARY,
