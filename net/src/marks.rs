@@ -39,7 +39,8 @@ pub const TPROXY: Mark = Mark {
     value: 0x111,
     mask: 0xfff,
 };
-/// HBONE (TCP to or from port 15008): kept in `main`, never in the WireGuard tunnel.
+/// HBONE (the proxy's TCP to port 15008 of a remote pod, and the answers of its HBONE
+/// listener): kept in `main`, never in the WireGuard tunnel.
 pub const HBONE: Mark = Mark {
     value: 0x222,
     mask: 0xfff,

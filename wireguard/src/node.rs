@@ -104,6 +104,7 @@ impl WireguardNode {
             tracing::info!(public_key = %key.public_key(), "created the node's WireGuard key");
         }
         warn_on_stale_key(&desired, &key);
+        warn_on_unassigned(&desired);
         routing::preflight()?;
         let running = Running::start(&options, &key, &desired).await?;
         let node = Self {
@@ -134,8 +135,10 @@ impl WireguardNode {
     fn routing(&self) -> Routing {
         Routing {
             dev: self.options.interface.clone(),
+            local: self.desired.local_cidr,
             cidrs: self.desired.remote_cidrs().into_iter().collect(),
-            source: self.desired.local.pod_cidr.hosts().next(),
+            unassigned: self.desired.unassigned_pods(),
+            source: self.desired.local_cidr.hosts().next(),
         }
     }
 
@@ -148,6 +151,9 @@ impl WireguardNode {
         let desired = Desired::plan(nodes, &self.desired.local.name, self.options.port)?;
         let changes = diff(&self.desired.peers, &desired.peers);
         warn_on_stale_key(&desired, &self.key);
+        if desired.unassigned != self.desired.unassigned {
+            warn_on_unassigned(&desired);
+        }
         let first_peers = self.desired.peers.is_empty() && !desired.peers.is_empty();
         self.desired = desired;
         match &self.running {
@@ -238,6 +244,16 @@ fn warn_on_stale_key(desired: &Desired, key: &PrivateKey) {
             configured = %desired.local.public_key,
             actual = %key.public_key(),
             "the config lists another WireGuard key for this node: peers will refuse us until it is updated"
+        );
+    }
+}
+
+fn warn_on_unassigned(desired: &Desired) {
+    for (node, pods) in &desired.unassigned {
+        tracing::warn!(
+            node = %node,
+            known_pods = pods.len(),
+            "the node has no podCIDR: WireGuard cannot reach its pods, so the known ones are dropped (never sent in plaintext) until it has one"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Peers, pure: the desired WireGuard configuration of a node from the cluster's node list, and
 //! the diff from what a device has to what it should have. No I/O here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -21,10 +21,31 @@ pub struct NodeEntry {
     pub name: String,
     /// Its underlay address.
     pub address: Ipv4Addr,
-    /// Its pod network.
-    pub pod_cidr: Ipv4Net,
+    /// Its pod network, or the pods known without one.
+    pub pods: PodNetwork,
     /// Its public key.
     pub public_key: WireguardPublicKey,
+}
+
+/// Where a node's pods are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// Its podCIDR: routed into the tunnel, the peer's allowed IPs.
+    Cidr(Ipv4Net),
+    /// No podCIDR (not allocated yet, or an IPAM that ignores it): only the IPs of its pods the
+    /// workload list knows. A node without a pod network cannot run WireGuard, so these IPs are
+    /// dropped (unreachable routes), never routed in plaintext.
+    Unassigned(BTreeSet<Ipv4Addr>),
+}
+
+impl PodNetwork {
+    /// The podCIDR, if the node has one.
+    pub fn cidr(&self) -> Option<Ipv4Net> {
+        match self {
+            Self::Cidr(net) => Some(*net),
+            Self::Unassigned(_) => None,
+        }
+    }
 }
 
 /// The node list of a standalone config: every node with its podCIDR and key, or the config's
@@ -38,7 +59,7 @@ pub fn nodes_of(config: &Config) -> Result<Vec<NodeEntry>, WireguardError> {
         .map(|n| NodeEntry {
             name: n.node.name.clone(),
             address: n.node.address,
-            pod_cidr: n.pod_cidr,
+            pods: PodNetwork::Cidr(n.pod_cidr),
             public_key: n.public_key,
         })
         .collect())
@@ -48,8 +69,9 @@ pub fn nodes_of(config: &Config) -> Result<Vec<NodeEntry>, WireguardError> {
 /// from its annotation). `local` gets `local_key` (its own key, published by this very process).
 /// A node that has published no key yet gets `stand_in(name)`, a key nobody holds: its pod
 /// network is routed into the tunnel all the same, where no handshake can complete, so its
-/// traffic is dropped, never sent in plaintext, until its real key arrives. Nodes without a
-/// podCIDR are left out.
+/// traffic is dropped, never sent in plaintext, until its real key arrives. A node without a
+/// podCIDR comes with the IPs of its pods in the workload list ([`PodNetwork::Unassigned`]):
+/// they are dropped until it has one, never routed in plaintext.
 pub fn published_nodes(
     config: &Config,
     local: &str,
@@ -59,18 +81,24 @@ pub fn published_nodes(
     config
         .nodes()
         .iter()
-        .filter_map(|n| {
+        .map(|n| {
             let public_key = if n.name == local {
                 local_key
             } else {
                 n.wireguard_public_key.unwrap_or_else(|| stand_in(&n.name))
             };
-            Some(NodeEntry {
+            let pods = match n.pod_cidr {
+                Some(net) => PodNetwork::Cidr(net),
+                None => PodNetwork::Unassigned(
+                    config.workloads_on_node(&n.name).map(|w| w.ip).collect(),
+                ),
+            };
+            NodeEntry {
                 name: n.name.clone(),
                 address: n.address,
-                pod_cidr: n.pod_cidr?,
+                pods,
                 public_key,
-            })
+            }
         })
         .collect()
 }
@@ -93,10 +121,15 @@ pub struct PeerSpec {
 pub struct Desired {
     /// This node.
     pub local: NodeEntry,
+    /// This node's pod network.
+    pub local_cidr: Ipv4Net,
     /// The UDP port every node listens on.
     pub port: u16,
-    /// The other nodes, by public key.
+    /// The other nodes with a pod network, by public key.
     pub peers: PeerSet,
+    /// The other nodes without a pod network, each with the IPs of its known pods that no pod
+    /// network covers: dropped, since they cannot be reached through the tunnel.
+    pub unassigned: BTreeMap<String, BTreeSet<Ipv4Addr>>,
 }
 
 /// Peers by public key.
@@ -105,8 +138,8 @@ pub type PeerSet = BTreeMap<[u8; 32], PeerSpec>;
 impl Desired {
     /// The desired configuration of node `local` among `nodes`, every node listening on `port`.
     ///
-    /// Refuses, naming the node and field: an unknown local node, overlapping pod CIDRs, a key
-    /// used twice, and the all-zero key.
+    /// Refuses, naming the node and field: an unknown local node, a local node without a pod
+    /// network, overlapping pod CIDRs, a key used twice, and the all-zero key.
     pub fn plan(nodes: &[NodeEntry], local: &str, port: u16) -> Result<Self, WireguardError> {
         for (i, node) in nodes.iter().enumerate() {
             if node.public_key.as_bytes() == &[0; 32] {
@@ -116,8 +149,9 @@ impl Desired {
                 });
             }
             for (j, other) in nodes.iter().enumerate().take(i) {
-                let (a, b) = (node.pod_cidr, other.pod_cidr);
-                if a.contains(&b.network()) || b.contains(&a.network()) {
+                if let (Some(a), Some(b)) = (node.pods.cidr(), other.pods.cidr())
+                    && (a.contains(&b.network()) || b.contains(&a.network()))
+                {
                     return Err(WireguardError::Config {
                         path: format!("nodes[{i}].podCIDR"),
                         reason: format!(
@@ -137,33 +171,73 @@ impl Desired {
                 }
             }
         }
-        let local = nodes
+        let (index, local) = nodes
             .iter()
-            .find(|n| n.name == local)
-            .cloned()
+            .enumerate()
+            .find(|(_, n)| n.name == local)
             .ok_or_else(|| WireguardError::Config {
                 path: "--node".into(),
                 reason: format!("no node {local:?} in the config"),
             })?;
-        let peers = nodes
-            .iter()
-            .filter(|n| n.name != local.name)
-            .map(|n| {
+        let local_cidr = local.pods.cidr().ok_or_else(|| WireguardError::Config {
+            path: format!("nodes[{index}].podCIDR"),
+            reason: format!(
+                "node {:?} (this node) has none: WireGuard needs this node's pod network (the \
+                 tunnel's source, and what peers accept from it)",
+                local.name
+            ),
+        })?;
+        let local = local.clone();
+        let remote = nodes.iter().filter(|n| n.name != local.name);
+        let peers = remote
+            .clone()
+            .filter_map(|n| {
                 let spec = PeerSpec {
                     node: n.name.clone(),
                     public_key: n.public_key,
                     endpoint: SocketAddrV4::new(n.address, port),
-                    pod_cidr: n.pod_cidr,
+                    pod_cidr: n.pods.cidr()?,
                 };
-                (*n.public_key.as_bytes(), spec)
+                Some((*n.public_key.as_bytes(), spec))
             })
             .collect();
-        Ok(Self { local, port, peers })
+        let unassigned = remote
+            .filter_map(|n| match &n.pods {
+                PodNetwork::Cidr(_) => None,
+                PodNetwork::Unassigned(ips) => Some((n.name.clone(), ips)),
+            })
+            .map(|(name, ips)| {
+                // Never an address a pod network or a node holds: those are routed (or are the
+                // tunnel's own endpoints) and must not be dropped.
+                let routed = |ip: &Ipv4Addr| {
+                    nodes
+                        .iter()
+                        .any(|n| n.address == *ip || n.pods.cidr().is_some_and(|c| c.contains(ip)))
+                };
+                (name, ips.iter().copied().filter(|ip| !routed(ip)).collect())
+            })
+            .collect();
+        Ok(Self {
+            local,
+            local_cidr,
+            port,
+            peers,
+            unassigned,
+        })
     }
 
     /// The remote pod networks, routed through the tunnel.
     pub fn remote_cidrs(&self) -> Vec<Ipv4Net> {
         self.peers.values().map(|p| p.pod_cidr).collect()
+    }
+
+    /// The known pods of remote nodes without a pod network, as `/32`s: dropped.
+    pub fn unassigned_pods(&self) -> BTreeSet<Ipv4Net> {
+        self.unassigned
+            .values()
+            .flatten()
+            .map(|ip| Ipv4Net::from(*ip))
+            .collect()
     }
 }
 
@@ -233,7 +307,9 @@ mod tests {
              - {{name: b, address: 10.0.0.2, podCIDR: 10.2.0.0/24, wireguardPublicKey: {}}}\n\
              - {{name: c, address: 10.0.0.3, podCIDR: 10.3.0.0/24}}\n\
              - {{name: d, address: 10.0.0.4}}\n\
-             workloads: []\n",
+             workloads:\n\
+             - {{name: p, namespace: default, ip: 10.4.0.7, node: d}}\n\
+             - {{name: q, namespace: default, ip: 10.2.0.7, node: b}}\n",
             key(2)
         );
         let config = Config::from_yaml_str(&yaml, ".").unwrap();
@@ -243,15 +319,66 @@ mod tests {
             .map(|n| (n.name.as_str(), n.public_key))
             .collect();
         // a: its own key; b: published; c: a stand-in (its pods stay in the tunnel); d: no
-        // podCIDR, left out.
-        assert_eq!(keys, vec![("a", key(1)), ("b", key(2)), ("c", key(9))]);
+        // podCIDR, a stand-in too, with its one known pod.
+        assert_eq!(
+            keys,
+            vec![("a", key(1)), ("b", key(2)), ("c", key(9)), ("d", key(9))]
+        );
+        let pod = "10.4.0.7".parse().unwrap();
+        assert_eq!(nodes[3].pods, PodNetwork::Unassigned([pod].into()));
+        assert_eq!(nodes[1].pods.cidr(), Some("10.2.0.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn pods_of_a_node_without_pod_cidr_are_dropped_not_skipped() {
+        let mut n = nodes();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        // node-c has no podCIDR: its pods, but not an address the others route or hold.
+        n[2].pods = PodNetwork::Unassigned(
+            [
+                ip("10.9.0.5"),
+                ip("10.9.0.6"),
+                ip("10.2.0.9"),
+                ip("10.0.0.1"),
+            ]
+            .into(),
+        );
+        let d = Desired::plan(&n, "node-a", DEFAULT_PORT).unwrap();
+        let names: Vec<_> = d.peers.values().map(|p| p.node.as_str()).collect();
+        assert_eq!(names, ["node-b"]);
+        assert_eq!(
+            d.unassigned,
+            [("node-c".to_owned(), [ip("10.9.0.5"), ip("10.9.0.6")].into())].into()
+        );
+        assert_eq!(
+            d.unassigned_pods(),
+            [
+                "10.9.0.5/32".parse().unwrap(),
+                "10.9.0.6/32".parse().unwrap()
+            ]
+            .into()
+        );
+        assert_eq!(d.local_cidr, "10.1.0.0/24".parse().unwrap());
+    }
+
+    #[test]
+    fn this_node_without_pod_cidr_is_refused_by_name() {
+        let mut n = nodes();
+        n[1].pods = PodNetwork::Unassigned(BTreeSet::new());
+        let err = Desired::plan(&n, "node-b", DEFAULT_PORT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("nodes[1].podCIDR: node \"node-b\" (this node) has none"),
+            "{err}"
+        );
     }
 
     fn node(name: &str, n: u8) -> NodeEntry {
         NodeEntry {
             name: name.into(),
             address: Ipv4Addr::new(10, 0, 0, n),
-            pod_cidr: format!("10.{n}.0.0/24").parse().unwrap(),
+            pods: PodNetwork::Cidr(format!("10.{n}.0.0/24").parse().unwrap()),
             public_key: key(n),
         }
     }
@@ -281,7 +408,7 @@ mod tests {
     #[test]
     fn overlapping_pod_cidrs_are_refused() {
         let mut n = nodes();
-        n[2].pod_cidr = "10.2.0.128/25".parse().unwrap();
+        n[2].pods = PodNetwork::Cidr("10.2.0.128/25".parse().unwrap());
         let err = Desired::plan(&n, "node-a", DEFAULT_PORT)
             .unwrap_err()
             .to_string();

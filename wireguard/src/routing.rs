@@ -5,44 +5,44 @@
 //! - table 134: `<podCIDR> dev <wg>` and, behind it, `unreachable <podCIDR> metric 4096`: when the
 //!   device is gone (the process died) the packet still matches table 134 and is dropped, never
 //!   routed through `main` in plaintext;
-//! - HBONE (TCP to or from port 15008) is marked `0x222/0xfff` in our own mangle chains and
-//!   `ip rule pref 105 fwmark 0x222/0xfff lookup main` keeps it out of the tunnel; packets
-//!   already marked for TPROXY delivery (`0x111`) are left alone;
-//! - TCP MSS is clamped to the tunnel's path MTU on the way into the device.
+//! - the known pods of a remote node without a podCIDR: `ip rule pref 110 to <pod>/32 lookup
+//!   134` and `unreachable <pod>/32 metric 4097` only (that node cannot run WireGuard): dropped
+//!   until the node has a pod network, then removed;
+//! - our mangle chains ([`crate::chains`]): the proxy's HBONE marked `0x222/0xfff` and kept out of
+//!   the tunnel by `ip rule pref 105 fwmark 0x222/0xfff lookup main`, anti-spoofing, MSS clamp.
 //!
 //! [`apply`] adds what is missing and drops the device routes of nodes that left, but keeps their
 //! rules and unreachable routes (a node removed from the config is dropped, not reached in
 //! plaintext). Only [`remove`] (`nodemesh wireguard down`) deletes everything of ours.
-//!
-//! Our mangle chains are `NMWG-*`: the capture crate owns every `NODEMESH-*` chain.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use nodemesh_net::marks;
 use nodemesh_net::routing::{HBONE_RULE_PREF, WIREGUARD_RULE_PREF, WIREGUARD_TABLE};
-use nodemesh_net::{marks, ports};
 
+use crate::chains::{CHAINS, ChainSpec, Found};
 use crate::command::{ROUTING_TOOLS, Tool, locate, run, try_run};
 use crate::error::WireguardError;
 
 /// The metric of the unreachable fallback routes (worse than the device routes' 0).
 pub const UNREACHABLE_METRIC: u32 = 4096;
-/// Our mangle chains and the built-in chain each is jumped to from.
-pub const CHAINS: [(&str, &str); 3] = [
-    ("PREROUTING", "NMWG-PREROUTING"),
-    ("OUTPUT", "NMWG-OUTPUT"),
-    ("POSTROUTING", "NMWG-POSTROUTING"),
-];
+/// The metric of the unreachable routes of pods on nodes without a podCIDR (told apart from
+/// the fallbacks, which stay, by it: these go once no longer wanted).
+pub const UNASSIGNED_METRIC: u32 = 4097;
 
 /// The routing of one node: its WireGuard interface and the remote pod networks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routing {
     /// The WireGuard interface.
     pub dev: String,
+    /// This node's pod network (what anti-spoofing protects).
+    pub local: Ipv4Net,
     /// The remote nodes' pod networks.
     pub cidrs: BTreeSet<Ipv4Net>,
+    /// The known pods of remote nodes without a pod network (`/32`s): dropped.
+    pub unassigned: BTreeSet<Ipv4Net>,
     /// The source address of node-originated packets into the tunnel (e.g. the proxy's
     /// passthrough connections): the first address of this node's pod network, put on the
     /// device. A peer accepts only sources in this node's pod network, and the answers, sent to
@@ -59,12 +59,12 @@ pub struct Installed {
     pub hbone_rule: bool,
     /// Networks routed to a device in table 134.
     pub dev_routes: BTreeSet<Ipv4Net>,
-    /// Networks with an unreachable route in table 134.
+    /// Networks with an unreachable fallback route ([`UNREACHABLE_METRIC`]) in table 134.
     pub unreachable: BTreeSet<Ipv4Net>,
-    /// Built-in chains that jump to ours.
-    pub jumps: Vec<String>,
-    /// Our chains that exist.
-    pub chains: Vec<String>,
+    /// Pods with an unreachable route of their own ([`UNASSIGNED_METRIC`]) in table 134.
+    pub unassigned: BTreeSet<Ipv4Net>,
+    /// Our mangle jumps and chains.
+    pub mangle: Found,
 }
 
 impl Installed {
@@ -77,10 +77,15 @@ impl Installed {
 /// One change to the routing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// (Re)write our mangle chains, adding the missing jumps.
+    /// (Re)write our mangle chains, adding the missing jumps and deleting retired chains.
     Chains {
         /// Built-in chains that still need a jump to ours.
         missing_jumps: Vec<&'static str>,
+        /// What the tunnel routes: the sources anti-spoofing drops, the destinations of the
+        /// HBONE exemption.
+        remote: BTreeSet<Ipv4Net>,
+        /// Retired jumps and chains to delete.
+        retired: Found,
     },
     /// Add the HBONE rule.
     HboneRule,
@@ -92,57 +97,58 @@ pub enum Step {
     Rule(Ipv4Net),
     /// Delete the device route of a network no longer wanted.
     DelDevRoute(Ipv4Net),
+    /// Add the unreachable route of a pod on a node without a podCIDR.
+    Unassigned(Ipv4Net),
+    /// Delete the unreachable route of such a pod no longer wanted, and its rule unless a
+    /// fallback route still needs it.
+    DelUnassigned {
+        /// The pod.
+        net: Ipv4Net,
+        /// Whether its rule goes too.
+        rule: bool,
+    },
 }
 
 impl Routing {
-    /// The rules of our chains, in order, as `iptables-restore` takes them.
-    pub fn chain_rules(&self) -> Vec<String> {
-        let [(_, pre), (_, out), (_, post)] = CHAINS;
-        let (hbone, tproxy, port) = (marks::HBONE, marks::TPROXY, ports::HBONE);
-        let mark = format!("-j MARK --set-xmark {hbone}");
-        vec![
-            format!("-A {pre} -m mark --mark {tproxy} -j RETURN"),
-            format!("-A {pre} -p tcp -m tcp --dport {port} {mark}"),
-            format!("-A {pre} -p tcp -m tcp --sport {port} {mark}"),
-            format!("-A {out} -p tcp -m tcp --dport {port} {mark}"),
-            format!("-A {out} -p tcp -m tcp --sport {port} {mark}"),
-            format!(
-                "-A {post} -o {} -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
-                self.dev
-            ),
-        ]
+    /// What the tunnel routes, given what is installed: the remote pod networks, those of nodes
+    /// that left (their fallback routes stay) and the dropped pods; never this node's own.
+    pub fn remote(&self, installed: &Installed) -> BTreeSet<Ipv4Net> {
+        let overlaps_local =
+            |n: &Ipv4Net| n.contains(&self.local.network()) || self.local.contains(&n.network());
+        self.cidrs
+            .iter()
+            .chain(&installed.unreachable)
+            .chain(&self.unassigned)
+            .copied()
+            .filter(|n| !overlaps_local(n))
+            .collect()
     }
 
-    /// `iptables-restore --noflush` input (re)creating our chains in one commit; declaring a
-    /// chain flushes it.
-    pub fn render_iptables(&self, missing_jumps: &[&str]) -> String {
-        let mut out = String::from("*mangle\n");
-        for (_, chain) in CHAINS {
-            let _ = writeln!(out, ":{chain} - [0:0]");
+    /// The mangle chains for `remote`.
+    pub fn chains<'a>(&'a self, remote: &'a BTreeSet<Ipv4Net>) -> ChainSpec<'a> {
+        ChainSpec {
+            dev: &self.dev,
+            local: self.local,
+            remote,
         }
-        for (builtin, chain) in CHAINS {
-            if missing_jumps.contains(&builtin) {
-                let _ = writeln!(out, "-A {builtin} -j {chain}");
-            }
-        }
-        for rule in self.chain_rules() {
-            let _ = writeln!(out, "{rule}");
-        }
-        out.push_str("COMMIT\n");
-        out
     }
 
     /// The steps from `installed` to this routing, pure. Fallback routes and rules of networks
-    /// no longer wanted stay (fail closed); only their device routes go.
+    /// no longer wanted stay (fail closed); only their device routes go. Dropped pods no
+    /// longer wanted go entirely.
     pub fn plan(&self, installed: &Installed) -> Vec<Step> {
         let mut steps = Vec::new();
         let missing_jumps: Vec<&'static str> = CHAINS
             .iter()
-            .filter(|(builtin, _)| !installed.jumps.iter().any(|j| j == builtin))
+            .filter(|(builtin, _)| !installed.mangle.jumps.iter().any(|j| j == builtin))
             .map(|(builtin, _)| *builtin)
             .collect();
         // Rewriting the chains is idempotent; it also picks up a renamed device.
-        steps.push(Step::Chains { missing_jumps });
+        steps.push(Step::Chains {
+            missing_jumps,
+            remote: self.remote(installed),
+            retired: installed.mangle.retired(),
+        });
         if !installed.hbone_rule {
             steps.push(Step::HboneRule);
         }
@@ -157,8 +163,20 @@ impl Routing {
                 steps.push(Step::Rule(*net));
             }
         }
+        for net in &self.unassigned {
+            if !installed.unassigned.contains(net) {
+                steps.push(Step::Unassigned(*net));
+            }
+            if !installed.rules.contains(net) && !self.cidrs.contains(net) {
+                steps.push(Step::Rule(*net));
+            }
+        }
         for net in installed.dev_routes.difference(&self.cidrs) {
             steps.push(Step::DelDevRoute(*net));
+        }
+        for net in installed.unassigned.difference(&self.unassigned) {
+            let rule = !self.cidrs.contains(net) && !installed.unreachable.contains(net);
+            steps.push(Step::DelUnassigned { net: *net, rule });
         }
         steps
     }
@@ -184,27 +202,44 @@ pub fn parse_rules(text: &str) -> BTreeSet<Ipv4Net> {
         .collect()
 }
 
-/// The device routes and unreachable routes of `ip -4 route show table 134`.
-pub fn parse_routes(text: &str) -> (BTreeSet<Ipv4Net>, BTreeSet<Ipv4Net>) {
-    let mut dev = BTreeSet::new();
-    let mut unreachable = BTreeSet::new();
+/// The routes of ours in table 134, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRoutes {
+    /// Routed to a device.
+    pub dev: BTreeSet<Ipv4Net>,
+    /// Unreachable fallbacks ([`UNREACHABLE_METRIC`], or any other metric).
+    pub unreachable: BTreeSet<Ipv4Net>,
+    /// Unreachable routes of pods on nodes without a podCIDR ([`UNASSIGNED_METRIC`]).
+    pub unassigned: BTreeSet<Ipv4Net>,
+}
+
+/// The routes of `ip -4 route show table 134`.
+pub fn parse_routes(text: &str) -> TableRoutes {
+    let mut routes = TableRoutes::default();
+    let unassigned = UNASSIGNED_METRIC.to_string();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         match words.next() {
             Some("unreachable") => {
-                if let Some(net) = words.next().and_then(parse_net) {
-                    unreachable.insert(net);
+                let Some(net) = words.next().and_then(parse_net) else {
+                    continue;
+                };
+                let metric = words.skip_while(|w| *w != "metric").nth(1);
+                if metric == Some(unassigned.as_str()) {
+                    routes.unassigned.insert(net);
+                } else {
+                    routes.unreachable.insert(net);
                 }
             }
             Some(first) if line.contains(" dev ") => {
                 if let Some(net) = parse_net(first) {
-                    dev.insert(net);
+                    routes.dev.insert(net);
                 }
             }
             _ => {}
         }
     }
-    (dev, unreachable)
+    routes
 }
 
 /// Checks that every tool is installed, before anything is touched.
@@ -215,25 +250,21 @@ pub fn preflight() -> Result<(), WireguardError> {
     Ok(())
 }
 
+fn ip(args: &[&str], action: &str) -> Result<String, WireguardError> {
+    run(Tool::Ip, &[&["-4"][..], args].concat(), None, action)
+}
+
 /// Reads what of ours is installed in this network namespace.
 pub fn installed() -> Result<Installed, WireguardError> {
     let table = WIREGUARD_TABLE.to_string();
-    let rules = run(
-        Tool::Ip,
-        &[
-            "-4",
-            "rule",
-            "list",
-            "pref",
-            &WIREGUARD_RULE_PREF.to_string(),
-        ],
-        None,
+    let rule_pref = WIREGUARD_RULE_PREF.to_string();
+    let rules = ip(
+        &["rule", "list", "pref", &rule_pref],
         "list the WireGuard ip rules",
     )?;
-    let hbone = run(
-        Tool::Ip,
-        &["-4", "rule", "list", "pref", &HBONE_RULE_PREF.to_string()],
-        None,
+    let hbone_pref = HBONE_RULE_PREF.to_string();
+    let hbone = ip(
+        &["rule", "list", "pref", &hbone_pref],
         "list the HBONE ip rule",
     )?;
     // A table that was never created is an error for `ip route show`: nothing installed.
@@ -243,10 +274,10 @@ pub fn installed() -> Result<Installed, WireguardError> {
         None,
         &format!("list table {WIREGUARD_TABLE}"),
     )?;
-    let (dev_routes, unreachable) = if routes.ok {
+    let routes = if routes.ok {
         parse_routes(&routes.stdout)
     } else {
-        Default::default()
+        TableRoutes::default()
     };
     let save = run(
         Tool::IptablesSave,
@@ -254,28 +285,13 @@ pub fn installed() -> Result<Installed, WireguardError> {
         None,
         "read the mangle table",
     )?;
-    let mut jumps = Vec::new();
-    let mut chains = Vec::new();
-    for line in save.lines().map(str::trim_end) {
-        for (builtin, chain) in CHAINS {
-            if line == format!("-A {builtin} -j {chain}") {
-                jumps.push(builtin.to_owned());
-            }
-            if line
-                .strip_prefix(':')
-                .is_some_and(|d| d.split(' ').next() == Some(chain))
-            {
-                chains.push(chain.to_owned());
-            }
-        }
-    }
     Ok(Installed {
         rules: parse_rules(&rules),
         hbone_rule: hbone.contains(&format!("fwmark {} lookup main", marks::HBONE)),
-        dev_routes,
-        unreachable,
-        jumps,
-        chains,
+        dev_routes: routes.dev,
+        unreachable: routes.unreachable,
+        unassigned: routes.unassigned,
+        mangle: Found::parse(&save),
     })
 }
 
@@ -285,48 +301,67 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
     preflight()?;
     let steps = routing.plan(&installed()?);
     let table = WIREGUARD_TABLE.to_string();
+    let (pref, hbone_pref) = (WIREGUARD_RULE_PREF.to_string(), HBONE_RULE_PREF.to_string());
+    let hbone = marks::HBONE.to_string();
     let source = routing.source.map(|a| a.to_string());
     if let Some(source) = &source {
         let addr = format!("{source}/32");
-        let argv = ["-4", "addr", "replace", &addr, "dev", &routing.dev];
-        run(Tool::Ip, &argv, None, "give the tunnel its source address")?;
+        let argv = ["addr", "replace", &addr, "dev", &routing.dev];
+        ip(&argv, "give the tunnel its source address")?;
     }
+    let unreachable = |net: &Ipv4Net, metric: u32, op: &str, action: &str| {
+        let (net, metric) = (net.to_string(), metric.to_string());
+        let argv = [
+            "route",
+            op,
+            "unreachable",
+            &net,
+            "table",
+            &table,
+            "metric",
+            &metric,
+        ];
+        ip(&argv, action)
+    };
     for step in &steps {
         match step {
-            Step::Chains { missing_jumps } => {
+            Step::Chains {
+                missing_jumps,
+                remote,
+                retired,
+            } => {
+                let input = routing.chains(remote).render(missing_jumps, retired);
                 run(
                     Tool::IptablesRestore,
                     &["--noflush"],
-                    Some(&routing.render_iptables(missing_jumps)),
-                    "install the HBONE exemption chains",
+                    Some(&input),
+                    "install the HBONE exemption and anti-spoofing chains",
                 )?;
             }
             Step::HboneRule => {
-                let (pref, mark) = (HBONE_RULE_PREF.to_string(), marks::HBONE.to_string());
                 let argv = [
-                    "-4", "rule", "add", "pref", &pref, "fwmark", &mark, "lookup", "main",
+                    "rule",
+                    "add",
+                    "pref",
+                    &hbone_pref,
+                    "fwmark",
+                    &hbone,
+                    "lookup",
+                    "main",
                 ];
-                run(Tool::Ip, &argv, None, "add the HBONE ip rule")?;
+                ip(&argv, "add the HBONE ip rule")?;
             }
             Step::Unreachable(net) => {
-                let (net, metric) = (net.to_string(), UNREACHABLE_METRIC.to_string());
-                let argv = [
-                    "-4",
-                    "route",
+                unreachable(
+                    net,
+                    UNREACHABLE_METRIC,
                     "replace",
-                    "unreachable",
-                    &net,
-                    "table",
-                    &table,
-                    "metric",
-                    &metric,
-                ];
-                run(Tool::Ip, &argv, None, "add a fail-closed route")?;
+                    "add a fail-closed route",
+                )?;
             }
             Step::DevRoute(net) => {
                 let net = net.to_string();
                 let mut argv = vec![
-                    "-4",
                     "route",
                     "replace",
                     &net,
@@ -338,20 +373,31 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
                 if let Some(source) = &source {
                     argv.extend(["src", source.as_str()]);
                 }
-                run(Tool::Ip, &argv, None, "route a pod network into the tunnel")?;
+                ip(&argv, "route a pod network into the tunnel")?;
             }
             Step::Rule(net) => {
-                let (net, pref) = (net.to_string(), WIREGUARD_RULE_PREF.to_string());
-                let argv = [
-                    "-4", "rule", "add", "pref", &pref, "to", &net, "lookup", &table,
-                ];
-                run(Tool::Ip, &argv, None, "add a WireGuard ip rule")?;
+                let net = net.to_string();
+                let argv = ["rule", "add", "pref", &pref, "to", &net, "lookup", &table];
+                ip(&argv, "add a WireGuard ip rule")?;
             }
             Step::DelDevRoute(net) => {
                 let net = net.to_string();
                 let argv = ["-4", "route", "del", &net, "table", &table, "metric", "0"];
                 // Gone already when the device went away: not an error.
                 try_run(Tool::Ip, &argv, None, "delete a tunnel route")?;
+            }
+            Step::Unassigned(net) => {
+                let action = "drop a pod of a node without a podCIDR";
+                unreachable(net, UNASSIGNED_METRIC, "replace", action)?;
+            }
+            Step::DelUnassigned { net, rule } => {
+                if *rule {
+                    let net = net.to_string();
+                    let argv = ["rule", "del", "pref", &pref, "to", &net, "lookup", &table];
+                    ip(&argv, "delete the ip rule of a pod no longer dropped")?;
+                }
+                let action = "delete the route of a pod no longer dropped";
+                unreachable(net, UNASSIGNED_METRIC, "del", action)?;
             }
         }
     }
@@ -366,42 +412,25 @@ pub fn remove(dev: &str) -> Result<Installed, WireguardError> {
     let (table, pref) = (WIREGUARD_TABLE.to_string(), WIREGUARD_RULE_PREF.to_string());
     for net in &found.rules {
         let net = net.to_string();
-        let argv = [
-            "-4", "rule", "del", "pref", &pref, "to", &net, "lookup", &table,
-        ];
-        run(Tool::Ip, &argv, None, "delete a WireGuard ip rule")?;
+        let argv = ["rule", "del", "pref", &pref, "to", &net, "lookup", &table];
+        ip(&argv, "delete a WireGuard ip rule")?;
     }
     if found.hbone_rule {
         let (pref, mark) = (HBONE_RULE_PREF.to_string(), marks::HBONE.to_string());
         let argv = [
-            "-4", "rule", "del", "pref", &pref, "fwmark", &mark, "lookup", "main",
+            "rule", "del", "pref", &pref, "fwmark", &mark, "lookup", "main",
         ];
-        run(Tool::Ip, &argv, None, "delete the HBONE ip rule")?;
+        ip(&argv, "delete the HBONE ip rule")?;
     }
-    if !found.dev_routes.is_empty() || !found.unreachable.is_empty() {
-        run(
-            Tool::Ip,
-            &["-4", "route", "flush", "table", &table],
-            None,
+    if !found.dev_routes.is_empty() || !found.unreachable.is_empty() || !found.unassigned.is_empty()
+    {
+        ip(
+            &["route", "flush", "table", &table],
             &format!("flush table {WIREGUARD_TABLE}"),
         )?;
     }
-    if !found.jumps.is_empty() || !found.chains.is_empty() {
-        let mut input = String::from("*mangle\n");
-        for builtin in &found.jumps {
-            let chain = CHAINS
-                .iter()
-                .find(|(b, _)| b == builtin)
-                .map_or("", |(_, c)| *c);
-            let _ = writeln!(input, "-D {builtin} -j {chain}");
-        }
-        for chain in &found.chains {
-            let _ = writeln!(input, "-F {chain}");
-        }
-        for chain in &found.chains {
-            let _ = writeln!(input, "-X {chain}");
-        }
-        input.push_str("COMMIT\n");
+    if !found.mangle.is_empty() {
+        let input = format!("*mangle\n{}COMMIT\n", found.mangle.removal());
         run(
             Tool::IptablesRestore,
             &["--noflush"],
@@ -427,11 +456,24 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn routing(nets: &[&str]) -> Routing {
+    fn nets(list: &[&str]) -> BTreeSet<Ipv4Net> {
+        list.iter().map(|s| net(s)).collect()
+    }
+
+    fn routing(cidrs: &[&str]) -> Routing {
         Routing {
             dev: "nodemesh-wg0".into(),
-            cidrs: nets.iter().map(|s| net(s)).collect(),
+            local: net("10.1.0.0/24"),
+            cidrs: nets(cidrs),
+            unassigned: BTreeSet::new(),
             source: None,
+        }
+    }
+
+    fn all_jumps() -> Found {
+        Found {
+            jumps: CHAINS.iter().map(|(b, _)| (*b).to_owned()).collect(),
+            chains: CHAINS.iter().map(|(_, c)| (*c).to_owned()).collect(),
         }
     }
 
@@ -442,7 +484,9 @@ mod tests {
             steps,
             [
                 Step::Chains {
-                    missing_jumps: vec!["PREROUTING", "OUTPUT", "POSTROUTING"]
+                    missing_jumps: vec!["OUTPUT", "INPUT", "FORWARD", "POSTROUTING"],
+                    remote: nets(&["10.2.0.0/24"]),
+                    retired: Found::default(),
                 },
                 Step::HboneRule,
                 Step::Unreachable(net("10.2.0.0/24")),
@@ -456,19 +500,21 @@ mod tests {
     fn a_new_node_only_adds_its_own() {
         let r = routing(&["10.2.0.0/24", "10.3.0.0/24"]);
         let installed = Installed {
-            rules: [net("10.2.0.0/24")].into(),
+            rules: nets(&["10.2.0.0/24"]),
             hbone_rule: true,
-            dev_routes: [net("10.2.0.0/24")].into(),
-            unreachable: [net("10.2.0.0/24")].into(),
-            jumps: vec!["PREROUTING".into(), "OUTPUT".into(), "POSTROUTING".into()],
-            chains: CHAINS.iter().map(|(_, c)| (*c).to_owned()).collect(),
+            dev_routes: nets(&["10.2.0.0/24"]),
+            unreachable: nets(&["10.2.0.0/24"]),
+            mangle: all_jumps(),
+            ..Installed::default()
         };
         let steps = r.plan(&installed);
         assert_eq!(
             steps,
             [
                 Step::Chains {
-                    missing_jumps: vec![]
+                    missing_jumps: vec![],
+                    remote: nets(&["10.2.0.0/24", "10.3.0.0/24"]),
+                    retired: Found::default(),
                 },
                 Step::Unreachable(net("10.3.0.0/24")),
                 Step::DevRoute(net("10.3.0.0/24")),
@@ -480,12 +526,12 @@ mod tests {
     #[test]
     fn a_node_that_left_stays_dropped() {
         let installed = Installed {
-            rules: [net("10.2.0.0/24")].into(),
+            rules: nets(&["10.2.0.0/24"]),
             hbone_rule: true,
-            dev_routes: [net("10.2.0.0/24")].into(),
-            unreachable: [net("10.2.0.0/24")].into(),
-            jumps: vec!["PREROUTING".into(), "OUTPUT".into(), "POSTROUTING".into()],
-            chains: vec![],
+            dev_routes: nets(&["10.2.0.0/24"]),
+            unreachable: nets(&["10.2.0.0/24"]),
+            mangle: all_jumps(),
+            ..Installed::default()
         };
         let steps = routing(&[]).plan(&installed);
         assert_eq!(steps.last(), Some(&Step::DelDevRoute(net("10.2.0.0/24"))));
@@ -494,21 +540,78 @@ mod tests {
                 .iter()
                 .any(|s| matches!(s, Step::Unreachable(_) | Step::Rule(_)))
         );
+        // Its pods are still remote: what claims their addresses from the underlay is dropped.
+        assert!(
+            matches!(&steps[0], Step::Chains { remote, .. } if *remote == nets(&["10.2.0.0/24"]))
+        );
     }
 
     #[test]
-    fn iptables_input() {
-        let text = routing(&[]).render_iptables(&["OUTPUT"]);
-        assert!(
-            text.starts_with("*mangle\n:NMWG-PREROUTING - [0:0]\n"),
-            "{text}"
+    fn pods_of_a_node_without_pod_cidr_are_dropped_until_it_has_one() {
+        let mut r = routing(&["10.2.0.0/24"]);
+        r.unassigned = nets(&["10.9.0.5/32"]);
+        let installed = Installed {
+            rules: nets(&["10.2.0.0/24"]),
+            hbone_rule: true,
+            dev_routes: nets(&["10.2.0.0/24"]),
+            unreachable: nets(&["10.2.0.0/24"]),
+            mangle: all_jumps(),
+            ..Installed::default()
+        };
+        let steps = r.plan(&installed);
+        assert_eq!(
+            steps[1..],
+            [
+                Step::Unassigned(net("10.9.0.5/32")),
+                Step::Rule(net("10.9.0.5/32"))
+            ]
         );
-        assert!(text.contains("\n-A OUTPUT -j NMWG-OUTPUT\n"), "{text}");
-        assert!(!text.contains("-A PREROUTING -j"), "{text}");
-        assert!(text.contains("-A NMWG-PREROUTING -m mark --mark 0x111/0xfff -j RETURN\n-A NMWG-PREROUTING -p tcp -m tcp --dport 15008 -j MARK --set-xmark 0x222/0xfff\n"), "{text}");
-        assert!(text.contains("-A NMWG-POSTROUTING -o nodemesh-wg0 -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu\n"), "{text}");
-        assert!(text.ends_with("COMMIT\n"));
-        assert!(CHAINS.iter().all(|(_, c)| !c.starts_with("NODEMESH-")));
+        assert!(
+            matches!(&steps[0], Step::Chains { remote, .. } if remote.contains(&net("10.9.0.5/32")))
+        );
+        // The node got its podCIDR (10.9.0.0/24): the pod's own route and rule go entirely, or
+        // it would shadow the tunnel route.
+        let installed = Installed {
+            rules: nets(&["10.2.0.0/24", "10.9.0.5/32"]),
+            unassigned: nets(&["10.9.0.5/32"]),
+            ..installed
+        };
+        let steps = routing(&["10.2.0.0/24", "10.9.0.0/24"]).plan(&installed);
+        assert_eq!(
+            steps.last(),
+            Some(&Step::DelUnassigned {
+                net: net("10.9.0.5/32"),
+                rule: true
+            })
+        );
+    }
+
+    #[test]
+    fn this_nodes_own_network_is_never_remote() {
+        let installed = Installed {
+            unreachable: nets(&["10.1.0.0/24", "10.2.0.0/24"]),
+            ..Installed::default()
+        };
+        assert_eq!(
+            routing(&["10.1.0.0/25"]).remote(&installed),
+            nets(&["10.2.0.0/24"])
+        );
+    }
+
+    #[test]
+    fn an_old_prerouting_chain_is_retired() {
+        let installed = Installed {
+            mangle: Found {
+                jumps: vec!["PREROUTING".into()],
+                chains: vec!["NMWG-PREROUTING".into()],
+            },
+            ..Installed::default()
+        };
+        let steps = routing(&[]).plan(&installed);
+        assert!(
+            matches!(&steps[0], Step::Chains { retired, .. } if *retired == installed.mangle),
+            "{steps:?}"
+        );
     }
 
     #[test]
@@ -518,9 +621,10 @@ mod tests {
             parse_rules(rules),
             [net("10.2.0.0/24"), net("10.9.9.9/32")].into()
         );
-        let routes = "10.2.0.0/24 dev nodemesh-wg0 scope link \nunreachable 10.2.0.0/24 metric 4096 \nunreachable 10.3.0.0/24 metric 4096 \n";
-        let (dev, unr) = parse_routes(routes);
-        assert_eq!(dev, [net("10.2.0.0/24")].into());
-        assert_eq!(unr, [net("10.2.0.0/24"), net("10.3.0.0/24")].into());
+        let routes = "10.2.0.0/24 dev nodemesh-wg0 scope link \nunreachable 10.2.0.0/24 metric 4096 \nunreachable 10.3.0.0/24 metric 4096 \nunreachable 10.9.0.5 metric 4097 \n";
+        let routes = parse_routes(routes);
+        assert_eq!(routes.dev, nets(&["10.2.0.0/24"]));
+        assert_eq!(routes.unreachable, nets(&["10.2.0.0/24", "10.3.0.0/24"]));
+        assert_eq!(routes.unassigned, nets(&["10.9.0.5/32"]));
     }
 }
