@@ -254,9 +254,10 @@ pub fn render_nft(plan: &Plan, node: &NodePlan) -> String {
     let _ = writeln!(out, "add rule {t} masquerading masquerade fully-random");
     let _ = writeln!(out, "add chain {t} services");
     for (chain, hook, priority, jump) in [
-        ("nat-prerouting", "prerouting", "dstnat", "services"),
-        ("nat-output", "output", "dstnat", "services"),
-        ("nat-postrouting", "postrouting", "srcnat", "masquerading"),
+        // kube-proxy says `dstnat`/`srcnat`; Debian 12's nft only takes the numbers for output.
+        ("nat-prerouting", "prerouting", "-100", "services"),
+        ("nat-output", "output", "-100", "services"),
+        ("nat-postrouting", "postrouting", "100", "masquerading"),
     ] {
         let _ = writeln!(
             out,
