@@ -90,6 +90,9 @@ fn record(mut socket: &Socket, stop: &AtomicBool) -> std::io::Result<Captured> {
     let mut buf = vec![0u8; SNAPLEN];
     while !stop.load(Ordering::Relaxed) {
         match socket.read(&mut buf) {
+            // The namespace's own loopback traffic (the underlay's hosts probing themselves)
+            // crossed no link: skipped.
+            Ok(n) if parse(&buf[..n]).is_some_and(|f| f.src == f.dst) => {}
             Ok(n) => captured.push(&buf[..n]),
             Err(e)
                 if matches!(

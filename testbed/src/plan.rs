@@ -15,7 +15,7 @@ use crate::error::TestbedError;
 use crate::kube_proxy::KubeProxyMode;
 
 /// A host on the underlay outside every pod network: where the API server listens.
-pub const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 250);
+pub const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 240);
 /// The API server's port.
 pub const API_SERVER_PORT: u16 = 6443;
 /// The cloud metadata server's address, on the underlay.
