@@ -31,7 +31,7 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Firewall {
     /// `iptables-save` and `ipset`.
-    Iptables(IptablesState),
+    Iptables(Box<IptablesState>),
     /// `nft list`.
     Nftables(NftState),
 }
@@ -40,7 +40,7 @@ impl Firewall {
     /// Nothing of ours, for `backend`.
     pub fn empty(backend: Backend) -> Self {
         match backend {
-            Backend::Iptables => Self::Iptables(IptablesState::default()),
+            Backend::Iptables => Self::Iptables(Box::default()),
             Backend::Nftables => Self::Nftables(NftState::default()),
         }
     }
@@ -143,7 +143,7 @@ pub fn observe(host: &Host, rules: &RuleSet) -> Result<Observed, RedirectError> 
 /// Reads our chains and pod set with the tools of `backend` (a missing tool is an error).
 pub fn observe_firewall(host: &Host, backend: Backend) -> Result<Firewall, RedirectError> {
     match backend {
-        Backend::Iptables => observe_iptables(host).map(Firewall::Iptables),
+        Backend::Iptables => observe_iptables(host).map(|s| Firewall::Iptables(Box::new(s))),
         Backend::Nftables => observe_nft(host).map(Firewall::Nftables),
     }
 }

@@ -301,7 +301,7 @@ mod tests {
     fn removal_deletes_what_is_there_of_both_backends() {
         let r = rules(Backend::Nftables);
         let seen = installed(&r);
-        let leftover = Firewall::Iptables(IptablesState {
+        let leftover = Firewall::Iptables(Box::new(IptablesState {
             mangle: TableState {
                 chains: vec![CHAIN_DIVERT.into(), CHAIN_PREROUTING.into()],
                 jumps: vec![0],
@@ -309,7 +309,7 @@ mod tests {
             },
             sets: vec![IPSET_NAME.into(), IPSET_STAGING.into()],
             ..IptablesState::default()
-        });
+        }));
         let plan = plan_removal(&seen, Some(&leftover), &r);
         let chains = "*mangle\n-D PREROUTING -j NODEMESH-PREROUTING\n-F NODEMESH-DIVERT\n\
                       -F NODEMESH-PREROUTING\n-X NODEMESH-DIVERT\n-X NODEMESH-PREROUTING\nCOMMIT\n";

@@ -317,13 +317,13 @@ pub(crate) mod tests {
                     rules: rules.iptables_rules(table),
                     jumps: vec![0],
                 });
-                Firewall::Iptables(IptablesState {
+                Firewall::Iptables(Box::new(IptablesState {
                     mangle,
                     nat,
                     filter,
                     sets: vec![IPSET_NAME.into()],
                     members: Some(rules.pods().clone()),
-                })
+                }))
             }
             Backend::Nftables => Firewall::Nftables(NftState {
                 chains: Some(

@@ -3,6 +3,7 @@
 //! | module | what | feature |
 //! | --- | --- | --- |
 //! | [`root_tier`] | whether a root-tier test runs here (skip, or fail with `NODEMESH_E2E=1`) | always |
+//! | [`per_backend!`] | one `#[test]` per capture backend for a root-tier test | always |
 //! | [`process`] | `nodemesh` as a child process: its startup line, HTTP GETs, kill on drop | always |
 //! | `certs` | `TestCa`: a self-signed root made on the fly that signs any leaf | `certs` |
 //! | `ca` | `LocalCa`: the real CA on loopback, fed by files | `ca` |
@@ -22,6 +23,7 @@ mod certs;
 pub mod kube;
 #[cfg(feature = "mesh")]
 pub mod mesh;
+mod per_backend;
 pub mod process;
 mod root_tier;
 #[cfg(feature = "wait")]

@@ -392,8 +392,7 @@ mod tests {
         assert!(text.contains("-m tcp --dport 30080 -j KUBE-EXT-"));
         let last_services_rule = text
             .lines()
-            .filter(|l| l.starts_with("-A KUBE-SERVICES"))
-            .last()
+            .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
             .unwrap();
         assert!(last_services_rule.ends_with("-j KUBE-NODEPORTS"));
     }
