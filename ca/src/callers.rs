@@ -38,6 +38,14 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
 
     /// Whether a workload with `identity` runs on `node`.
     fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool;
+
+    /// When `identity` does not run on `node`, but pods that could be taken for it do and get no
+    /// identity (mirror pods, pods without a service account), which ones and why: the refusal
+    /// says so. `None` (the default) when there is nothing more to say.
+    fn unidentified(&self, node: &str, identity: &SpiffeId) -> Option<String> {
+        let _ = (node, identity);
+        None
+    }
 }
 
 /// Where callers and workload placement come from.

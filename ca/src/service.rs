@@ -45,6 +45,15 @@ pub enum Refusal {
         /// The caller's node.
         node: String,
     },
+    /// The identity does not run on the caller's node; pods there that could be taken for it get
+    /// no identity (mirror pods, pods without a service account) (`PermissionDenied`).
+    #[error("identity does not run on node {node:?}: {reason}")]
+    NoIdentity {
+        /// The caller's node.
+        node: String,
+        /// Which pods and why, from [`Authenticator::unidentified`].
+        reason: String,
+    },
     /// `ImpersonatedIdentity` differs from the CSR's identity (`InvalidArgument`).
     #[error("metadata ImpersonatedIdentity {impersonated:?} differs from the CSR's URI SAN")]
     ImpersonationMismatch {
@@ -66,7 +75,9 @@ impl From<&Refusal> for tonic::Code {
     fn from(r: &Refusal) -> Self {
         match r {
             Refusal::Unauthenticated(_) | Refusal::Refused(_) => tonic::Code::Unauthenticated,
-            Refusal::ForeignIdentity { .. } => tonic::Code::PermissionDenied,
+            Refusal::ForeignIdentity { .. } | Refusal::NoIdentity { .. } => {
+                tonic::Code::PermissionDenied
+            }
             Refusal::ImpersonationMismatch { .. } | Refusal::Csr(_) | Refusal::Lifetime(_) => {
                 tonic::Code::InvalidArgument
             }
@@ -103,16 +114,24 @@ pub fn handle_request(
         .authenticate(token)
         .ok_or(Refusal::Unauthenticated("unknown token"))?;
     facts.node = Some(node.to_owned());
-    let runs_on = |node: &str, id: &SpiffeId| snapshot.nodes.runs_on(node, id);
-    handle_authenticated(snapshot, node, &runs_on, request, lifetimes, now, facts)
+    let authorize = |node: &str, id: &SpiffeId| {
+        if snapshot.nodes.runs_on(node, id) {
+            Ok(())
+        } else {
+            Err(Refusal::ForeignIdentity {
+                node: node.to_owned(),
+            })
+        }
+    };
+    handle_authenticated(snapshot, node, &authorize, request, lifetimes, now, facts)
 }
 
-/// Decides one request of a caller already authenticated as `node` (no I/O); `runs_on` says
-/// whether an identity runs on a node.
+/// Decides one request of a caller already authenticated as `node` (no I/O); `authorize` says
+/// whether an identity may be issued to a node, or why not.
 pub fn handle_authenticated(
     snapshot: &CaSnapshot,
     node: &str,
-    runs_on: &dyn Fn(&str, &SpiffeId) -> bool,
+    authorize: &dyn Fn(&str, &SpiffeId) -> Result<(), Refusal>,
     request: &IstioCertificateRequest,
     lifetimes: &LifetimePolicy,
     now: SystemTime,
@@ -129,11 +148,7 @@ pub fn handle_authenticated(
         });
     }
     let validity = lifetimes.window(request.validity_duration, now)?;
-    if !runs_on(node, &csr.identity) {
-        return Err(Refusal::ForeignIdentity {
-            node: node.to_owned(),
-        });
-    }
+    authorize(node, &csr.identity)?;
     let chain = snapshot.authority.issue(&csr, validity)?;
     Ok(chain.iter().map(|c| der_to_pem(c)).collect())
 }
@@ -208,11 +223,20 @@ impl CertificateService {
                 "missing `authorization: Bearer <token>`",
             ))?;
         let node = auth.authenticate(token).await?;
-        let runs_on = |node: &str, id: &SpiffeId| auth.runs_on(node, id);
+        let authorize = |node: &str, id: &SpiffeId| {
+            if auth.runs_on(node, id) {
+                return Ok(());
+            }
+            let node = node.to_owned();
+            Err(match auth.unidentified(&node, id) {
+                Some(reason) => Refusal::NoIdentity { node, reason },
+                None => Refusal::ForeignIdentity { node },
+            })
+        };
         handle_authenticated(
             &snapshot,
             &node,
-            &runs_on,
+            &authorize,
             message,
             &self.lifetimes,
             now,

@@ -24,7 +24,7 @@ NS = "nodemesh-system"
 
 OVERRIDES = [
     {},
-    {"wireguard": {"enabled": False}, "capture": {"backend": "nftables"}},
+    {"wireguard": {"enabled": False}, "capture": {"backend": "nftables"}, "podCidrCheck": False},
     {"istioPolicies": True, "mtls": {"defaultMode": "PERMISSIVE"},
      "ca": {"replicas": 1, "allowIstioZtunnel": True, "extraAllowedCallers": ["team-a/agent"]}},
     {"cleanup": {"enabled": False}, "proxy": {"drainTimeoutSeconds": 120, "logLevel": "debug"},
@@ -37,6 +37,7 @@ BAD_VALUES = [
     ({"ca": {"grpcPort": 70000}}, "grpcPort"),
     ({"mtls": {"defaultMode": "OFF"}}, "defaultMode"),
     ({"wireguard": {"enable": True}}, "enable"),
+    ({"podCidrCheck": "no"}, "podCidrCheck"),
 ]
 
 failures = []
@@ -152,6 +153,9 @@ def main():
         validate(docs, f"overrides[{i}]")
         if i == 0:
             check_defaults(docs, values)
+        args = by_kind(docs, "DaemonSet", "nodemesh-proxy")["spec"]["template"]["spec"]["containers"][0]["args"]
+        want = f"--pod-cidr-check={str(values['podCidrCheck']).lower()}"
+        check(want in args, f"overrides[{i}]: {want} passed")
         print(f"ok overrides[{i}]: {len(docs)} objects rendered and valid")
     for bad, key in BAD_VALUES:
         try:

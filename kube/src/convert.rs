@@ -1,14 +1,14 @@
 //! Kubernetes objects to the proxy's domain types, once per watch event (no I/O). Only the fields
-//! nodemesh uses survive: a pod becomes a [`Workload`] of a few strings and an IP.
+//! nodemesh uses survive. Pods have their own module, [`crate::pod`].
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Node as KubeNode, Pod, Service};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Node as KubeNode, NodeSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use nodemesh_config::{DEFAULT_SERVICE_ACCOUNT, Namespace, Node, Workload, WorkloadFields};
-use nodemesh_identity::TrustDomain;
+use nodemesh_config::{Namespace, Node};
 
 /// The Node annotation holding the node's WireGuard public key (base64).
 pub const WIREGUARD_KEY_ANNOTATION: &str = "nodemesh.io/wireguard-public-key";
@@ -24,42 +24,6 @@ pub fn object_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
     }
 }
 
-/// A pod as a workload: `None` for pods outside the proxy's view (no IPv4 pod IP yet, host
-/// network, not scheduled, finished, or an identity that is not a valid SPIFFE ID).
-pub fn workload(pod: &Pod, trust_domain: &TrustDomain) -> Option<Workload> {
-    let spec = pod.spec.as_ref()?;
-    let status = pod.status.as_ref()?;
-    if spec.host_network == Some(true) {
-        return None;
-    }
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
-    if pod.metadata.deletion_timestamp.is_some() && status.pod_ip.is_none() {
-        return None;
-    }
-    let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
-    let fields = WorkloadFields {
-        name: pod.metadata.name.clone()?,
-        namespace: pod.metadata.namespace.clone()?,
-        service_account: spec
-            .service_account_name
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned()),
-        ip,
-        node: spec.node_name.clone()?,
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-    };
-    match Workload::new(trust_domain, fields) {
-        Ok(w) => Some(w),
-        Err(error) => {
-            tracing::warn!(pod = %object_key(&pod.metadata), %error, "pod skipped: no valid SPIFFE ID");
-            None
-        }
-    }
-}
-
 /// A namespace with its labels.
 pub fn namespace(ns: &KubeNamespace) -> Option<Namespace> {
     Some(Namespace::new(
@@ -68,8 +32,8 @@ pub fn namespace(ns: &KubeNamespace) -> Option<Namespace> {
     ))
 }
 
-/// A node: its InternalIP (IPv4), podCIDR and WireGuard key annotation. `None` without an IPv4
-/// InternalIP; a bad podCIDR or key is dropped with a warning.
+/// A node: its InternalIP (IPv4), IPv4 podCIDR and WireGuard key annotation. `None` without an
+/// IPv4 InternalIP; a bad key is dropped with a warning.
 pub fn node(node: &KubeNode) -> Option<Node> {
     let name = node.metadata.name.clone()?;
     let address: Ipv4Addr = node
@@ -80,17 +44,10 @@ pub fn node(node: &KubeNode) -> Option<Node> {
         .iter()
         .filter(|a| a.type_ == "InternalIP")
         .find_map(|a| a.address.parse().ok())?;
-    let pod_cidr = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.as_deref())
-        .and_then(|c| match c.parse() {
-            Ok(net) => Some(net),
-            Err(_) => {
-                tracing::debug!(node = %name, cidr = c, "podCIDR is not IPv4; ignored");
-                None
-            }
-        });
+    let pod_cidr = node.spec.as_ref().and_then(ipv4_pod_cidr);
+    if pod_cidr.is_none() {
+        tracing::debug!(node = %name, "no IPv4 podCIDR");
+    }
     let key = node
         .metadata
         .annotations
@@ -104,6 +61,17 @@ pub fn node(node: &KubeNode) -> Option<Node> {
             }
         });
     Some(Node::new(name, address, pod_cidr, key))
+}
+
+/// The first IPv4 network of `spec.podCIDRs` (an IPv6-first dual-stack node lists its IPv6
+/// network first), else `spec.podCIDR` when it is IPv4.
+fn ipv4_pod_cidr(spec: &NodeSpec) -> Option<Ipv4Net> {
+    spec.pod_cidrs
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(spec.pod_cidr.as_deref())
+        .find_map(|c| c.parse().ok())
 }
 
 /// One port of a Service, before its EndpointSlices resolve named target ports.
@@ -218,39 +186,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn td() -> TrustDomain {
-        "cluster.local".parse().unwrap()
-    }
-
-    fn pod(extra_spec: serde_json::Value, status: serde_json::Value) -> Pod {
-        let mut spec = json!({"nodeName": "node-a", "containers": [{"name": "c"}]});
-        for (k, v) in extra_spec.as_object().unwrap() {
-            spec[k] = v.clone();
-        }
-        serde_json::from_value(json!({
-            "metadata": {"name": "p", "namespace": "shop"}, "spec": spec, "status": status,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn pods_outside_the_view_are_skipped() {
-        let running = json!({"phase": "Running", "podIP": "10.1.1.5"});
-        let w = workload(&pod(json!({}), running.clone()), &td()).unwrap();
-        assert_eq!(w.service_account, "default");
-        assert_eq!(
-            w.identity.as_str(),
-            "spiffe://cluster.local/ns/shop/sa/default"
-        );
-        assert!(workload(&pod(json!({"hostNetwork": true}), running), &td()).is_none());
-        let done = json!({"phase": "Succeeded", "podIP": "10.1.1.5"});
-        assert!(workload(&pod(json!({}), done), &td()).is_none());
-        let pending = json!({"phase": "Pending"});
-        assert!(workload(&pod(json!({}), pending), &td()).is_none());
-        let v6 = json!({"phase": "Running", "podIP": "fd00::5"});
-        assert!(workload(&pod(json!({}), v6), &td()).is_none());
-    }
-
     #[test]
     fn nodes_need_an_internal_ipv4() {
         let n: KubeNode = serde_json::from_value(json!({
@@ -263,7 +198,19 @@ mod tests {
         .unwrap();
         let node = node(&n).unwrap();
         assert_eq!(node.address.to_string(), "10.0.0.1");
+        assert_eq!(node.pod_cidr.unwrap().to_string(), "10.1.1.0/24");
         assert!(node.wireguard_public_key.is_none(), "a bad key is dropped");
+        let dual: KubeNode = serde_json::from_value(json!({
+            "metadata": {"name": "n"},
+            "spec": {"podCIDR": "fd00:1::/64", "podCIDRs": ["fd00:1::/64", "10.1.2.0/24"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]},
+        }))
+        .unwrap();
+        assert_eq!(
+            super::node(&dual).unwrap().pod_cidr.unwrap().to_string(),
+            "10.1.2.0/24",
+            "an IPv6-first node keeps its IPv4 podCIDR"
+        );
         let bare: KubeNode = serde_json::from_value(json!({"metadata": {"name": "n"}})).unwrap();
         assert!(super::node(&bare).is_none());
     }

@@ -3,7 +3,8 @@
 //!
 //! - [`source`]: watchers for Pods, Namespaces, Nodes, Services, EndpointSlices and
 //!   AuthorizationPolicies feeding the proxy's `MeshStore`
-//!   ([`convert`] and [`policy`] turn objects into domain types once per event, [`mesh`] keeps
+//!   ([`convert`], [`pod`] and [`policy`] turn objects into domain types once per event,
+//!   [`claims`] decides which pods' IPs are believed, [`mesh`] keeps
 //!   them per kind and assembles snapshots, [`watch`] runs one list/watch loop per kind,
 //!   [`status`] writes policy conditions).
 //! - [`node`]: publishes this node's WireGuard public key as a Node annotation.
@@ -12,10 +13,12 @@
 //! - [`crd`]: the AuthorizationPolicy CRD as the chart ships it.
 
 pub mod ca;
+pub mod claims;
 pub mod convert;
 pub mod crd;
 pub mod mesh;
 pub mod node;
+pub mod pod;
 pub mod policy;
 pub mod source;
 pub mod status;

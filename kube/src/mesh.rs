@@ -9,13 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use nodemesh_config::{
-    Ca, Config, MTLS_MODE_LABEL, Namespace, Node, Parts, Service, ServicePort, Workload,
-};
+use nodemesh_config::{Ca, Config, MTLS_MODE_LABEL, Namespace, Node, Parts, Service, ServicePort};
 use nodemesh_identity::TrustDomain;
 use nodemesh_state::{MeshState, StateError};
 
+use crate::claims::{self, Refusals};
 use crate::convert::{ServiceInfo, SliceInfo};
+use crate::pod::PodClaim;
 use crate::policy::{PolicyApi, PolicyEntry};
 
 /// What does not come from the API: this node, the trust domain, the CA.
@@ -31,13 +31,16 @@ pub struct MeshSettings {
     pub ca: Ca,
     /// Mesh namespaces without the label `nodemesh.io/mtls-mode` are permissive (else strict).
     pub default_permissive: bool,
+    /// Refuse pods whose IP is outside their node's podCIDR (see [`crate::claims`]); off only
+    /// for IPAMs that ignore `spec.podCIDR`.
+    pub pod_cidr_check: bool,
 }
 
 /// One converted object, by kind.
 #[derive(Debug, Clone)]
 pub enum Object {
-    /// A pod in the proxy's view.
-    Pod(Workload),
+    /// A pod in the proxy's view, with or without an identity.
+    Pod(Box<PodClaim>),
     /// A namespace.
     Namespace(Namespace),
     /// A node.
@@ -72,6 +75,7 @@ pub enum Kind {
 pub struct MeshView {
     maps: HashMap<Kind, BTreeMap<String, Object>>,
     synced: BTreeSet<Kind>,
+    refusals: Refusals,
 }
 
 impl MeshView {
@@ -103,8 +107,14 @@ impl MeshView {
         self.maps.get(&kind).into_iter().flat_map(|m| m.values())
     }
 
-    /// The state for this node now.
-    pub fn assemble(&self, settings: &MeshSettings) -> Result<MeshState, StateError> {
+    /// The pods the last [`MeshView::assemble`] refused.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
+    /// The state for this node now; logs the pods newly refused (or no longer refused) since
+    /// the last call.
+    pub fn assemble(&mut self, settings: &MeshSettings) -> Result<MeshState, StateError> {
         let nodes: Vec<Node> = self
             .objects(Kind::Nodes)
             .filter_map(|o| match o {
@@ -119,10 +129,14 @@ impl MeshView {
                 _ => None,
             })
             .collect();
-        let workloads = unique_ips(self.objects(Kind::Pods).filter_map(|o| match o {
-            Object::Pod(w) => Some(w),
+        let claims = self.objects(Kind::Pods).filter_map(|o| match o {
+            Object::Pod(c) => Some(c.as_ref()),
             _ => None,
-        }));
+        });
+        let admission = claims::admit(claims, &nodes, settings.pod_cidr_check);
+        admission.refusals.log_since(&self.refusals);
+        self.refusals = admission.refusals;
+        let workloads = admission.workloads;
         let services = self.services();
         let mut compiled = Vec::new();
         let mut problems = Vec::new();
@@ -211,16 +225,4 @@ fn with_default_mode(ns: &Namespace, default_permissive: bool) -> Namespace {
     } else {
         ns.clone()
     }
-}
-
-/// One workload per IP: the API may briefly show a finished pod and its successor with the same
-/// IP; the later in key order wins, and the clash is logged.
-fn unique_ips<'a>(pods: impl Iterator<Item = &'a Workload>) -> Vec<Workload> {
-    let mut by_ip: BTreeMap<Ipv4Addr, &Workload> = BTreeMap::new();
-    for w in pods {
-        if let Some(previous) = by_ip.insert(w.ip, w) {
-            tracing::debug!(ip = %w.ip, previous = %previous.name, pod = %w.name, "two pods share an IP");
-        }
-    }
-    by_ip.into_values().cloned().collect()
 }

@@ -5,7 +5,8 @@
 //! The store exists only after the first full sync (every kind listed once and this node seen),
 //! so the proxy, and with it its readiness endpoint, starts on a complete view. When the API goes
 //! away the last state keeps serving (never fail open), `nodemesh_source_stale_seconds` rises,
-//! and the relist after reconnecting applies whatever changed meanwhile.
+//! and the relist after reconnecting applies whatever changed meanwhile. Pods whose IP claims
+//! are not believed ([`crate::claims`]) are counted in `nodemesh_source_refused_pods`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::convert::{self, object_key};
 use crate::mesh::{Kind, MeshSettings, MeshView, Object};
+use crate::pod;
 use crate::policy::{self, PolicyApi, StatusUpdate};
 use crate::status;
 use crate::watch::{self, Retry, Update};
@@ -69,6 +71,11 @@ impl KubeSource {
     /// Starts the watchers and returns once the first full state is published (waiting as long
     /// as the API takes; errors until then are logged and retried).
     pub async fn start(client: Client, opts: SourceOptions) -> Result<Self, SourceError> {
+        if !opts.settings.pod_cidr_check {
+            tracing::warn!(
+                "--pod-cidr-check=false: pod IPs are believed wherever they lie, so a compromised node can claim other nodes' pod IPs"
+            );
+        }
         let (tx, mut rx) = mpsc::channel::<Update>(1024);
         let mut tasks = spawn_watchers(&client, &opts, &tx);
         drop(tx);
@@ -98,6 +105,7 @@ impl KubeSource {
             "first full sync with the Kubernetes API"
         );
         let store = Arc::new(MeshStore::new(state));
+        store.health().set_refused_pods(view.refusals().counts());
         if !failing.is_empty() {
             store.health().mark_stale(SystemTime::now());
         }
@@ -146,7 +154,7 @@ fn spawn_watchers(
             Api::<Pod>::all(client.clone()),
             Kind::Pods,
             |p: &Pod| object_key(&p.metadata),
-            move |p: &Pod| convert::workload(p, &td).map(Object::Pod),
+            move |p: &Pod| pod::claim(p, &td).map(|c| Object::Pod(Box::new(c))),
             tx.clone(),
             retry,
         )),
@@ -267,7 +275,9 @@ async fn follow(
         if !changed {
             continue;
         }
-        match view.assemble(&opts.settings) {
+        let assembled = view.assemble(&opts.settings);
+        store.health().set_refused_pods(view.refusals().counts());
+        match assembled {
             Ok(state) => store.publish(state),
             Err(error) => {
                 tracing::error!(%error, "Kubernetes state refused; the last good state keeps serving")

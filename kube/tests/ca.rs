@@ -63,6 +63,7 @@ async fn tokens_are_reviewed_and_identities_bound_to_the_node() {
         PODS,
         pod("shop", "rogue", "rogue", "10.1.1.50", "node-a", json!({})),
     );
+    api.put(PODS, mirror_pod("shop", "static-a", "10.1.1.60", "node-a"));
     api.review(
         "good-a",
         review(PROXY_SA, "proxy-a", "uid-proxy-a", Some("node-a")),
@@ -112,6 +113,20 @@ async fn tokens_are_reviewed_and_identities_bound_to_the_node() {
     assert!(!auth.runs_on("node-a", &id("spiffe://cluster.local/ns/shop/sa/db")));
     assert!(auth.runs_on("node-b", &id("spiffe://cluster.local/ns/shop/sa/db")));
     assert!(!auth.runs_on("node-a", &id("spiffe://other.domain/ns/shop/sa/web")));
+    // The mirror pod grants nothing, and names itself in the refusal.
+    let default = id("spiffe://cluster.local/ns/shop/sa/default");
+    assert!(!auth.runs_on("node-a", &default));
+    let why = auth.unidentified("node-a", &default).unwrap();
+    assert!(
+        why.contains("shop/static-a (a mirror (static) pod"),
+        "{why}"
+    );
+    assert_eq!(auth.unidentified("node-b", &default), None, "not on node-b");
+    assert_eq!(
+        auth.unidentified("node-a", &id("spiffe://cluster.local/ns/shop/sa/web")),
+        None,
+        "web runs there"
+    );
 
     let refusals = [
         (

@@ -79,6 +79,7 @@ async fn proxy_follows_the_cluster() {
                     bundle_file,
                 ),
                 default_permissive: false,
+                pod_cidr_check: true,
             },
             istio_policies: false,
             retry: Retry {
@@ -111,6 +112,10 @@ async fn proxy_follows_the_cluster() {
     let metrics = get(admin.metrics_addr(), "/metrics").await;
     assert!(
         metrics.contains("nodemesh_source_stale_seconds 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nodemesh_source_refused_pods{reason=\"outside_pod_cidr\"} 0"),
         "{metrics}"
     );
 

@@ -5,111 +5,18 @@
 //! state and raises the staleness, and the relist after it applies what changed meanwhile.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use nodemesh_config::Ca;
-use nodemesh_kube::mesh::MeshSettings;
-use nodemesh_kube::watch::Retry;
-use nodemesh_kube::{KubeSource, SourceOptions};
+use common::{cluster, in_mesh, ip, start};
 use nodemesh_state::MeshStore;
 use nodemesh_test_support::kube::FakeApi;
 use nodemesh_test_support::kube::objects::*;
 use nodemesh_test_support::wait::eventually;
 use serde_json::json;
-
-fn cluster(api: &FakeApi) {
-    api.put(NODES, node("node-a", "10.0.0.1", "10.1.1.0/24"));
-    api.put(NODES, node("node-b", "10.0.0.2", "10.1.2.0/24"));
-    api.put(
-        NAMESPACES,
-        namespace("shop", json!({"nodemesh.io/mesh": "enabled"})),
-    );
-    api.put(NAMESPACES, namespace("plain", json!({})));
-    api.put(
-        PODS,
-        pod(
-            "shop",
-            "web-1",
-            "web",
-            "10.1.1.11",
-            "node-a",
-            json!({"app": "web"}),
-        ),
-    );
-    api.put(
-        PODS,
-        pod(
-            "shop",
-            "db-1",
-            "db",
-            "10.1.2.21",
-            "node-b",
-            json!({"app": "db"}),
-        ),
-    );
-    api.put(
-        PODS,
-        pod(
-            "plain",
-            "other",
-            "default",
-            "10.1.1.99",
-            "node-a",
-            json!({}),
-        ),
-    );
-    api.put(SERVICES, service("shop", "db", "10.96.0.20", 5432, 5432));
-    api.put(SLICES, slice("shop", "db", &["10.1.2.21"], &[], 5432));
-    api.put(
-        POLICIES,
-        policy(
-            "shop",
-            "allow-web",
-            json!({"selector": {"matchLabels": {"app": "db"}},
-            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/web"]}}]}]}),
-        ),
-    );
-}
-
-async fn start(api: &FakeApi, istio: bool) -> KubeSource {
-    let opts = SourceOptions {
-        settings: MeshSettings {
-            node: "node-a".into(),
-            trust_domain: "cluster.local".parse().unwrap(),
-            root_namespace: "nodemesh-system".into(),
-            ca: Ca::new(
-                "https://127.0.0.1:15012".parse().unwrap(),
-                "/nonexistent/bundle.pem".into(),
-            ),
-            default_permissive: false,
-        },
-        istio_policies: istio,
-        retry: Retry {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-        },
-        debounce: Duration::from_millis(10),
-    };
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        KubeSource::start(api.client(), opts),
-    )
-    .await
-    .expect("first sync in time")
-    .expect("first sync")
-}
-
-fn ip(s: &str) -> std::net::IpAddr {
-    s.parse().unwrap()
-}
-
-fn in_mesh(store: &MeshStore, addr: &str) -> Option<bool> {
-    let state = store.load();
-    let w = state.workload(ip(addr))?;
-    Some(state.in_mesh(w))
-}
 
 #[tokio::test]
 async fn first_sync_sees_the_cluster() {

@@ -42,6 +42,12 @@ pub struct ProxyArgs {
     /// Kubernetes: the mTLS mode of mesh namespaces without the label `nodemesh.io/mtls-mode`.
     #[arg(long, value_enum, default_value_t = MtlsMode::Strict)]
     default_mtls_mode: MtlsMode,
+    /// Kubernetes: refuse pods whose IP lies outside their node's `spec.podCIDR` (and pods of
+    /// nodes without one), so a compromised node cannot claim other nodes' pod IPs.
+    /// `--pod-cidr-check=false` only for IPAMs that ignore `spec.podCIDR` (Calico's): then any
+    /// node can claim any IP.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pod_cidr_check: bool,
     /// Kubernetes: publish this WireGuard public key (base64) as the Node annotation
     /// `nodemesh.io/wireguard-public-key`.
     #[arg(long, value_name = "KEY")]
@@ -186,6 +192,7 @@ async fn serve(args: ProxyArgs) -> Result<()> {
                     root_namespace: args.root_namespace,
                     ca: nodemesh_config::Ca::new(args.ca_address, args.trust_bundle),
                     default_permissive: args.default_mtls_mode == MtlsMode::Permissive,
+                    pod_cidr_check: args.pod_cidr_check,
                 },
                 istio_policies: args.istio_policies,
                 wireguard_public_key: args

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 pub use file::FileSource;
 pub use mesh::{MeshState, PolicyProblem, ServiceTarget, StateError};
-pub use store::{MeshStore, SourceHealth};
+pub use store::{MeshStore, REFUSED_POD_REASONS, SourceHealth};
 
 /// The IPv4 address of `ip`, if it is one.
 pub fn ipv4(ip: IpAddr) -> Option<Ipv4Addr> {

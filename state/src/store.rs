@@ -51,12 +51,20 @@ impl MeshStore {
 
 /// How stale the published state may be: a source that loses its input (the Kubernetes API
 /// going away) marks itself stale and keeps the last state serving; the admin API exports the
-/// age as `nodemesh_source_stale_seconds`.
+/// age as `nodemesh_source_stale_seconds`. Also how many pods of its input the source refused
+/// to believe, as `nodemesh_source_refused_pods{reason}`.
 #[derive(Debug, Default)]
 pub struct SourceHealth {
     /// Unix milliseconds since which the source is out of touch; 0 when in touch.
     stale_since_ms: AtomicU64,
+    /// Refused pods, in the order of [`REFUSED_POD_REASONS`].
+    refused_pods: [AtomicU64; 3],
 }
+
+/// The `reason` labels of `nodemesh_source_refused_pods`: a pod IP outside its node's podCIDR,
+/// an IP claimed by several pods (every claimant counts), a pod without an identity (mirror pod,
+/// no service account).
+pub const REFUSED_POD_REASONS: [&str; 3] = ["outside_pod_cidr", "duplicate_ip", "no_identity"];
 
 impl SourceHealth {
     /// The source is in touch with its input again.
@@ -80,14 +88,37 @@ impl SourceHealth {
         }
     }
 
-    /// The Prometheus text of `nodemesh_source_stale_seconds` at `now`.
+    /// The pods the source refuses now, per reason of [`REFUSED_POD_REASONS`].
+    pub fn set_refused_pods(&self, counts: [usize; 3]) {
+        for (gauge, n) in self.refused_pods.iter().zip(counts) {
+            gauge.store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+    }
+
+    /// The pods the source refuses now, per reason of [`REFUSED_POD_REASONS`].
+    pub fn refused_pods(&self) -> [u64; 3] {
+        self.refused_pods
+            .each_ref()
+            .map(|g| g.load(Ordering::Relaxed))
+    }
+
+    /// The Prometheus text of `nodemesh_source_stale_seconds` at `now` and of
+    /// `nodemesh_source_refused_pods`.
     pub fn render(&self, now: SystemTime) -> String {
-        format!(
+        let mut out = format!(
             "# HELP nodemesh_source_stale_seconds How long the state source (Kubernetes API) has been out of reach; 0 when in sync.\n\
              # TYPE nodemesh_source_stale_seconds gauge\n\
-             nodemesh_source_stale_seconds {}\n",
+             nodemesh_source_stale_seconds {}\n\
+             # HELP nodemesh_source_refused_pods Pods the state source does not believe (no identity; their traffic is refused), by reason.\n\
+             # TYPE nodemesh_source_refused_pods gauge\n",
             self.stale_for(now).as_secs_f64()
-        )
+        );
+        for (reason, n) in REFUSED_POD_REASONS.iter().zip(self.refused_pods()) {
+            out.push_str(&format!(
+                "nodemesh_source_refused_pods{{reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        out
     }
 }
 

@@ -105,6 +105,10 @@ impl Authenticator for TokenReviewAuthenticator {
     fn runs_on(&self, node: &str, identity: &SpiffeId) -> bool {
         self.pods.runs_on(node, identity)
     }
+
+    fn unidentified(&self, node: &str, identity: &SpiffeId) -> Option<String> {
+        self.pods.unidentified(node, identity)
+    }
 }
 
 fn claim<'a>(extra: &'a BTreeMap<String, Vec<String>>, key: &str) -> Option<&'a str> {

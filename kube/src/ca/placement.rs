@@ -1,6 +1,8 @@
 //! Where pods run: `(namespace, name) -> (uid, node, service account)` and a count of running
 //! pods per `(node, namespace, service account)`, kept by a pod watcher. The CA asks it who a
-//! token's pod is and whether an identity runs on a node.
+//! token's pod is and whether an identity runs on a node. Pods without an identity (mirror pods,
+//! pods without a service account: [`crate::pod::service_account`]) are kept apart: they grant
+//! nothing, and only name themselves in the refusal.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -10,9 +12,10 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::runtime::watcher::{self, Event};
-use nodemesh_config::DEFAULT_SERVICE_ACCOUNT;
 use nodemesh_identity::{SpiffeId, TrustDomain};
 use tokio::sync::watch as tokio_watch;
+
+use crate::pod::{self, NoIdentity};
 
 /// Where one pod runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,13 +28,37 @@ pub struct PodPlace {
     pub service_account: String,
 }
 
+/// A running pod that gets no identity: its node and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unidentified {
+    node: String,
+    why: NoIdentity,
+}
+
 #[derive(Debug, Default)]
 struct Index {
     pods: HashMap<(String, String), PodPlace>,
     running: HashMap<(String, String, String), usize>,
+    unidentified: HashMap<(String, String), Unidentified>,
+}
+
+/// Where one pod goes in the index.
+enum Entry {
+    Identified(PodPlace),
+    Unidentified(Unidentified),
 }
 
 impl Index {
+    fn put(&mut self, key: (String, String), entry: Entry) {
+        match entry {
+            Entry::Identified(place) => self.insert(key, place),
+            Entry::Unidentified(u) => {
+                self.remove(&key);
+                self.unidentified.insert(key, u);
+            }
+        }
+    }
+
     fn insert(&mut self, key: (String, String), place: PodPlace) {
         self.remove(&key);
         *self
@@ -46,6 +73,7 @@ impl Index {
     }
 
     fn remove(&mut self, key: &(String, String)) {
+        self.unidentified.remove(key);
         if let Some(old) = self.pods.remove(key) {
             let k = (old.node, key.0.clone(), old.service_account);
             if let Some(n) = self.running.get_mut(&k) {
@@ -70,7 +98,7 @@ pub struct PodPlacement {
 }
 
 /// A pod's place, when it is scheduled and not finished.
-fn place(pod: &Pod) -> Option<((String, String), PodPlace)> {
+fn place(pod: &Pod) -> Option<((String, String), Entry)> {
     let spec = pod.spec.as_ref()?;
     if matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -79,18 +107,16 @@ fn place(pod: &Pod) -> Option<((String, String), PodPlace)> {
         return None;
     }
     let key = (pod.metadata.namespace.clone()?, pod.metadata.name.clone()?);
-    Some((
-        key,
-        PodPlace {
+    let node = spec.node_name.clone()?;
+    let entry = match pod::service_account(pod) {
+        Ok(sa) => Entry::Identified(PodPlace {
             uid: pod.metadata.uid.clone()?,
-            node: spec.node_name.clone()?,
-            service_account: spec
-                .service_account_name
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned()),
-        },
-    ))
+            node,
+            service_account: sa.to_owned(),
+        }),
+        Err(why) => Entry::Unidentified(Unidentified { node, why }),
+    };
+    Some((key, entry))
 }
 
 impl PodPlacement {
@@ -126,13 +152,38 @@ impl PodPlacement {
         })
     }
 
+    /// Why `node` gets no certificate for `id` although pods of its namespace run there: they
+    /// have no identity (`namespace/name (reason)`, each). `None` when an identified pod with
+    /// `id` runs there or no such pod does.
+    pub fn unidentified(&self, node: &str, id: &SpiffeId) -> Option<String> {
+        if self.runs_on(node, id) || id.trust_domain_str() != self.trust_domain.as_str() {
+            return None;
+        }
+        let (ns, _) = id.workload_parts().ok()?;
+        let index = self.index.read().ok()?;
+        let mut pods: Vec<String> = index
+            .unidentified
+            .iter()
+            .filter(|((pod_ns, _), u)| pod_ns == ns && u.node == node)
+            .map(|((pod_ns, name), u)| format!("{pod_ns}/{name} ({})", u.why))
+            .collect();
+        if pods.is_empty() {
+            return None;
+        }
+        pods.sort();
+        Some(format!(
+            "its namespace's pods on the node get no identity: {}",
+            pods.join(", ")
+        ))
+    }
+
     /// Sets or removes one pod.
     pub fn apply(&self, pod: &Pod) {
         let Ok(mut index) = self.index.write() else {
             return;
         };
         match place(pod) {
-            Some((key, p)) => index.insert(key, p),
+            Some((key, p)) => index.put(key, p),
             None => {
                 if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
                     index.remove(&(ns.clone(), name.clone()));
@@ -154,7 +205,7 @@ impl PodPlacement {
     fn reset(&self, pods: &[Pod]) {
         let mut fresh = Index::default();
         for (key, p) in pods.iter().filter_map(place) {
-            fresh.insert(key, p);
+            fresh.put(key, p);
         }
         if let Ok(mut index) = self.index.write() {
             *index = fresh;

@@ -42,16 +42,30 @@ pub fn pod(ns: &str, name: &str, sa: &str, ip: &str, node: &str, labels: Value) 
            "status": {"phase": "Running", "podIP": ip}})
 }
 
-/// The pod of node `node`'s proxy: service account `nodemesh-system/nodemesh-proxy`, IP `ip`.
+/// The pod of node `node`'s proxy: service account `nodemesh-system/nodemesh-proxy`, on the
+/// host network (as the chart's DaemonSet), IP `ip` (the node's).
 pub fn proxy_pod(name: &str, ip: &str, node: &str) -> Value {
-    pod(
+    let mut p = pod(
         "nodemesh-system",
         name,
         "nodemesh-proxy",
         ip,
         node,
         json!({}),
-    )
+    );
+    p["spec"]["hostNetwork"] = json!(true);
+    p
+}
+
+/// The mirror pod the kubelet of `node` makes for a static pod: annotated
+/// `kubernetes.io/config.mirror`, no service account, IP `ip`.
+pub fn mirror_pod(ns: &str, name: &str, ip: &str, node: &str) -> Value {
+    let mut p = pod(ns, name, "", ip, node, json!({}));
+    p["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": format!("hash-{name}")});
+    if let Some(spec) = p["spec"].as_object_mut() {
+        spec.remove("serviceAccountName");
+    }
+    p
 }
 
 /// A Service with ClusterIP `vip` and one TCP port `http` (`port` -> `target`).
