@@ -23,6 +23,9 @@ enum Command {
     /// The in-cluster CA: serve it, manage its root, issue certificates offline.
     #[command(subcommand)]
     Ca(cli::ca::CaCommand),
+    /// Install or remove the CNI plugin that captures new pods before they run.
+    #[command(subcommand)]
+    Cni(cli::cni::CniCommand),
     /// Work with the standalone config file.
     #[command(subcommand)]
     Config(cli::config::ConfigCommand),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         .init();
     nodemesh_identity::install_default_provider();
     match cli.command {
+        Command::Cni(cmd) => cli::cni::run(cmd),
         Command::Config(cmd) => cli::config::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Ca(cmd) => run_async(cli::ca::run(cmd)),

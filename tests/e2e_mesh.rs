@@ -372,6 +372,57 @@ fn redirect_cli_is_idempotent_and_reversible(backend: Backend) {
     assert_eq!(snapshot(ns), before, "remove did not restore the rules");
 }
 
+/// The proxy and the CNI plugin share the node's state directory: the proxy writes the plugin's
+/// namespace cache, and keeps every pod the plugin recorded that its state does not know in the
+/// capture set across its own replacements of the set, until the record goes (DEL).
+fn proxy_adopts_cni_pods(backend: Backend) {
+    if !nodemesh_test_support::root_tier("proxy_adopts_cni_pods", backend.tools()) {
+        return;
+    }
+    let bed = shop(scenario::shop(), &options(backend));
+    let cni = nodemesh_cni::StateDir::new(bed.dir().join("node-a"));
+    let cache = cni.read_cache().unwrap();
+    assert_eq!(cache.backend, backend);
+    assert!(cache.namespaces["shop"].mesh && !cache.namespaces["legacy"].mesh);
+    let host = nodemesh_redirect::Host::netns(bed.node("node-a").unwrap().name());
+    let captured = |ip| nodemesh_redirect::has_pod(&host, backend, ip).unwrap();
+    let unknown = |last: u8| {
+        let [a, b, c, _] = bed.pod_ip("frontend-a").unwrap().octets();
+        std::net::Ipv4Addr::new(a, b, c, last)
+    };
+    let record = |id: &str, ip| nodemesh_cni::PodRecord {
+        container_id: id.into(),
+        ip,
+        namespace: "shop".into(),
+        pod: Some(id.into()),
+    };
+    // What the plugin's ADD does: the record, then the address, under the shared lock.
+    let (first, second) = (unknown(200), unknown(201));
+    {
+        let _lock = cni.lock().unwrap();
+        cni.write_record(&record("first", first)).unwrap();
+        nodemesh_redirect::add_pod(&host, backend, first).unwrap();
+    }
+    // A record alone: the proxy adopts it into the set it installs, and keeps the first.
+    cni.write_record(&record("second", second)).unwrap();
+    nodemesh_test_support::wait::eventually_blocking("the proxy adopts the record", || {
+        captured(second)
+    });
+    assert!(
+        captured(first),
+        "the proxy's set replacement kept the plugin's pod"
+    );
+    cni.remove_record("second").unwrap();
+    nodemesh_test_support::wait::eventually_blocking("the proxy drops a deleted record", || {
+        !captured(second)
+    });
+    assert!(captured(first), "still recorded, still captured");
+    assert!(
+        captured(bed.pod_ip("frontend-a").unwrap()),
+        "the state's pods stay"
+    );
+}
+
 nodemesh_test_support::per_backend!(
     demo_steps,
     runs_with_only_net_admin_and_net_raw,
@@ -380,4 +431,5 @@ nodemesh_test_support::per_backend!(
     preserves_source_ip,
     concurrent_connections_keep_data_intact,
     redirect_cli_is_idempotent_and_reversible,
+    proxy_adopts_cni_pods,
 );

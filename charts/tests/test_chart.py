@@ -7,7 +7,8 @@ Checks: `helm lint --strict` is clean; default values and a set of overrides ren
 validate; the DaemonSet has exactly NET_ADMIN and NET_RAW, is not privileged, runs on the host
 network at system-node-critical, tolerates everything, mounts /dev/net/tun and a token with
 audience nodemesh-ca, probes 15021, is annotated for scraping, and outlives its drain timeout;
-the CA has its Service (15012, 15014) and PodDisruptionBudget; RBAC and the admission policy
+an init container installs nodemesh-cni from the hostPaths /etc/cni/net.d and /opt/cni/bin and
+the uninstall hook removes it first; the CA has its Service (15012, 15014) and PodDisruptionBudget; RBAC and the admission policy
 are there; bad values fail schema validation naming the key.
 """
 
@@ -24,7 +25,8 @@ NS = "nodemesh-system"
 
 OVERRIDES = [
     {},
-    {"wireguard": {"enabled": False}, "capture": {"backend": "nftables"}, "podCidrCheck": False},
+    {"wireguard": {"enabled": False}, "capture": {"backend": "nftables"}, "podCidrCheck": False,
+     "cni": {"enabled": False}},
     {"istioPolicies": True, "mtls": {"defaultMode": "PERMISSIVE"},
      "ca": {"replicas": 1, "allowIstioZtunnel": True, "extraAllowedCallers": ["team-a/agent"]}},
     {"cleanup": {"enabled": False}, "proxy": {"drainTimeoutSeconds": 120, "logLevel": "debug"},
@@ -38,6 +40,7 @@ BAD_VALUES = [
     ({"mtls": {"defaultMode": "OFF"}}, "defaultMode"),
     ({"wireguard": {"enable": True}}, "enable"),
     ({"podCidrCheck": "no"}, "podCidrCheck"),
+    ({"cni": {"confDir": "etc/cni"}}, "confDir"),
 ]
 
 failures = []
@@ -135,6 +138,33 @@ def check_defaults(docs, values):
     script = hook["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
     check("nodemesh redirect remove" in script and "nodemesh wireguard down" in script,
           "cleanup removes capture rules and WireGuard")
+    check("nodemesh cni uninstall" in script
+          and script.index("nodemesh cni uninstall") < script.index("nodemesh redirect remove"),
+          "cleanup removes the CNI entry before the capture rules")
+    check_cni(pod, hook["spec"]["template"]["spec"])
+
+
+def host_paths(pod):
+    return {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+
+
+def check_cni(pod, cleanup):
+    """The init container installs nodemesh-cni into the node's conflist, from the host paths."""
+    inits = {c["name"]: c for c in pod.get("initContainers", [])}
+    cni = inits.get("install-cni")
+    check(cni is not None, "install-cni init container")
+    if cni is None:
+        return
+    check(cni["args"][:2] == ["cni", "install"], f"install-cni runs `nodemesh cni install` {cni}")
+    mounts = {m["name"]: m["mountPath"] for m in cni["volumeMounts"]}
+    paths = host_paths(pod)
+    check(paths.get("cni-conf") == "/etc/cni/net.d" and paths.get("cni-bin") == "/opt/cni/bin",
+          f"CNI host paths {paths}")
+    check(f"--conf-dir={mounts.get('cni-conf')}" in cni["args"]
+          and f"--bin-dir={mounts.get('cni-bin')}" in cni["args"],
+          f"install-cni writes where the host paths are mounted {cni['args']} {mounts}")
+    check(not cni["securityContext"]["capabilities"].get("add"), "install-cni adds no capability")
+    check(host_paths(cleanup).get("cni-conf") == "/etc/cni/net.d", "cleanup mounts the conflist")
 
 
 def main():
@@ -156,6 +186,10 @@ def main():
         args = by_kind(docs, "DaemonSet", "nodemesh-proxy")["spec"]["template"]["spec"]["containers"][0]["args"]
         want = f"--pod-cidr-check={str(values['podCidrCheck']).lower()}"
         check(want in args, f"overrides[{i}]: {want} passed")
+        if not values["cni"]["enabled"]:
+            pod = by_kind(docs, "DaemonSet", "nodemesh-proxy")["spec"]["template"]["spec"]
+            check("initContainers" not in pod and "cni-conf" not in host_paths(pod),
+                  f"overrides[{i}]: cni.enabled=false installs no plugin")
         print(f"ok overrides[{i}]: {len(docs)} objects rendered and valid")
     for bad, key in BAD_VALUES:
         try:

@@ -11,6 +11,7 @@ use crate::flow::FlowSink;
 use crate::hbone::HboneClient;
 use crate::l7::L7Limits;
 use crate::observe::{DrainWatch, Metrics};
+use crate::pending::PendingPods;
 use crate::socket::ConnectOptions;
 use crate::tls::TlsConfigs;
 
@@ -41,6 +42,8 @@ pub(crate) struct Ctx {
     pub(crate) l7_limits: L7Limits,
     /// The proxy's own listener addresses (a connection to one of them is a loop).
     pub(crate) own_listeners: Vec<SocketAddr>,
+    /// Captured addresses the state does not know (refused both ways).
+    pub(crate) pending: PendingPods,
 }
 
 impl Ctx {

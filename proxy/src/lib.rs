@@ -35,8 +35,10 @@ pub mod inbound;
 pub mod l7;
 pub mod observe;
 pub mod outbound;
+mod pending;
 pub mod relay;
 pub mod socket;
 pub mod tls;
 
 pub use app::{Listening, ProxyHandle, ProxyOptions, StartError, StateSource};
+pub use pending::PendingPods;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use nodemesh_config::Config;
+use nodemesh_proxy::PendingPods;
 use nodemesh_proxy::addr::{ClientAddr, OrigDstAddr};
 use nodemesh_proxy::observe::RefusalReason;
 use nodemesh_proxy::outbound::{Route, Routed, classify};
@@ -31,6 +32,10 @@ services:
 
 fn state() -> MeshState {
     MeshState::new(Config::from_yaml_str(YAML, "/").unwrap(), "node-a").unwrap()
+}
+
+fn none() -> PendingPods {
+    PendingPods::default()
 }
 
 fn a(s: &str) -> SocketAddr {
@@ -117,8 +122,9 @@ fn each_destination_kind_is_routed_or_refused() {
     let st = state();
     let web = a("10.1.0.11:40000");
     let own = [a("127.0.0.1:15001"), a("10.1.0.11:15008")];
-    let route =
-        |dst: &str| classify(&st, ClientAddr(web), OrigDstAddr(a(dst)), &own).map(|r| r.route);
+    let route = |dst: &str| {
+        classify(&st, ClientAddr(web), OrigDstAddr(a(dst)), &own, &none()).map(|r| r.route)
+    };
 
     assert!(
         matches!(route("10.2.0.21:8080"), Ok(Route::Hbone { target, .. }) if target == a("10.2.0.21:8080"))
@@ -143,7 +149,8 @@ fn each_destination_kind_is_routed_or_refused() {
             &st,
             ClientAddr(a("10.1.0.77:1")),
             OrigDstAddr(a("10.2.0.21:8080")),
-            &own
+            &own,
+            &none()
         )
         .map(|r| r.route),
         Err(RefusalReason::UnknownSource)
@@ -153,7 +160,8 @@ fn each_destination_kind_is_routed_or_refused() {
             &st,
             ClientAddr(a("10.2.0.21:1")),
             OrigDstAddr(a("10.1.0.12:8080")),
-            &own
+            &own,
+            &none()
         )
         .map(|r| r.route),
         Err(RefusalReason::UnknownSource),
@@ -171,6 +179,7 @@ fn service_vip_round_robins_over_endpoints_with_the_target_port() {
             ClientAddr(a("10.1.0.11:1")),
             OrigDstAddr(a("10.96.0.10:80")),
             &[],
+            &none(),
         )
         .unwrap();
         assert_eq!(service.as_deref(), Some("db.shop"));
@@ -190,4 +199,30 @@ fn service_vip_round_robins_over_endpoints_with_the_target_port() {
         targets,
         ["10.2.0.21", "10.2.0.22", "10.2.0.21", "10.2.0.22"]
     );
+}
+
+/// A pod the CNI plugin captured before the state knew it: when the node's podCIDR does not
+/// cover it, only the pending set keeps it from passing through; as a source it is unknown.
+#[test]
+fn pending_captured_pods_are_refused_both_ways() {
+    let st = state();
+    let pending = PendingPods::default();
+    let new_pod = a("10.9.0.5:8080");
+    let web = ClientAddr(a("10.1.0.11:40000"));
+    let before = classify(&st, web, OrigDstAddr(new_pod), &[], &pending).map(|r| r.route);
+    assert!(
+        matches!(before, Ok(Route::Passthrough { .. })),
+        "{before:?}"
+    );
+    pending.replace([new_pod.ip().to_string().parse().unwrap()].into());
+    let to = classify(&st, web, OrigDstAddr(new_pod), &[], &pending).map(|r| r.route);
+    assert_eq!(to, Err(RefusalReason::UnknownDestination));
+    let from = classify(
+        &st,
+        ClientAddr(new_pod),
+        OrigDstAddr(a("10.1.0.12:80")),
+        &[],
+        &pending,
+    );
+    assert_eq!(from.map(|r| r.route), Err(RefusalReason::UnknownSource));
 }

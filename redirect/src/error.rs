@@ -64,7 +64,15 @@ pub enum RedirectError {
         /// What was wrong with it.
         reason: String,
     },
+    /// An [`Installer`](crate::Installer)'s own step before the tools failed (e.g. reading
+    /// the pods a CNI plugin captured): nothing was changed.
+    #[error("capture rules not changed: {reason}")]
+    Installer {
+        /// Why.
+        reason: String,
+    },
     /// The blocking task running the tools panicked or was cancelled.
+    #[cfg(feature = "reconciler")]
     #[error("the task running the capture tools did not finish: {source}")]
     Task {
         /// Why it did not finish.

@@ -10,7 +10,8 @@
 //! — into an [`Observed`]; [`plan()`] (pure) turns that and the desired rules into a [`Plan`] of
 //! [`Action`]s, and [`compare`] into a [`Status`]; [`execute()`] runs the plan. [`apply`],
 //! [`remove`] and [`status`] are those steps in one call, and the [`Reconciler`] keeps a host's
-//! rules in step with a changing pod set.
+//! rules in step with a changing pod set (feature `reconciler`, the one part that needs tokio);
+//! [`add_pod`] and [`remove_pod`] change one member of the installed set (the CNI plugin).
 //!
 //! Every rule lives in chains of our own (`NODEMESH-*`, or the nft table `ip nodemesh`); the mesh
 //! pods are a set (`hash:ip` ipset or an nft set) replaced in place, so a pod coming or going
@@ -21,9 +22,11 @@ mod error;
 mod execute;
 mod host;
 mod iptables;
+mod member;
 mod nft;
 mod observe;
 mod plan;
+#[cfg(feature = "reconciler")]
 mod reconcile;
 mod rules;
 mod status;
@@ -33,11 +36,13 @@ pub use error::RedirectError;
 pub use execute::{ApplyReport, execute};
 pub use host::{Host, Tool};
 pub use iptables::IptablesTable;
+pub use member::{add_pod, has_pod, missing_parts, remove_pod};
 pub use nft::NftChain;
 pub use observe::{
     Firewall, IptablesState, NftState, Observed, TableState, observe, observe_firewall,
 };
 pub use plan::{Action, Plan, plan, plan_removal};
+#[cfg(feature = "reconciler")]
 pub use reconcile::{Installer, Reconciler};
 pub use rules::{
     Backend, CHAIN_DIVERT, CHAIN_DNAT, CHAIN_FORWARD, CHAIN_NAT, CHAIN_PREROUTING, IPSET_NAME,

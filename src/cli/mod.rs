@@ -2,6 +2,7 @@
 
 pub mod ca;
 pub mod capture;
+pub mod cni;
 pub mod config;
 pub mod demo;
 pub mod kube;

@@ -55,7 +55,8 @@ pub struct ProxyArgs {
     /// This node's name in the config.
     #[arg(long, env = "NODE_NAME")]
     node: String,
-    /// State directory (the CA token and, later, WireGuard keys).
+    /// State directory (the CA token, WireGuard keys, and with `--manage-redirect` the CNI
+    /// plugin's namespace cache and pod records under `cni/`).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/nodemesh")]
     state_dir: PathBuf,
     /// This node's CA token [default: <state-dir>/ca-token].
@@ -235,6 +236,8 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         }
         None => None,
     };
+    // The CNI plugin's pods the state does not know yet: kept by `--manage-redirect`.
+    let pending_pods = nodemesh_proxy::PendingPods::default();
     let opts = ProxyOptions {
         source,
         node: args.node,
@@ -254,11 +257,17 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         mark_sockets: !args.no_capture,
         reload_interval: Duration::from_secs(1),
         backoff: Backoff::default(),
+        pending_pods: pending_pods.clone(),
     };
     let proxy = ProxyHandle::start(opts).await?;
     if args.manage_redirect {
-        let keep_in_step =
-            super::capture::manage(proxy.store().clone(), args.capture_backend).await?;
+        let keep_in_step = super::capture::manage(
+            proxy.store().clone(),
+            args.capture_backend,
+            args.state_dir.clone(),
+            pending_pods,
+        )
+        .await?;
         tokio::spawn(keep_in_step);
     }
     let admin = proxy.serve_admin(args.admin_addr, args.metrics_addr, args.readiness_addr)?;

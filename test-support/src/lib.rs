@@ -8,6 +8,7 @@
 //! | `certs` | `TestCa`: a self-signed root made on the fly that signs any leaf | `certs` |
 //! | `ca` | `LocalCa`: the real CA on loopback, fed by files | `ca` |
 //! | `mesh` | `Mesh`: the CA and two real proxies in process, pods on loopback | `mesh` |
+//! | `cni` | `Chain`: a CNI conflist run as a container runtime runs it | `cni` |
 //! | `kube` | `FakeApi`: the Kubernetes list/watch API for the real kube client; its CA | `kube` |
 //! | `wait` | `eventually`: polling until something holds | `wait` |
 //!
@@ -19,6 +20,8 @@
 pub mod ca;
 #[cfg(feature = "certs")]
 mod certs;
+#[cfg(feature = "cni")]
+pub mod cni;
 #[cfg(feature = "kube")]
 pub mod kube;
 #[cfg(feature = "mesh")]

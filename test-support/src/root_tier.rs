@@ -18,6 +18,13 @@ pub enum Need {
     },
     /// A device node, e.g. `/dev/net/tun`.
     Device(&'static str),
+    /// A file outside `PATH`, e.g. a CNI plugin in `/usr/lib/cni`.
+    File {
+        /// Its path.
+        path: &'static str,
+        /// The Debian package that provides it.
+        package: &'static str,
+    },
 }
 
 impl Need {
@@ -34,6 +41,8 @@ impl Need {
                 .then(|| format!("`{name}` not found (install the Debian package {package})")),
             Self::Device(path) => (!Path::new(path).exists())
                 .then(|| format!("no {path} (load the kernel module that provides it)")),
+            Self::File { path, package } => (!Path::new(path).exists())
+                .then(|| format!("no {path} (install the Debian package {package})")),
         }
     }
 }

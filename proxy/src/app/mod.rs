@@ -151,6 +151,7 @@ impl ProxyHandle {
             hbone_port: opts.hbone_port,
             l7_limits: opts.l7_limits,
             own_listeners,
+            pending: opts.pending_pods.clone(),
         });
         tasks::reconcile(&ctx).await;
 

@@ -11,6 +11,7 @@ use nodemesh_state::{MeshStore, StateError};
 
 use crate::l7::L7Limits;
 use crate::observe::FlowLogTarget;
+use crate::pending::PendingPods;
 
 /// Where the proxy's view of the mesh comes from.
 #[derive(Debug, Clone)]
@@ -64,6 +65,9 @@ pub struct ProxyOptions {
     pub backoff: Backoff,
     /// Timeouts and size limits of connections under L7 enforcement.
     pub l7_limits: L7Limits,
+    /// Captured pod addresses the state does not know yet (the CNI plugin's), kept current by
+    /// the caller; connections from or to them are refused.
+    pub pending_pods: PendingPods,
 }
 
 impl Default for ProxyOptions {
@@ -89,6 +93,7 @@ impl Default for ProxyOptions {
             reload_interval: Duration::from_secs(1),
             backoff: Backoff::default(),
             l7_limits: L7Limits::default(),
+            pending_pods: PendingPods::default(),
         }
     }
 }

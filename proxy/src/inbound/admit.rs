@@ -7,6 +7,7 @@ use nodemesh_state::MeshState;
 use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::flow::Refused;
 use crate::observe::RefusalReason;
+use crate::pending::PendingPods;
 
 /// A connection arriving for a local pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +34,13 @@ pub struct Admission {
 
 /// Decides an arrival: the destination must be a local mesh workload with a certificate
 /// (`certified`), plaintext must be allowed (PERMISSIVE), and the L4 policy must allow it unless
-/// the destination needs L7. A [`RefusalReason::Policy`] refusal carries the deciding policy.
+/// the destination needs L7. Plaintext from an address the state does not know inside the pod
+/// network or among the node's `pending` captured pods is refused (`unknown_source`). A
+/// [`RefusalReason::Policy`] refusal carries the deciding policy.
 pub fn decide(
     state: &MeshState,
     arrival: &Arrival,
+    pending: &PendingPods,
     certified: impl Fn(&SpiffeId) -> bool,
 ) -> Result<Admission, Refused> {
     let Some(dst) = state
@@ -47,6 +51,13 @@ pub fn decide(
     };
     if arrival.peer.is_none() && !state.is_permissive(dst) {
         return Err(Refused::new(RefusalReason::StrictMtls));
+    }
+    let src = arrival.src.ip();
+    if arrival.peer.is_none()
+        && state.workload(src).is_none()
+        && (state.in_pod_network(src) || pending.contains(src))
+    {
+        return Err(Refused::new(RefusalReason::UnknownSource));
     }
     if !certified(&dst.identity) {
         return Err(Refused::new(RefusalReason::NoCertificate));
@@ -137,9 +148,14 @@ policies:
     fn arrival(peer: Option<SpiffeId>, target: &str) -> Arrival {
         Arrival {
             peer,
-            src: ClientAddr("10.2.0.99:40000".parse::<SocketAddr>().unwrap()),
+            // db-2 on node-b: a known source.
+            src: ClientAddr("10.2.0.21:40000".parse::<SocketAddr>().unwrap()),
             target: OrigDstAddr(target.parse().unwrap()),
         }
+    }
+
+    fn none() -> PendingPods {
+        PendingPods::default()
     }
 
     fn reason(result: Result<Admission, Refused>) -> RefusalReason {
@@ -149,7 +165,8 @@ policies:
     #[test]
     fn allowed_by_policy_names_the_policy() {
         let web = Some(id("web", "shop"));
-        let admission = decide(&state(), &arrival(web, "10.1.0.21:5432"), |_| true).unwrap();
+        let admission =
+            decide(&state(), &arrival(web, "10.1.0.21:5432"), &none(), |_| true).unwrap();
         assert_eq!(
             admission,
             Admission {
@@ -163,17 +180,26 @@ policies:
     #[test]
     fn denied_by_policy_at_l4() {
         let other = Some(id("other", "shop"));
-        let refused = decide(&state(), &arrival(other, "10.1.0.21:5432"), |_| true).unwrap_err();
+        let refused = decide(&state(), &arrival(other, "10.1.0.21:5432"), &none(), |_| {
+            true
+        })
+        .unwrap_err();
         assert_eq!(refused.reason, RefusalReason::Policy);
         let web = Some(id("web", "shop"));
-        let wrong_port = decide(&state(), &arrival(web, "10.1.0.21:80"), |_| true);
+        let wrong_port = decide(&state(), &arrival(web, "10.1.0.21:80"), &none(), |_| true);
         assert_eq!(reason(wrong_port), RefusalReason::Policy);
     }
 
     #[test]
     fn destinations_needing_l7_are_decided_per_request() {
         let anyone = Some(id("other", "shop"));
-        let admission = decide(&state(), &arrival(anyone, "10.1.0.31:8080"), |_| true).unwrap();
+        let admission = decide(
+            &state(),
+            &arrival(anyone, "10.1.0.31:8080"),
+            &none(),
+            |_| true,
+        )
+        .unwrap();
         assert!(admission.needs_l7);
         assert_eq!(admission.policy, None);
     }
@@ -187,7 +213,7 @@ policies:
             "10.1.0.99:80",
             "192.0.2.1:80",
         ] {
-            let result = decide(&state(), &arrival(web.clone(), target), |_| true);
+            let result = decide(&state(), &arrival(web.clone(), target), &none(), |_| true);
             assert_eq!(
                 reason(result),
                 RefusalReason::UnknownDestination,
@@ -198,17 +224,44 @@ policies:
 
     #[test]
     fn plaintext_is_refused_by_strict_and_let_in_by_permissive() {
-        let strict = decide(&state(), &arrival(None, "10.1.0.11:80"), |_| true);
+        let strict = decide(&state(), &arrival(None, "10.1.0.11:80"), &none(), |_| true);
         assert_eq!(reason(strict), RefusalReason::StrictMtls);
-        let permissive = decide(&state(), &arrival(None, "10.1.0.41:80"), |_| true).unwrap();
+        let permissive =
+            decide(&state(), &arrival(None, "10.1.0.41:80"), &none(), |_| true).unwrap();
         assert_eq!(permissive.destination, id("open", "open"));
+    }
+
+    #[test]
+    fn plaintext_from_an_unknown_pod_address_is_refused() {
+        let from = |src: &str| Arrival {
+            src: ClientAddr(src.parse().unwrap()),
+            ..arrival(None, "10.1.0.41:80")
+        };
+        // Inside node-b's podCIDR, no workload: refused even by a permissive destination.
+        let unknown = decide(&state(), &from("10.2.0.99:1"), &none(), |_| true);
+        assert_eq!(reason(unknown), RefusalReason::UnknownSource);
+        // Outside every podCIDR: outside the mesh, let in by permissive, unless captured here
+        // (a pod the CNI plugin added that the state does not know yet).
+        assert!(decide(&state(), &from("192.0.2.7:1"), &none(), |_| true).is_ok());
+        let pending = PendingPods::default();
+        pending.replace(["192.0.2.7".parse().unwrap()].into());
+        let captured = decide(&state(), &from("192.0.2.7:1"), &pending, |_| true);
+        assert_eq!(reason(captured), RefusalReason::UnknownSource);
+        // With a verified peer the address is the peer's node's business, not a refusal.
+        let peer = Arrival {
+            peer: Some(id("web", "shop")),
+            ..from("10.2.0.99:1")
+        };
+        assert!(decide(&state(), &peer, &none(), |_| true).is_ok());
     }
 
     #[test]
     fn a_destination_without_certificate_is_refused() {
         let web = Some(id("web", "shop"));
         let db = id("db", "shop");
-        let result = decide(&state(), &arrival(web, "10.1.0.21:5432"), |i| *i != db);
+        let result = decide(&state(), &arrival(web, "10.1.0.21:5432"), &none(), |i| {
+            *i != db
+        });
         assert_eq!(reason(result), RefusalReason::NoCertificate);
     }
 
@@ -218,9 +271,9 @@ policies:
         let open = YAML.replace("nodemesh.io/mtls-mode: permissive", "x: y");
         let strict = MeshState::new(Config::from_yaml_str(&open, "/").unwrap(), "node-a").unwrap();
         let plain = arrival(None, "10.1.0.41:80");
-        assert!(decide(&state(), &plain, |_| true).is_ok());
+        assert!(decide(&state(), &plain, &none(), |_| true).is_ok());
         assert_eq!(
-            reason(decide(&strict, &plain, |_| true)),
+            reason(decide(&strict, &plain, &none(), |_| true)),
             RefusalReason::StrictMtls
         );
     }

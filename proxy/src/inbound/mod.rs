@@ -55,7 +55,9 @@ pub(crate) async fn admit(
     flow.mtls = arrival.peer.is_some();
     flow.src = Party::at(&state, arrival.src.0, arrival.peer.clone());
     flow.dst = Party::at(&state, arrival.target.0, None);
-    let admission = match decide(&state, &arrival, |id| ctx.certs.credentials(id).is_some()) {
+    let admission = match decide(&state, &arrival, &ctx.pending, |id| {
+        ctx.certs.credentials(id).is_some()
+    }) {
         Ok(admission) => admission,
         Err(refused) => {
             if refused.reason == RefusalReason::Policy {

@@ -7,6 +7,7 @@ use nodemesh_state::MeshState;
 
 use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::observe::RefusalReason;
+use crate::pending::PendingPods;
 
 /// Where an outbound connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,12 +44,15 @@ pub struct Routed {
     pub service: Option<String>,
 }
 
-/// Classifies a connection from `src` to `orig_dst`; `Err` is the refusal reason.
+/// Classifies a connection from `src` to `orig_dst`; `Err` is the refusal reason. A source
+/// that is no local mesh workload is refused, and so is a destination the state does not know
+/// inside the pod network or among the node's `pending` captured pods.
 pub fn classify(
     state: &MeshState,
     src: ClientAddr,
     orig_dst: OrigDstAddr,
     own_listeners: &[SocketAddr],
+    pending: &PendingPods,
 ) -> Result<Routed, RefusalReason> {
     if own_listeners.contains(&orig_dst.0) {
         return Err(RefusalReason::Loop);
@@ -86,7 +90,9 @@ pub fn classify(
             target,
         },
         Some(_) => Route::Passthrough { target },
-        None if state.in_pod_network(target.ip()) => return Err(RefusalReason::UnknownDestination),
+        None if state.in_pod_network(target.ip()) || pending.contains(target.ip()) => {
+            return Err(RefusalReason::UnknownDestination);
+        }
         None => Route::Passthrough { target },
     };
     Ok(Routed { route, service })

@@ -33,7 +33,7 @@ where
         .flows
         .start(Flow::new(Direction::Outbound, src, orig_dst));
     guard.flow().src = Party::at(&state, src.0, None);
-    let routed = match classify(&state, src, orig_dst, &ctx.own_listeners) {
+    let routed = match classify(&state, src, orig_dst, &ctx.own_listeners, &ctx.pending) {
         Ok(routed) => routed,
         Err(reason) => {
             guard.flow().dst = Party::at(&state, orig_dst.0, None);
