@@ -56,6 +56,7 @@ fn endpoints_that_are_not_pods_are_passthrough_and_undeclared_vip_ports_refused(
             ClientAddr(a("10.1.0.11:40000")),
             OrigDstAddr(a(dst)),
             &own,
+            &none(),
         )
     };
     assert_eq!(
@@ -100,6 +101,7 @@ fn a_node_port_is_the_service() {
             ClientAddr(a("10.1.0.11:40000")),
             OrigDstAddr(a(&format!("{node}:30080"))),
             &own,
+            &none(),
         )
         .unwrap();
         assert!(matches!(routed.route, Route::Hbone { .. }), "{routed:?}");
@@ -110,6 +112,7 @@ fn a_node_port_is_the_service() {
         ClientAddr(a("10.1.0.11:40000")),
         OrigDstAddr(a("10.0.0.1:30081")),
         &own,
+        &none(),
     );
     assert!(matches!(
         other_port.map(|r| r.route),

@@ -12,7 +12,7 @@ use crate::rules::{Backend, IPSET_NAME, NFT_SET, NFT_TABLE, RuleSet};
 use crate::status::ItemState;
 
 /// The parts of the capture rules that are missing on `host` for `backend` (empty when capture
-/// is installed): the ip rule, the local route, the pod set or our chains. Pod set members and
+/// is installed): the ip rule, the local route, the pod set or the capture chains. Pod set members and
 /// rule details are not compared (a set with other pods, or rules of another version, are
 /// installed).
 pub fn missing_parts(host: &Host, backend: Backend) -> Result<Vec<String>, RedirectError> {
@@ -21,7 +21,7 @@ pub fn missing_parts(host: &Host, backend: Backend) -> Result<Vec<String>, Redir
         &status.ip_rule,
         &status.route,
         &status.pod_set,
-        &status.chains,
+        &status.capture,
     ]
     .into_iter()
     .filter(|item| item.state == ItemState::Missing)
