@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("addr", 0),
     ("certs", 0),
     ("observe", 0),
+    ("pending", 0),
     ("relay", 0),
     ("socket", 0),
     ("flow", 1),
