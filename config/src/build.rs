@@ -1,7 +1,7 @@
 //! Constructors of the domain types for sources other than the YAML (the Kubernetes watchers).
 //! They take typed values; the caller has already decided what is valid.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
@@ -56,6 +56,8 @@ pub struct WorkloadFields {
     pub service_account: String,
     /// Pod IP.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, on a dual-stack node.
+    pub ipv6: Option<Ipv6Addr>,
     /// Node name.
     pub node: String,
     /// Pod labels.
@@ -71,6 +73,7 @@ impl Workload {
             namespace: f.namespace,
             service_account: f.service_account,
             ip: f.ip,
+            ipv6: f.ipv6,
             node: f.node,
             labels: f.labels,
             identity,

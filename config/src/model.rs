@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -78,6 +78,10 @@ pub struct Workload {
     pub service_account: String,
     /// The pod's IP.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address on a dual-stack node (`ipv6`): not meshed, so the node drops
+    /// IPv6 forwarded to or from it (SECURITY.md "IPv6").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// The node the pod runs on (always a node of the config).
     pub node: String,
     /// The pod's labels.

@@ -38,6 +38,7 @@ const WORKLOAD_KEYS: &[&str] = &[
     "namespace",
     "serviceAccount",
     "ip",
+    "ipv6",
     "node",
     "labels",
 ];
@@ -190,6 +191,7 @@ fn workload(
         .optional(errs, "serviceAccount", k8s_name(dns1123_subdomain))
         .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned());
     let ip = f.required(errs, "ip", values::ipv4);
+    let ipv6 = f.optional(errs, "ipv6", values::ipv6);
     let node = f.required(errs, "node", reader::string);
     let labels = f.optional(errs, "labels", |e, p, v| {
         our_labels(e, p, v, WORKLOAD_LABELS)
@@ -213,6 +215,7 @@ fn workload(
         namespace,
         service_account,
         ip: ip?,
+        ipv6,
         node: node?,
         labels: labels.unwrap_or_default(),
         identity,

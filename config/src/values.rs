@@ -1,7 +1,7 @@
 //! Readers for the typed values of a config: names, addresses, networks, ports, keys, URLs,
 //! paths and labels. Each reports what is wrong at the value's path and returns `None` then.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
@@ -30,6 +30,17 @@ pub(crate) fn ipv4(errs: &mut Errors, path: &str, value: &Value) -> Option<Ipv4A
         Ok(IpAddr::V4(ip)) => Ok(ip),
         Ok(IpAddr::V6(_)) => Err(format!("{s:?} is IPv6: only IPv4 is supported for now")),
         Err(_) => Err(format!("{s:?} is not an IPv4 address")),
+    };
+    errs.check(path, parsed)
+}
+
+/// Reads an IPv6 address.
+pub(crate) fn ipv6(errs: &mut Errors, path: &str, value: &Value) -> Option<Ipv6Addr> {
+    let s = reader::string(errs, path, value)?;
+    let parsed = match s.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => Ok(ip),
+        Ok(IpAddr::V4(_)) => Err(format!("{s:?} is IPv4: `ip` holds the IPv4 address")),
+        Err(_) => Err(format!("{s:?} is not an IPv6 address")),
     };
     errs.check(path, parsed)
 }

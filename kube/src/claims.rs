@@ -182,6 +182,7 @@ mod tests {
             namespace: "shop".into(),
             service_account: "web".into(),
             ip,
+            ipv6: None,
             node: node.into(),
             labels: Default::default(),
         };

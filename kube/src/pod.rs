@@ -9,7 +9,7 @@
 //! without a `serviceAccountName` (the ServiceAccount admission plugin sets it on every other
 //! pod).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use nodemesh_config::{Workload, WorkloadFields};
@@ -65,6 +65,18 @@ pub fn ipv4(status: &PodStatus) -> Option<Ipv4Addr> {
         .find_map(|ip| ip.parse().ok())
 }
 
+/// The pod's first IPv6 in `status.podIPs` (or `status.podIP`), on a dual-stack node: not
+/// meshed, guarded (the node drops IPv6 forwarded to or from it).
+pub fn ipv6(status: &PodStatus) -> Option<Ipv6Addr> {
+    status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .find_map(|ip| ip.parse().ok())
+}
+
 /// A running pod's claim on an IP, with its identity if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodClaim {
@@ -101,6 +113,7 @@ pub fn claim(pod: &Pod, trust_domain: &TrustDomain) -> Option<PodClaim> {
             namespace,
             service_account: sa.to_owned(),
             ip,
+            ipv6: ipv6(status),
             node: node.clone(),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
         };
@@ -199,6 +212,12 @@ mod tests {
                                    "podIPs": [{"ip": "fd00::5"}, {"ip": "10.1.1.5"}]});
         let c = claim(&pod(json!({}), json!({}), dual_v6_first), &td()).unwrap();
         assert_eq!(c.ip.to_string(), "10.1.1.5", "IPv6 first keeps the IPv4");
+        let v6 = c.workload.as_ref().unwrap().ipv6;
+        assert_eq!(
+            v6,
+            Some("fd00::5".parse().unwrap()),
+            "and its IPv6 is kept, to be guarded"
+        );
         let dual_v4_first = json!({"phase": "Running", "podIP": "10.1.1.6",
                                    "podIPs": [{"ip": "10.1.1.6"}, {"ip": "fd00::6"}]});
         let c = claim(&pod(json!({}), json!({}), dual_v4_first), &td()).unwrap();

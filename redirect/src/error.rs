@@ -6,9 +6,9 @@ use std::process::ExitStatus;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedirectError {
-    /// A mesh pod address that is not an IPv4 address (nodemesh is IPv4 only for now).
-    #[error("pod address {input:?} is not an IPv4 address")]
-    NotIpv4 {
+    /// A mesh pod address that is not an IP address.
+    #[error("pod address {input:?} is not an IPv4 or IPv6 address")]
+    BadAddress {
         /// The text given.
         input: String,
     },

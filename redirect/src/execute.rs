@@ -86,6 +86,30 @@ fn run(host: &Host, action: &Action) -> Result<(), RedirectError> {
             let args = ["delete", "table", "ip", NFT_TABLE];
             host.run(Tool::Nft, &args, None, "delete our table")?;
         }
+        Action::WriteChains6(input) => {
+            let action = "install the IPv6 guard";
+            host.run(Tool::Ip6tablesRestore, &["--noflush"], Some(input), action)?;
+        }
+        Action::DeleteChains6(input) => {
+            let action = "delete the IPv6 guard";
+            host.run(Tool::Ip6tablesRestore, &["--noflush"], Some(input), action)?;
+        }
+        Action::WriteNft6Table(script) => {
+            host.run(
+                Tool::Nft,
+                &["-f", "-"],
+                Some(script),
+                "install the IPv6 guard",
+            )?;
+        }
+        Action::WriteNft6Set(script) => {
+            let action = "replace the IPv6 pod set";
+            host.run(Tool::Nft, &["-f", "-"], Some(script), action)?;
+        }
+        Action::DeleteNft6Table => {
+            let args = ["delete", "table", "ip6", NFT_TABLE];
+            host.run(Tool::Nft, &args, None, "delete the IPv6 guard")?;
+        }
     }
     Ok(())
 }

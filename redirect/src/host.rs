@@ -16,6 +16,10 @@ pub enum Tool {
     IptablesRestore,
     /// `iptables-save` (iptables).
     IptablesSave,
+    /// `ip6tables-restore` (iptables).
+    Ip6tablesRestore,
+    /// `ip6tables-save` (iptables).
+    Ip6tablesSave,
     /// `ipset` (ipset).
     Ipset,
     /// `nft` (nftables).
@@ -29,6 +33,8 @@ impl Tool {
             Self::Ip => "ip",
             Self::IptablesRestore => "iptables-restore",
             Self::IptablesSave => "iptables-save",
+            Self::Ip6tablesRestore => "ip6tables-restore",
+            Self::Ip6tablesSave => "ip6tables-save",
             Self::Ipset => "ipset",
             Self::Nft => "nft",
         }
@@ -38,7 +44,10 @@ impl Tool {
     pub fn package(self) -> &'static str {
         match self {
             Self::Ip => "iproute2",
-            Self::IptablesRestore | Self::IptablesSave => "iptables",
+            Self::IptablesRestore
+            | Self::IptablesSave
+            | Self::Ip6tablesRestore
+            | Self::Ip6tablesSave => "iptables",
             Self::Ipset => "ipset",
             Self::Nft => "nftables",
         }

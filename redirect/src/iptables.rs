@@ -29,19 +29,34 @@ pub enum IptablesTable {
     Nat,
     /// `filter`: the forward guard.
     Filter,
+    /// ip6tables' `filter`: the IPv6 guard ([`crate::ipv6`]). Not in [`IptablesTable::ALL`].
+    Filter6,
 }
 
 impl IptablesTable {
-    /// Every table of ours, in install order.
+    /// Every IPv4 table of ours, in install order.
     pub const ALL: [Self; 3] = [Self::Mangle, Self::Nat, Self::Filter];
 
-    /// The table's name, as `iptables -t` takes it.
+    /// The table's name, as `iptables -t` (or `ip6tables -t`) takes it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Mangle => "mangle",
             Self::Nat => "nat",
-            Self::Filter => "filter",
+            Self::Filter | Self::Filter6 => "filter",
         }
+    }
+
+    /// The table's name with its family when it is IPv6: `mangle`, `ip6 filter`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Filter6 => "ip6 filter",
+            other => other.name(),
+        }
+    }
+
+    /// Whether the table is ip6tables'.
+    pub fn is_ipv6(self) -> bool {
+        self == Self::Filter6
     }
 
     /// The built-in chain that jumps to ours, and the chain it jumps to.
@@ -49,7 +64,7 @@ impl IptablesTable {
         match self {
             Self::Mangle => ("PREROUTING", CHAIN_PREROUTING),
             Self::Nat => ("PREROUTING", CHAIN_NAT),
-            Self::Filter => ("FORWARD", CHAIN_FORWARD),
+            Self::Filter | Self::Filter6 => ("FORWARD", CHAIN_FORWARD),
         }
     }
 
@@ -58,7 +73,7 @@ impl IptablesTable {
         match self {
             Self::Mangle => &[CHAIN_DIVERT, CHAIN_PREROUTING],
             Self::Nat => &[CHAIN_NAT],
-            Self::Filter => &[CHAIN_FORWARD],
+            Self::Filter | Self::Filter6 => &[CHAIN_FORWARD],
         }
     }
 
@@ -122,6 +137,7 @@ impl RuleSet {
                     )
                 })
                 .into(),
+            IptablesTable::Filter6 => self.ipv6_iptables_rules(),
         }
     }
 

@@ -15,13 +15,15 @@
 //!
 //! Every rule lives in chains of our own (`NODEMESH-*`, or the nft table `ip nodemesh`); the mesh
 //! pods are a set (`hash:ip` ipset or an nft set) replaced in place, so a pod coming or going
-//! never rebuilds the chains.
+//! never rebuilds the chains. Their IPv6 addresses, which nodemesh does not mesh, are guarded
+//! by [`ipv6`]: IPv6 forwarded to or from them is dropped and counted.
 
 mod apply;
 mod error;
 mod execute;
 mod host;
 mod iptables;
+pub mod ipv6;
 mod member;
 mod nft;
 mod observe;
@@ -36,6 +38,7 @@ pub use error::RedirectError;
 pub use execute::{ApplyReport, execute};
 pub use host::{Host, Tool};
 pub use iptables::IptablesTable;
+pub use ipv6::{IPSET6_NAME, ipv6_dropped};
 pub use member::{add_pod, has_pod, missing_parts, remove_pod};
 pub use nft::NftChain;
 pub use observe::{

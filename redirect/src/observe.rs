@@ -4,11 +4,13 @@
 //! comparison with a desired [`RuleSet`] is [`crate::compare`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
 use crate::error::RedirectError;
 use crate::host::{Host, Tool, ok_or_failed};
 use crate::iptables::IptablesTable;
+use crate::ipv6::{IPSET6_NAME, IPSET6_STAGING, host_has_ipv6};
 use crate::rules::{Backend, IPSET_NAME, IPSET_STAGING, NFT_SET, NFT_TABLE, RuleSet};
 
 /// The kernel switch capture needs on (`1`): TPROXY delivers forwarded packets.
@@ -23,6 +25,8 @@ pub struct Observed {
     pub ip_rules: Vec<String>,
     /// The routes of our table ([`RuleSet::table`]); `None` when the table does not exist.
     pub routes: Option<Vec<String>>,
+    /// Whether the host has IPv6 at all (then the IPv6 guard is read and wanted).
+    pub ipv6: bool,
     /// Our chains and set, of the backend looked at.
     pub firewall: Firewall,
 }
@@ -55,10 +59,14 @@ pub struct IptablesState {
     pub nat: TableState,
     /// Ours in `filter` (the forward guard).
     pub filter: TableState,
-    /// Our sets that exist (the pod set, a leftover staging set).
+    /// Ours in ip6tables' `filter` (the IPv6 guard).
+    pub filter6: TableState,
+    /// Our sets that exist (the pod sets, a leftover staging set).
     pub sets: Vec<String>,
     /// The pod set's members, when it exists.
     pub members: Option<BTreeSet<Ipv4Addr>>,
+    /// The IPv6 pod set's members, when it exists.
+    pub members6: Option<BTreeSet<Ipv6Addr>>,
 }
 
 impl IptablesState {
@@ -68,6 +76,7 @@ impl IptablesState {
             IptablesTable::Mangle => &self.mangle,
             IptablesTable::Nat => &self.nat,
             IptablesTable::Filter => &self.filter,
+            IptablesTable::Filter6 => &self.filter6,
         }
     }
 
@@ -76,6 +85,7 @@ impl IptablesState {
             IptablesTable::Mangle => &mut self.mangle,
             IptablesTable::Nat => &mut self.nat,
             IptablesTable::Filter => &mut self.filter,
+            IptablesTable::Filter6 => &mut self.filter6,
         }
     }
 }
@@ -91,13 +101,17 @@ pub struct TableState {
     pub jumps: Vec<usize>,
 }
 
-/// Our nft table.
+/// Our nft tables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NftState {
-    /// Our chains by name with their lines, when the table exists.
+    /// Our chains by name with their lines, when the table `ip nodemesh` exists.
     pub chains: Option<BTreeMap<String, Vec<String>>>,
     /// The pod set's members, when it exists.
     pub members: Option<BTreeSet<Ipv4Addr>>,
+    /// The chains of the table `ip6 nodemesh` (the IPv6 guard), when it exists.
+    pub chains6: Option<BTreeMap<String, Vec<String>>>,
+    /// The IPv6 pod set's members, when it exists.
+    pub members6: Option<BTreeSet<Ipv6Addr>>,
 }
 
 /// Checks the tools of `backend` and the namespace, before anything is read or touched.
@@ -136,51 +150,92 @@ pub fn observe(host: &Host, rules: &RuleSet) -> Result<Observed, RedirectError> 
         ip_forward,
         ip_rules,
         routes,
+        ipv6: host_has_ipv6(host)?,
         firewall: observe_firewall(host, rules.backend)?,
     })
 }
 
-/// Reads our chains and pod set with the tools of `backend` (a missing tool is an error).
+/// Reads our chains and pod sets with the tools of `backend` (a missing tool is an error); the
+/// IPv6 guard only where the host has IPv6.
 pub fn observe_firewall(host: &Host, backend: Backend) -> Result<Firewall, RedirectError> {
+    let ipv6 = host_has_ipv6(host)?;
     match backend {
-        Backend::Iptables => observe_iptables(host).map(|s| Firewall::Iptables(Box::new(s))),
-        Backend::Nftables => observe_nft(host).map(Firewall::Nftables),
+        Backend::Iptables => observe_iptables(host, ipv6).map(|s| Firewall::Iptables(Box::new(s))),
+        Backend::Nftables => observe_nft(host, ipv6).map(Firewall::Nftables),
     }
 }
 
-fn observe_iptables(host: &Host) -> Result<IptablesState, RedirectError> {
+fn observe_iptables(host: &Host, ipv6: bool) -> Result<IptablesState, RedirectError> {
     let save = host.run(Tool::IptablesSave, &[], None, "read the rules")?;
     let names = host.run(Tool::Ipset, &["list", "-n"], None, "list sets")?;
     let sets = parse_ipset_names(&names);
-    let members = if sets.iter().any(|s| s == IPSET_NAME) {
-        let saved = host.run(Tool::Ipset, &["save", IPSET_NAME], None, "read the pod set")?;
-        Some(parse_ipset_members(&saved)?)
+    let read_set = |name: &str| -> Result<Option<String>, RedirectError> {
+        if !sets.iter().any(|s| s == name) {
+            return Ok(None);
+        }
+        host.run(Tool::Ipset, &["save", name], None, "read a pod set")
+            .map(Some)
+    };
+    let members = match read_set(IPSET_NAME)? {
+        Some(saved) => Some(parse_ipset_members(&saved, IPSET_NAME)?),
+        None => None,
+    };
+    let members6 = match read_set(IPSET6_NAME)? {
+        Some(saved) => Some(parse_ipset_members(&saved, IPSET6_NAME)?),
+        None => None,
+    };
+    let filter6 = if ipv6 {
+        let args = ["-t", "filter"];
+        let save6 = host.run(Tool::Ip6tablesSave, &args, None, "read the IPv6 rules")?;
+        parse_iptables_save(&save6).filter
     } else {
-        None
+        TableState::default()
     };
     Ok(IptablesState {
         sets,
         members,
+        members6,
+        filter6,
         ..parse_iptables_save(&save)
     })
 }
 
-fn observe_nft(host: &Host) -> Result<NftState, RedirectError> {
+fn observe_nft(host: &Host, ipv6: bool) -> Result<NftState, RedirectError> {
+    let (chains, members) = observe_nft_table(host, "ip")?;
+    let (chains6, members6) = if ipv6 {
+        observe_nft_table(host, "ip6")?
+    } else {
+        (None, None)
+    };
+    Ok(NftState {
+        chains,
+        members,
+        chains6,
+        members6,
+    })
+}
+
+/// The chains and pod set of our table in `family`; `None`s when the table does not exist.
+#[allow(clippy::type_complexity)]
+fn observe_nft_table<A: FromStr + Ord>(
+    host: &Host,
+    family: &str,
+) -> Result<(Option<BTreeMap<String, Vec<String>>>, Option<BTreeSet<A>>), RedirectError> {
     let listed = host.try_run(
         Tool::Nft,
-        &["list", "table", "ip", NFT_TABLE],
+        &["list", "table", family, NFT_TABLE],
         None,
         "read our table",
     )?;
     if !listed.ok {
         if listed.stderr.contains("No such file") || listed.stderr.contains("does not exist") {
-            return Ok(NftState::default());
+            return Ok((None, None));
         }
-        return ok_or_failed(listed, "nft", "read our table").map(|_| NftState::default());
+        return ok_or_failed(listed, "nft", "read our table").map(|_| (None, None));
     }
     let set = host.try_run(
         Tool::Nft,
-        &["-j", "list", "set", "ip", NFT_TABLE, NFT_SET],
+        &["-j", "list", "set", family, NFT_TABLE, NFT_SET],
         None,
         "read the pod set",
     )?;
@@ -189,10 +244,7 @@ fn observe_nft(host: &Host) -> Result<NftState, RedirectError> {
     } else {
         None
     };
-    Ok(NftState {
-        chains: Some(parse_nft_chains(&listed.stdout)),
-        members,
-    })
+    Ok((Some(parse_nft_chains(&listed.stdout)), members))
 }
 
 fn lines(text: &str) -> Vec<String> {
@@ -241,20 +293,23 @@ fn parse_ipset_names(names: &str) -> Vec<String> {
     names
         .lines()
         .map(str::trim)
-        .filter(|n| *n == IPSET_NAME || *n == IPSET_STAGING)
+        .filter(|n| [IPSET_NAME, IPSET_STAGING, IPSET6_NAME, IPSET6_STAGING].contains(n))
         .map(str::to_owned)
         .collect()
 }
 
-/// The members of the pod set in `ipset save` output.
-fn parse_ipset_members(saved: &str) -> Result<BTreeSet<Ipv4Addr>, RedirectError> {
-    let prefix = format!("add {IPSET_NAME} ");
+/// The members of the pod set `set` in `ipset save` output (IPv4 or IPv6 by `A`).
+fn parse_ipset_members<A: FromStr + Ord>(
+    saved: &str,
+    set: &str,
+) -> Result<BTreeSet<A>, RedirectError> {
+    let prefix = format!("add {set} ");
     let mut members = BTreeSet::new();
     for line in saved.lines() {
         if let Some(ip) = line.trim().strip_prefix(&prefix) {
             members.insert(ip.parse().map_err(|_| RedirectError::Output {
                 tool: "ipset".into(),
-                reason: format!("set member {ip:?} is not an IPv4 address"),
+                reason: format!("member {ip:?} of {set} is not an address of its family"),
             })?);
         }
     }
@@ -283,8 +338,8 @@ fn parse_nft_chains(listed: &str) -> BTreeMap<String, Vec<String>> {
     chains
 }
 
-/// The members of the pod set in `nft -j list set` output.
-fn parse_nft_members(json: &str) -> Result<BTreeSet<Ipv4Addr>, RedirectError> {
+/// The members of the pod set in `nft -j list set` output (IPv4 or IPv6 by `A`).
+fn parse_nft_members<A: FromStr + Ord>(json: &str) -> Result<BTreeSet<A>, RedirectError> {
     let bad = |reason: String| RedirectError::Output {
         tool: "nft -j".into(),
         reason,
@@ -301,10 +356,10 @@ fn parse_nft_members(json: &str) -> Result<BTreeSet<Ipv4Addr>, RedirectError> {
             let text = elem
                 .as_str()
                 .ok_or_else(|| bad(format!("set element {elem} is not an address")))?;
-            members.insert(
-                text.parse()
-                    .map_err(|_| bad(format!("set element {text:?} is not an IPv4 address")))?,
-            );
+            members
+                .insert(text.parse().map_err(|_| {
+                    bad(format!("set element {text:?} is not of the set's family"))
+                })?);
         }
     }
     Ok(members)
@@ -319,12 +374,14 @@ mod tests {
         let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"set": {"family": "ip", "name": "pods", "table": "nodemesh", "type": "ipv4_addr",
              "elem": ["10.1.1.1", "10.1.1.2"]}}]}"#;
-        let members = parse_nft_members(json).unwrap();
+        let members: BTreeSet<Ipv4Addr> = parse_nft_members(json).unwrap();
         assert_eq!(members.len(), 2);
         let empty = r#"{"nftables": [{"set": {"name": "pods"}}]}"#;
-        assert!(parse_nft_members(empty).unwrap().is_empty());
-        assert!(parse_nft_members(r#"{"nftables": [{"set": {"elem": ["::1"]}}]}"#).is_err());
-        assert!(parse_nft_members("not json").is_err());
+        assert!(parse_nft_members::<Ipv4Addr>(empty).unwrap().is_empty());
+        let v6 = r#"{"nftables": [{"set": {"elem": ["::1"]}}]}"#;
+        assert!(parse_nft_members::<Ipv4Addr>(v6).is_err());
+        assert_eq!(parse_nft_members::<Ipv6Addr>(v6).unwrap().len(), 1);
+        assert!(parse_nft_members::<Ipv4Addr>("not json").is_err());
     }
 
     #[test]
@@ -375,10 +432,15 @@ COMMIT
         );
         let saved = "create nodemesh-pods hash:ip family inet\nadd nodemesh-pods 10.0.0.2\n";
         assert_eq!(
-            parse_ipset_members(saved).unwrap(),
+            parse_ipset_members(saved, IPSET_NAME).unwrap(),
             [Ipv4Addr::new(10, 0, 0, 2)].into()
         );
-        assert!(parse_ipset_members("add nodemesh-pods pod-a\n").is_err());
+        assert!(parse_ipset_members::<Ipv4Addr>("add nodemesh-pods pod-a\n", IPSET_NAME).is_err());
+        let v6 = "add nodemesh-pods6 fd00::1\nadd nodemesh-pods6 10.0.0.1\n";
+        assert!(
+            parse_ipset_members::<Ipv6Addr>(v6, IPSET6_NAME).is_err(),
+            "IPv4 in the IPv6 set"
+        );
     }
 
     #[test]

@@ -46,6 +46,16 @@ pub enum Action {
     WriteNftSet(String),
     /// `nft delete table ip nodemesh`.
     DeleteNftTable,
+    /// `ip6tables-restore --noflush` of this input: (re)create the IPv6 guard's chain.
+    WriteChains6(String),
+    /// `ip6tables-restore --noflush` of this input: delete the IPv6 guard's chain and jumps.
+    DeleteChains6(String),
+    /// `nft -f -` of this script: replace the table `ip6 nodemesh`.
+    WriteNft6Table(String),
+    /// `nft -f -` of this script: replace the IPv6 pod set's elements only.
+    WriteNft6Set(String),
+    /// `nft delete table ip6 nodemesh`.
+    DeleteNft6Table,
 }
 
 /// What to run, and the parts it changes (named as in [`Status`]).
@@ -100,6 +110,32 @@ pub fn plan(observed: &Observed, desired: &RuleSet) -> Plan {
     match &observed.firewall {
         Firewall::Iptables(installed) => plan_iptables(&mut plan, &status, installed, desired),
         Firewall::Nftables(_) => plan_nft(&mut plan, &status, desired),
+    }
+    if let (Some(set), Some(forward)) = (&status.ipv6_pod_set, &status.ipv6_forward) {
+        match &observed.firewall {
+            Firewall::Iptables(installed) => {
+                if !set.in_sync() {
+                    plan.change(&set.name, [Action::ReplaceIpset(desired.render_ipset6())]);
+                }
+                if !forward.in_sync() {
+                    let table = IptablesTable::Filter6;
+                    let jumps = installed.table(table).jumps.len();
+                    let input = desired.render_iptables(table, jumps);
+                    plan.change(&forward.name, [Action::WriteChains6(input)]);
+                }
+            }
+            Firewall::Nftables(_) => {
+                if !forward.in_sync() {
+                    plan.actions
+                        .push(Action::WriteNft6Table(desired.render_nft6()));
+                    let set = (!set.in_sync()).then_some(set);
+                    plan.changed
+                        .extend(set.into_iter().chain([forward]).map(|p| p.name.clone()));
+                } else if !set.in_sync() {
+                    plan.change(&set.name, [Action::WriteNft6Set(desired.render_nft6_set())]);
+                }
+            }
+        }
     }
     plan
 }
@@ -163,22 +199,38 @@ pub fn plan_removal(observed: &Observed, leftover: Option<&Firewall>, rules: &Ru
 fn plan_firewall_removal(plan: &mut Plan, firewall: &Firewall) {
     match firewall {
         Firewall::Iptables(installed) => {
-            for table in IptablesTable::ALL {
+            for table in IptablesTable::ALL
+                .into_iter()
+                .chain([IptablesTable::Filter6])
+            {
                 let TableState { chains, jumps, .. } = installed.table(table);
                 if !chains.is_empty() || !jumps.is_empty() {
                     let input = render_iptables_removal(table, chains, jumps.len());
-                    plan.change(&iptables_part(table), [Action::DeleteChains(input)]);
+                    let action = if table.is_ipv6() {
+                        Action::DeleteChains6(input)
+                    } else {
+                        Action::DeleteChains(input)
+                    };
+                    plan.change(&iptables_part(table), [action]);
                 }
             }
             for set in &installed.sets {
                 plan.change(&format!("ipset {set}"), [Action::DestroyIpset(set.clone())]);
             }
         }
-        Firewall::Nftables(NftState { chains, .. }) => {
+        Firewall::Nftables(NftState {
+            chains, chains6, ..
+        }) => {
             if chains.is_some() {
                 plan.change(
                     &format!("nft table ip {NFT_TABLE}"),
                     [Action::DeleteNftTable],
+                );
+            }
+            if chains6.is_some() {
+                plan.change(
+                    &format!("nft table ip6 {NFT_TABLE}"),
+                    [Action::DeleteNft6Table],
                 );
             }
         }
@@ -215,6 +267,8 @@ mod tests {
                 Action::WriteChains(r.render_iptables(IptablesTable::Mangle, 0)),
                 Action::WriteChains(r.render_iptables(IptablesTable::Nat, 0)),
                 Action::WriteChains(r.render_iptables(IptablesTable::Filter, 0)),
+                Action::ReplaceIpset(r.render_ipset6()),
+                Action::WriteChains6(r.render_iptables(IptablesTable::Filter6, 0)),
             ]
         );
         assert_eq!(
@@ -227,6 +281,8 @@ mod tests {
                 "chains mangle NODEMESH-PREROUTING NODEMESH-DIVERT",
                 "chains nat NODEMESH-NAT",
                 "chains filter NODEMESH-FORWARD",
+                "ipset nodemesh-pods6",
+                "chains ip6 filter NODEMESH-FORWARD",
             ]
         );
     }
@@ -235,7 +291,13 @@ mod tests {
     fn from_nothing_nft_writes_the_table_once() {
         let r = rules(Backend::Nftables);
         let plan = plan(&bare(Backend::Nftables), &r);
-        assert_eq!(plan.actions[3..], [Action::WriteNftTable(r.render_nft())]);
+        assert_eq!(
+            plan.actions[3..],
+            [
+                Action::WriteNftTable(r.render_nft()),
+                Action::WriteNft6Table(r.render_nft6())
+            ]
+        );
         assert_eq!(
             plan.changed[3..],
             [
@@ -243,6 +305,8 @@ mod tests {
                 "nft chains ip nodemesh NODEMESH-PREROUTING NODEMESH-DNAT",
                 "nft chain ip nodemesh NODEMESH-NAT",
                 "nft chain ip nodemesh NODEMESH-FORWARD",
+                "nft set ip6 nodemesh pods",
+                "nft chain ip6 nodemesh NODEMESH-FORWARD",
             ]
         );
     }
@@ -270,6 +334,20 @@ mod tests {
         let plan = super::plan(&installed(&r), &more);
         assert_eq!(plan.actions, [Action::WriteNftSet(more.render_nft_set())]);
         assert_eq!(plan.changed, ["nft set ip nodemesh pods"]);
+    }
+
+    #[test]
+    fn a_new_ipv6_address_only_replaces_the_ipv6_set() {
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let r = rules(Backend::Iptables);
+        let more = r.with_pods6([v6("fd00::1"), v6("fd00::9")]);
+        let plan = super::plan(&installed(&r), &more);
+        assert_eq!(plan.actions, [Action::ReplaceIpset(more.render_ipset6())]);
+        assert_eq!(plan.changed, ["ipset nodemesh-pods6"]);
+        let r = rules(Backend::Nftables);
+        let more = r.with_pods6([v6("fd00::9")]);
+        let plan = super::plan(&installed(&r), &more);
+        assert_eq!(plan.actions, [Action::WriteNft6Set(more.render_nft6_set())]);
     }
 
     #[test]
@@ -317,6 +395,7 @@ mod tests {
             plan.actions,
             [
                 Action::DeleteNftTable,
+                Action::DeleteNft6Table,
                 Action::DeleteChains(chains.into()),
                 Action::DestroyIpset(IPSET_NAME.into()),
                 Action::DestroyIpset(IPSET_STAGING.into()),
@@ -328,6 +407,7 @@ mod tests {
             plan.changed,
             [
                 "nft table ip nodemesh",
+                "nft table ip6 nodemesh",
                 "chains mangle NODEMESH-PREROUTING NODEMESH-DIVERT",
                 "ipset nodemesh-pods",
                 "ipset nodemesh-pods-new",

@@ -7,7 +7,7 @@
 //! [`crate::remove`] deletes them.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,13 +68,14 @@ impl<I: Installer> Reconciler<I> {
         changes: watch::Receiver<T>,
     ) -> Result<impl Future<Output = ()> + Send + 'static, RedirectError>
     where
-        F: FnMut() -> BTreeSet<Ipv4Addr> + Send + 'static,
+        F: FnMut() -> BTreeSet<IpAddr> + Send + 'static,
         T: Send + Sync + 'static,
     {
-        let rules = self.template.with_pods(desired());
+        let rules = self.template.with_addrs(desired());
         let report = self.install(&rules).await?;
         tracing::info!(
             pods = rules.pods().len(),
+            ipv6_guarded = rules.pods6().len(),
             changed = ?report.changed,
             "capture rules in place"
         );
@@ -87,17 +88,18 @@ impl<I: Installer> Reconciler<I> {
         mut changes: watch::Receiver<T>,
         mut current: RuleSet,
     ) where
-        F: FnMut() -> BTreeSet<Ipv4Addr> + Send + 'static,
+        F: FnMut() -> BTreeSet<IpAddr> + Send + 'static,
         T: Send + Sync + 'static,
     {
         loop {
-            let pods = desired();
-            if pods != *current.pods() {
-                let rules = self.template.with_pods(pods);
+            let addrs = desired();
+            if addrs != current.addrs() {
+                let rules = self.template.with_addrs(addrs);
                 match self.install(&rules).await {
                     Ok(report) => {
                         tracing::info!(
                             pods = rules.pods().len(),
+                            ipv6_guarded = rules.pods6().len(),
                             changed = ?report.changed,
                             "capture rules updated"
                         );
@@ -135,7 +137,7 @@ mod tests {
 
     /// Records every install it is asked for; fails the ones whose number (from 0) is listed.
     struct Fake {
-        attempts: mpsc::UnboundedSender<(BTreeSet<Ipv4Addr>, bool)>,
+        attempts: mpsc::UnboundedSender<(BTreeSet<IpAddr>, bool)>,
         count: AtomicUsize,
         fail: Vec<usize>,
     }
@@ -145,9 +147,9 @@ mod tests {
             let fails = self
                 .fail
                 .contains(&self.count.fetch_add(1, Ordering::Relaxed));
-            let _ = self.attempts.send((rules.pods().clone(), !fails));
+            let _ = self.attempts.send((rules.addrs(), !fails));
             if fails {
-                return Err(RedirectError::NotIpv4 {
+                return Err(RedirectError::BadAddress {
                     input: "injected failure".into(),
                 });
             }
@@ -157,7 +159,7 @@ mod tests {
         }
     }
 
-    type Attempts = mpsc::UnboundedReceiver<(BTreeSet<Ipv4Addr>, bool)>;
+    type Attempts = mpsc::UnboundedReceiver<(BTreeSet<IpAddr>, bool)>;
 
     fn fake(fail: &[usize]) -> (Reconciler<Fake>, Attempts) {
         let (attempts, seen) = mpsc::unbounded_channel();
@@ -171,15 +173,17 @@ mod tests {
         (reconciler, seen)
     }
 
-    fn pods(last: &[u8]) -> BTreeSet<Ipv4Addr> {
-        last.iter().map(|&n| Ipv4Addr::new(10, 0, 0, n)).collect()
+    fn pods(last: &[u8]) -> BTreeSet<IpAddr> {
+        last.iter()
+            .map(|&n| std::net::Ipv4Addr::new(10, 0, 0, n).into())
+            .collect()
     }
 
     /// The desired set from a watch channel, reporting each time it is asked.
     fn desired_from(
-        rx: &watch::Receiver<BTreeSet<Ipv4Addr>>,
+        rx: &watch::Receiver<BTreeSet<IpAddr>>,
     ) -> (
-        impl FnMut() -> BTreeSet<Ipv4Addr> + Send + 'static,
+        impl FnMut() -> BTreeSet<IpAddr> + Send + 'static,
         mpsc::UnboundedReceiver<()>,
     ) {
         let (asked_tx, asked) = mpsc::unbounded_channel();

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use nodemesh_net::Mark;
@@ -54,6 +54,8 @@ impl Backend {
                 Tool::Ip,
                 Tool::IptablesRestore,
                 Tool::IptablesSave,
+                Tool::Ip6tablesRestore,
+                Tool::Ip6tablesSave,
                 Tool::Ipset,
             ],
             Self::Nftables => &[Tool::Ip, Tool::Nft],
@@ -128,6 +130,7 @@ impl Default for Marks {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
     pods: BTreeSet<Ipv4Addr>,
+    pods6: BTreeSet<Ipv6Addr>,
     /// The capture listeners.
     pub ports: Ports,
     /// The marks.
@@ -146,6 +149,7 @@ impl RuleSet {
     pub fn new(backend: Backend, pods: impl IntoIterator<Item = Ipv4Addr>) -> Self {
         Self {
             pods: pods.into_iter().collect(),
+            pods6: BTreeSet::new(),
             ports: Ports::default(),
             marks: Marks::default(),
             table: TPROXY_TABLE,
@@ -154,32 +158,67 @@ impl RuleSet {
         }
     }
 
-    /// Like [`RuleSet::new`], from text addresses; anything but an IPv4 address is refused.
+    /// Like [`RuleSet::new`], from text addresses (IPv4 ones are captured, IPv6 ones guarded);
+    /// anything but an IP address is refused.
     pub fn parse<S: AsRef<str>>(
         backend: Backend,
         pods: impl IntoIterator<Item = S>,
     ) -> Result<Self, RedirectError> {
-        let pods = pods
+        let addrs = pods
             .into_iter()
             .map(|s| {
                 let s = s.as_ref().trim();
-                match s.parse::<IpAddr>() {
-                    Ok(IpAddr::V4(ip)) => Ok(ip),
-                    _ => Err(RedirectError::NotIpv4 {
-                        input: s.to_owned(),
-                    }),
-                }
+                s.parse::<IpAddr>().map_err(|_| RedirectError::BadAddress {
+                    input: s.to_owned(),
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::new(backend, pods))
+        Ok(Self::new(backend, []).with_addrs(addrs))
     }
 
-    /// The mesh pod IPs, sorted.
+    /// The mesh pods' IPv4 addresses (captured), sorted.
     pub fn pods(&self) -> &BTreeSet<Ipv4Addr> {
         &self.pods
     }
 
-    /// The same rules for another pod set.
+    /// The mesh pods' IPv6 addresses (not meshed: the IPv6 guard drops what is forwarded to or
+    /// from them, see [`crate::ipv6`]), sorted.
+    pub fn pods6(&self) -> &BTreeSet<Ipv6Addr> {
+        &self.pods6
+    }
+
+    /// Every mesh pod address, both families.
+    pub fn addrs(&self) -> BTreeSet<IpAddr> {
+        let v4 = self.pods.iter().copied().map(IpAddr::V4);
+        v4.chain(self.pods6.iter().copied().map(IpAddr::V6))
+            .collect()
+    }
+
+    /// The same rules for another set of IPv6 pod addresses (the IPv4 ones kept).
+    pub fn with_pods6(&self, pods6: impl IntoIterator<Item = Ipv6Addr>) -> Self {
+        Self {
+            pods6: pods6.into_iter().collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The same rules for another set of pod addresses of either family.
+    pub fn with_addrs(&self, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        let (mut pods, mut pods6) = (BTreeSet::new(), BTreeSet::new());
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(ip) => pods.insert(ip),
+                IpAddr::V6(ip) => pods6.insert(ip),
+            };
+        }
+        Self {
+            pods,
+            pods6,
+            ..self.clone()
+        }
+    }
+
+    /// The same rules for another set of IPv4 pod addresses (the IPv6 ones kept).
     pub fn with_pods(&self, pods: impl IntoIterator<Item = Ipv4Addr>) -> Self {
         Self {
             pods: pods.into_iter().collect(),
@@ -227,13 +266,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refuses_non_ipv4() {
-        for bad in ["::1", "10.0.0", "pod-a", "", "10.0.0.1/32"] {
+    fn refuses_what_is_no_address() {
+        for bad in ["10.0.0", "pod-a", "", "10.0.0.1/32", "fd00::/64"] {
             let err = RuleSet::parse(Backend::Iptables, [bad]).unwrap_err();
-            assert!(matches!(err, RedirectError::NotIpv4 { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, RedirectError::BadAddress { .. }),
+                "{bad}: {err}"
+            );
         }
         let ok = RuleSet::parse(Backend::Iptables, ["10.0.0.2", "10.0.0.1", "10.0.0.2"]).unwrap();
         assert_eq!(ok.pods().len(), 2);
+        let dual = RuleSet::parse(Backend::Iptables, ["10.0.0.1", "fd00::1"]).unwrap();
+        assert_eq!((dual.pods().len(), dual.pods6().len()), (1, 1));
+        assert_eq!(dual.with_pods([]).pods6().len(), 1, "IPv6 kept");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::fmt::Display;
 
 use crate::iptables::IptablesTable;
+use crate::ipv6::{IPSET6_NAME, IPSET6_STAGING};
 use crate::observe::{Firewall, IptablesState, NftState, Observed, TableState};
 use crate::rules::{
     Backend, CHAIN_DNAT, CHAIN_FORWARD, CHAIN_NAT, CHAIN_PREROUTING, IPSET_NAME, IPSET_STAGING,
@@ -65,12 +66,17 @@ pub struct Status {
     pub nat: Item,
     /// The forward guard: TCP to or from a mesh pod that no proxy socket owns is dropped.
     pub forward: Item,
+    /// The IPv6 pod set; `None` when the host has no IPv6.
+    pub ipv6_pod_set: Option<Item>,
+    /// The IPv6 guard: IPv6 forwarded to or from a mesh pod is dropped; `None` when the host
+    /// has no IPv6.
+    pub ipv6_forward: Option<Item>,
 }
 
 impl Status {
     /// Every part, in install order.
-    pub fn items(&self) -> [&Item; 7] {
-        [
+    pub fn items(&self) -> Vec<&Item> {
+        let v4 = [
             &self.ip_forward,
             &self.ip_rule,
             &self.route,
@@ -78,7 +84,9 @@ impl Status {
             &self.capture,
             &self.nat,
             &self.forward,
-        ]
+        ];
+        let v6 = [&self.ipv6_pod_set, &self.ipv6_forward];
+        v4.into_iter().chain(v6.into_iter().flatten()).collect()
     }
 
     /// Whether everything is installed as desired.
@@ -147,6 +155,15 @@ pub fn compare(observed: &Observed, desired: &RuleSet) -> Status {
         Firewall::Iptables(installed) => compare_iptables(installed, desired),
         Firewall::Nftables(installed) => compare_nft(installed, desired),
     };
+    let [ipv6_pod_set, ipv6_forward] = if observed.ipv6 {
+        match &observed.firewall {
+            Firewall::Iptables(installed) => compare_iptables6(installed, desired),
+            Firewall::Nftables(installed) => compare_nft6(installed, desired),
+        }
+        .map(Some)
+    } else {
+        [None, None]
+    };
     Status {
         backend: desired.backend,
         ip_forward,
@@ -156,6 +173,8 @@ pub fn compare(observed: &Observed, desired: &RuleSet) -> Status {
         capture,
         nat,
         forward,
+        ipv6_pod_set,
+        ipv6_forward,
     }
 }
 
@@ -173,7 +192,40 @@ pub(crate) fn route_part(rules: &RuleSet) -> String {
 pub(crate) fn iptables_part(table: IptablesTable) -> String {
     let mut chains = table.chains().to_vec();
     chains.sort_by_key(|c| std::cmp::Reverse(*c == table.hook().1));
-    format!("chains {} {}", table.name(), chains.join(" "))
+    format!("chains {} {}", table.label(), chains.join(" "))
+}
+
+/// The IPv6 pod set, then the IPv6 guard's chain.
+fn compare_iptables6(installed: &IptablesState, desired: &RuleSet) -> [Item; 2] {
+    let mut state = members_state(installed.members6.as_ref(), desired.pods6());
+    if installed.sets.iter().any(|s| s == IPSET6_STAGING) && state != ItemState::Missing {
+        state = ItemState::Drift(format!("leftover staging set {IPSET6_STAGING}"));
+    }
+    let table = IptablesTable::Filter6;
+    [
+        Item::new(format!("ipset {IPSET6_NAME}"), state),
+        Item::new(
+            iptables_part(table),
+            compare_table(table, installed.table(table), desired),
+        ),
+    ]
+}
+
+/// The IPv6 pod set, then the IPv6 guard's chain (table `ip6 nodemesh`).
+fn compare_nft6(installed: &NftState, desired: &RuleSet) -> [Item; 2] {
+    let pod_set = Item::new(
+        format!("nft set ip6 {NFT_TABLE} {NFT_SET}"),
+        members_state(installed.members6.as_ref(), desired.pods6()),
+    );
+    let want = desired.nft6_chain();
+    let state = match installed.chains6.as_ref().and_then(|c| c.get(want.name)) {
+        None => ItemState::Missing,
+        Some(c) if c.is_empty() => ItemState::Missing,
+        Some(c) if *c == want.lines => ItemState::InSync,
+        Some(c) => ItemState::Drift(format!("{}: {}", want.name, diff_lines(c, &want.lines))),
+    };
+    let forward = Item::new(format!("nft chain ip6 {NFT_TABLE} {}", want.name), state);
+    [pod_set, forward]
 }
 
 /// The pod set, then the capture, nat and forward parts.
@@ -206,7 +258,7 @@ fn compare_table(table: IptablesTable, installed: &TableState, desired: &RuleSet
         ItemState::Drift(format!(
             "{} jumps from {} {builtin}, want 1",
             jumps.len(),
-            table.name()
+            table.label()
         ))
     } else if jumps[0] != 0 {
         // In nat, KUBE-SERVICES before us would DNAT captured flows; in filter, an ACCEPT
@@ -214,7 +266,7 @@ fn compare_table(table: IptablesTable, installed: &TableState, desired: &RuleSet
         ItemState::Drift(format!(
             "the jump is rule {} of {} {builtin}, want it first",
             jumps[0] + 1,
-            table.name()
+            table.label()
         ))
     } else if *rules != want {
         ItemState::Drift(diff_lines(rules, &want))
@@ -281,7 +333,10 @@ fn diff_lines(installed: &[String], desired: &[String]) -> String {
     }
 }
 
-fn members_state(members: Option<&BTreeSet<Ipv4Addr>>, desired: &BTreeSet<Ipv4Addr>) -> ItemState {
+fn members_state<A: Ord + Display>(
+    members: Option<&BTreeSet<A>>,
+    desired: &BTreeSet<A>,
+) -> ItemState {
     match members {
         None => ItemState::Missing,
         Some(m) if m == desired => ItemState::InSync,
@@ -299,6 +354,8 @@ fn members_state(members: Option<&BTreeSet<Ipv4Addr>>, desired: &BTreeSet<Ipv4Ad
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     pub(crate) fn rules(backend: Backend) -> RuleSet {
@@ -306,6 +363,7 @@ pub(crate) mod tests {
             backend,
             [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
         )
+        .with_pods6([Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)])
     }
 
     /// What a successful apply of `rules` leaves installed.
@@ -317,12 +375,20 @@ pub(crate) mod tests {
                     rules: rules.iptables_rules(table),
                     jumps: vec![0],
                 });
+                let table = IptablesTable::Filter6;
+                let filter6 = TableState {
+                    chains: table.chains().iter().map(|c| c.to_string()).collect(),
+                    rules: rules.iptables_rules(table),
+                    jumps: vec![0],
+                };
                 Firewall::Iptables(Box::new(IptablesState {
                     mangle,
                     nat,
                     filter,
-                    sets: vec![IPSET_NAME.into()],
+                    filter6,
+                    sets: vec![IPSET_NAME.into(), IPSET6_NAME.into()],
                     members: Some(rules.pods().clone()),
+                    members6: Some(rules.pods6().clone()),
                 }))
             }
             Backend::Nftables => Firewall::Nftables(NftState {
@@ -334,12 +400,20 @@ pub(crate) mod tests {
                         .collect(),
                 ),
                 members: Some(rules.pods().clone()),
+                chains6: Some(
+                    [rules.nft6_chain()]
+                        .into_iter()
+                        .map(|c| (c.name.to_owned(), c.lines))
+                        .collect(),
+                ),
+                members6: Some(rules.pods6().clone()),
             }),
         };
         Observed {
             ip_forward: "1".into(),
             ip_rules: vec![rules.ip_rule_line()],
             routes: Some(vec![rules.route_line().into()]),
+            ipv6: true,
             firewall,
         }
     }
@@ -350,6 +424,7 @@ pub(crate) mod tests {
             ip_forward: "0".into(),
             ip_rules: vec![],
             routes: None,
+            ipv6: true,
             firewall: Firewall::empty(backend),
         }
     }
@@ -446,6 +521,42 @@ pub(crate) mod tests {
         );
         assert_eq!(st.forward.state, ItemState::Missing);
         assert!(st.nat.in_sync());
+    }
+
+    #[test]
+    fn the_ipv6_guard_is_a_part_where_the_host_has_ipv6() {
+        for backend in [Backend::Iptables, Backend::Nftables] {
+            let r = rules(backend);
+            let mut seen = installed(&r);
+            let more = r.with_pods6([Ipv6Addr::LOCALHOST]);
+            let st = compare(&seen, &more);
+            assert!(!st.in_sync());
+            let set = st.ipv6_pod_set.as_ref().unwrap();
+            assert!(
+                matches!(&set.state, ItemState::Drift(d) if d.contains("missing [::1]")),
+                "{st}"
+            );
+            assert!(st.ipv6_forward.as_ref().unwrap().in_sync(), "{st}");
+            seen.ipv6 = false;
+            let st = compare(&seen, &more);
+            assert!(
+                st.in_sync() && st.ipv6_forward.is_none(),
+                "no IPv6, nothing to guard: {st}"
+            );
+        }
+        let st = compare(
+            &installed(&rules(Backend::Iptables)),
+            &rules(Backend::Iptables),
+        );
+        assert_eq!(
+            st.ipv6_forward.unwrap().name,
+            "chains ip6 filter NODEMESH-FORWARD"
+        );
+        let st = compare(
+            &installed(&rules(Backend::Nftables)),
+            &rules(Backend::Nftables),
+        );
+        assert_eq!(st.ipv6_pod_set.unwrap().name, "nft set ip6 nodemesh pods");
     }
 
     #[test]

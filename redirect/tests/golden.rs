@@ -10,7 +10,13 @@ use std::path::PathBuf;
 use nodemesh_redirect::{Backend, IptablesTable, RuleSet};
 
 fn rules(backend: Backend) -> RuleSet {
-    RuleSet::parse(backend, ["10.200.1.12", "10.200.1.11", "10.200.1.13"]).unwrap()
+    let addrs = [
+        "10.200.1.12",
+        "10.200.1.11",
+        "10.200.1.13",
+        "fd00:10:200:1::12",
+    ];
+    RuleSet::parse(backend, addrs).unwrap()
 }
 
 fn check(name: &str, rendered: &str) {
@@ -77,6 +83,19 @@ fn nft_script_empty() {
 #[test]
 fn nft_set_update() {
     check("nft-set.txt", &rules(Backend::Nftables).render_nft_set());
+}
+
+#[test]
+fn the_ipv6_guard() {
+    let rules = rules(Backend::Iptables);
+    let table = IptablesTable::Filter6;
+    check(
+        "ip6tables-restore-filter.txt",
+        &rules.render_iptables(table, 0),
+    );
+    check("ipset-restore-6.txt", &rules.render_ipset6());
+    check("nft6.txt", &rules.render_nft6());
+    check("nft6-set.txt", &rules.render_nft6_set());
 }
 
 #[test]

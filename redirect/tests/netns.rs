@@ -84,19 +84,28 @@ struct Snapshot {
 }
 
 fn snapshot(ns: &Netns) -> Snapshot {
-    let iptables = ns
-        .exec(&["iptables-save"])
+    // Both families, the IPv6 lines marked: the IPv6 guard is ours too.
+    let v4 = ns.exec(&["iptables-save"]);
+    let v6 = ns.exec(&["ip6tables-save"]);
+    let lines = v4
         .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| match l.find(" [") {
-            Some(i) if l.starts_with(':') => l[..i].to_owned(),
-            _ => l.to_owned(),
+        .map(|l| (l, ""))
+        .chain(v6.lines().map(|l| (l, "ip6 ")));
+    let iptables = lines
+        .filter(|(l, _)| !l.starts_with('#'))
+        .map(|(l, family)| match l.find(" [") {
+            Some(i) if l.starts_with(':') => format!("{family}{}", &l[..i]),
+            _ => format!("{family}{l}"),
         })
         .collect();
+    // Table by table in a fixed order: a repaired table may be listed in another place.
+    let nft = ["ip", "ip6"]
+        .map(|family| ns.exec(&["nft", "list", "ruleset", family]))
+        .join("");
     Snapshot {
         iptables,
         ipsets: ns.exec(&["ipset", "save"]),
-        nft: ns.exec(&["nft", "list", "ruleset"]),
+        nft,
         rules: ns.exec(&["ip", "-4", "rule", "list"]),
         routes: ns.exec(&["ip", "-4", "route", "show", "table", "all"]),
     }
@@ -173,7 +182,7 @@ fn lifecycle(backend: Backend) {
     let before = snapshot(&ns);
     assert!(ours(&before).is_empty(), "{:?}", ours(&before));
 
-    let rules = RuleSet::new(backend, pods(&[11, 12]));
+    let rules = RuleSet::new(backend, pods(&[11, 12])).with_pods6(["fd00::11".parse().unwrap()]);
     let st = status(&host, &rules).unwrap();
     assert!(st.nothing_installed(), "{st}");
     assert!(!st.in_sync());
@@ -217,6 +226,16 @@ fn lifecycle(backend: Backend) {
             );
             assert!(installed.ipsets.contains("add nodemesh-pods 10.200.1.12"));
             assert!(!installed.ipsets.contains("nodemesh-pods-new"));
+            // The IPv6 guard: first in ip6tables' FORWARD, the set of IPv6 pod addresses.
+            let v6 = &installed.iptables;
+            assert!(
+                v6.contains(&"ip6 -A FORWARD -j NODEMESH-FORWARD".to_owned()),
+                "{v6:?}"
+            );
+            for rule in rules.iptables_rules(IptablesTable::Filter6) {
+                assert!(v6.contains(&format!("ip6 {rule}")), "{rule} not in {v6:?}");
+            }
+            assert!(installed.ipsets.contains("add nodemesh-pods6 fd00::11"));
         }
         Backend::Nftables => {
             for line in rules.nft_chains().into_iter().flat_map(|c| c.lines) {
@@ -228,6 +247,23 @@ fn lifecycle(backend: Backend) {
             }
             assert!(
                 installed.nft.contains("10.200.1.11, 10.200.1.12"),
+                "{}",
+                installed.nft
+            );
+            assert!(
+                installed.nft.contains("table ip6 nodemesh"),
+                "{}",
+                installed.nft
+            );
+            for line in rules.nft6_chain().lines {
+                assert!(
+                    installed.nft.contains(&line),
+                    "{line} not in {}",
+                    installed.nft
+                );
+            }
+            assert!(
+                installed.nft.contains("elements = { fd00::11 }"),
                 "{}",
                 installed.nft
             );
@@ -278,6 +314,18 @@ fn lifecycle(backend: Backend) {
             assert!(updated.nft.contains("10.200.1.13"), "{}", updated.nft);
         }
     }
+    assert!(status(&host, &more).unwrap().in_sync());
+
+    // A new IPv6 address replaces the IPv6 set's members only.
+    let more = more.with_pods6(["fd00::11", "fd00::13"].map(|a| a.parse().unwrap()));
+    let update = apply(&host, &more).unwrap();
+    assert_eq!(update.changed.len(), 1, "{:?}", update.changed);
+    assert!(
+        update.changed[0].contains("set") && update.changed[0].contains('6'),
+        "{:?}",
+        update.changed
+    );
+    assert_eq!(snapshot(&ns).iptables, installed.iptables);
     assert!(status(&host, &more).unwrap().in_sync());
 
     // Remove leaves nothing of ours and everything else as it was.

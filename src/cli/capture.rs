@@ -6,7 +6,7 @@
 //! (they stay in the capture set, and the proxy refuses their connections until it knows them).
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +24,14 @@ use tokio::sync::watch;
 /// How often the plugin's records are looked at between state changes.
 const RECORDS_POLL: Duration = Duration::from_secs(1);
 
-/// The pods the proxy's node captures now: its in-mesh workloads' IPv4 addresses.
-fn mesh_pods(state: &MeshState) -> BTreeSet<Ipv4Addr> {
+/// The addresses of the proxy's node's in-mesh workloads: the IPv4 ones are captured, the
+/// IPv6 ones guarded.
+fn mesh_pods(state: &MeshState) -> BTreeSet<IpAddr> {
     let config = state.config();
     config
         .mesh_workloads_on_node(state.node())
-        .map(|w| w.ip)
+        .flat_map(|w| [Some(IpAddr::V4(w.ip)), w.ipv6.map(IpAddr::V6)])
+        .flatten()
         .collect()
 }
 
@@ -121,7 +123,7 @@ pub async fn manage(
         .start(
             move || {
                 let mut pods = mesh_pods(&store.load());
-                pods.extend(pending.load().iter());
+                pods.extend(pending.load().iter().copied().map(IpAddr::V4));
                 pods
             },
             changes,

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod cni;
 pub mod config;
 pub mod demo;
+pub mod ipv6_guard;
 pub mod kube;
 pub mod policy;
 pub mod proxy;

@@ -269,6 +269,11 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         )
         .await?;
         tokio::spawn(keep_in_step);
+        tokio::spawn(super::ipv6_guard::report_drops(
+            nodemesh_redirect::Host::local(),
+            args.capture_backend,
+            proxy.metrics().ipv6_dropped(),
+        ));
     }
     let admin = proxy.serve_admin(args.admin_addr, args.metrics_addr, args.readiness_addr)?;
     eprintln!(

@@ -1,5 +1,6 @@
 //! `nodemesh redirect`: install, remove and check the node's capture rules (TPROXY).
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -134,8 +135,11 @@ fn rules_for_node(config: &Config, node: &str, backend: Backend) -> Result<RuleS
     if config.node(node).is_none() {
         bail!("no node {node:?} in the config");
     }
-    let pods = config.mesh_workloads_on_node(node).map(|w| w.ip);
-    Ok(RuleSet::new(backend, pods))
+    let addrs = config
+        .mesh_workloads_on_node(node)
+        .flat_map(|w| [Some(IpAddr::V4(w.ip)), w.ipv6.map(IpAddr::V6)])
+        .flatten();
+    Ok(RuleSet::new(backend, []).with_addrs(addrs))
 }
 
 #[cfg(test)]

@@ -98,6 +98,10 @@ impl Testbed {
         for (i, node) in plan.nodes.iter().enumerate() {
             let ns = Netns::create(&format!("{}-{}", self.prefix, node.name))?;
             self.nodes.insert(node.name.clone(), ns.clone());
+            if self.spec.dual_stack {
+                ns.enable_ipv6()?;
+                ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            }
             let port = format!("n{i}");
             self.underlay.ip(&[
                 "link",
@@ -120,6 +124,10 @@ impl Testbed {
                 "dev",
                 "uplink",
             ])?;
+            if let Some(address6) = node.address6 {
+                let address6 = format!("{address6}/64");
+                ns.ip(&["addr", "add", &address6, "dev", "uplink", "nodad"])?;
+            }
             ns.ip(&["link", "set", "uplink", "up"])?;
             ns.sysctl("net.ipv4.ip_forward", "1")?;
             ns.ip(&["route", "add", &metadata, "dev", "uplink"])?;
@@ -159,6 +167,10 @@ impl Testbed {
                     "dev",
                     "uplink",
                 ])?;
+                if let (Some(net6), Some(via6)) = (other.pod_cidr6, other.address6) {
+                    let (net6, via6) = (format!("{net6}/64"), via6.to_string());
+                    ns.ip(&["-6", "route", "add", &net6, "via", &via6, "dev", "uplink"])?;
+                }
             }
         }
         Ok(())
@@ -200,6 +212,9 @@ impl Testbed {
     ) -> Result<(), TestbedError> {
         let ns = Netns::create(&format!("{}-{}", self.prefix, pod.name))?;
         self.pods.insert(pod.name.clone(), ns.clone());
+        if pod.ip6.is_some() {
+            ns.enable_ipv6()?;
+        }
         let link = pod.host_link.as_str();
         let gateway = node.gateway.to_string();
         node_ns.ip(&[
@@ -221,6 +236,17 @@ impl Testbed {
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["route", "add", &gateway, "dev", "eth0", "scope", "link"])?;
         ns.ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        if let Some(ip6) = pod.ip6 {
+            // As Calico: a link-local gateway on the node side, the pod's /128 on eth0.
+            let gateway6 = crate::plan::GATEWAY6.to_string();
+            let gw = format!("{gateway6}/64");
+            node_ns.ip(&["addr", "add", &gw, "dev", link, "nodad"])?;
+            node_ns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", link])?;
+            ns.ip(&["addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+            ns.ip(&[
+                "-6", "route", "add", "default", "via", &gateway6, "dev", "eth0",
+            ])?;
+        }
         Ok(())
     }
 
@@ -274,6 +300,14 @@ impl Testbed {
             .pod(name)
             .map(|(_, p)| p.ip)
             .ok_or_else(|| TestbedError::Spec(format!("no pod {name:?}")))
+    }
+
+    /// The IPv6 address of pod `name` (a dual-stack testbed).
+    pub fn pod_ip6(&self, name: &str) -> Result<std::net::Ipv6Addr, TestbedError> {
+        self.plan
+            .pod(name)
+            .and_then(|(_, p)| p.ip6)
+            .ok_or_else(|| TestbedError::Spec(format!("no IPv6 pod {name:?}")))
     }
 
     /// Leaves everything running when dropped (processes, namespaces, files); [`destroy_all`]

@@ -56,14 +56,18 @@ pub fn render(
         .iter()
         .flat_map(|n| {
             n.pods.iter().map(move |p| {
-                json!({
+                let mut workload = json!({
                     "name": p.name,
                     "namespace": p.namespace,
                     "serviceAccount": p.service_account,
                     "ip": p.ip.to_string(),
                     "node": n.name,
                     "labels": p.labels,
-                })
+                });
+                if let Some(ip6) = p.ip6 {
+                    workload["ipv6"] = json!(ip6.to_string());
+                }
+                workload
             })
         })
         .collect();

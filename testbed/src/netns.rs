@@ -30,6 +30,19 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Turns IPv6 on for the links this namespace gets from now on, without duplicate address
+    /// detection (addresses are usable at once): a dual-stack testbed.
+    pub fn enable_ipv6(&self) -> Result<(), TestbedError> {
+        for (key, value) in [
+            ("net.ipv6.conf.default.accept_dad", "0"),
+            ("net.ipv6.conf.default.disable_ipv6", "0"),
+            ("net.ipv6.conf.all.disable_ipv6", "0"),
+        ] {
+            self.sysctl(key, value)?;
+        }
+        Ok(())
+    }
+
     /// A handle to an existing namespace.
     pub fn existing(name: &str) -> Self {
         Self {

@@ -7,9 +7,13 @@
 //! The underlay also holds hosts outside every pod network: [`API_SERVER`] (the cluster's API
 //! server, the `kubernetes` Service's endpoint) and the cloud's metadata server [`METADATA`],
 //! which every node routes to on its uplink.
+//!
+//! A dual-stack spec ([`ClusterSpec::dual_stack`]) adds IPv6: node `i` at
+//! `fd00:10:200::(i+1)/64` on the underlay, its pods at `fd00:10:200:(i+1)::(11+j)/128` (a
+//! `/64` per node) behind the link-local gateway [`GATEWAY6`], as Calico wires IPv6 pods.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::error::TestbedError;
 use crate::kube_proxy::KubeProxyMode;
@@ -20,6 +24,19 @@ pub const API_SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 240);
 pub const API_SERVER_PORT: u16 = 6443;
 /// The cloud metadata server's address, on the underlay.
 pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// The link-local gateway every pod's IPv6 default route points at (the node side of its link).
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The IPv6 underlay address of node `index` (from 0) of a dual-stack spec.
+pub fn node_address6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x200, 0, 0, 0, 0, (index + 1) as u16)
+}
+
+/// The IPv6 pod network (`/64`) of node `index` (from 0) of a dual-stack spec.
+pub fn pod_cidr6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x200, (index + 1) as u16, 0, 0, 0, 0)
+}
 
 /// The underlay address of node `index` (from 0) of a spec: `10.200.0.(index+1)`.
 pub fn node_address(index: usize) -> Ipv4Addr {
@@ -45,6 +62,8 @@ pub struct ClusterSpec {
     /// kube-proxy's Service rules on every node (`None`: no kube-proxy, Service VIPs exist only
     /// for the mesh).
     pub kube_proxy: Option<KubeProxyMode>,
+    /// Nodes and pods get IPv6 addresses too (routed between nodes over the underlay).
+    pub dual_stack: bool,
 }
 
 /// How a node reaches the pods of the other nodes.
@@ -154,6 +173,10 @@ pub struct NodePlan {
     pub pod_cidr: Ipv4Addr,
     /// The node side of every pod link.
     pub gateway: Ipv4Addr,
+    /// IPv6 underlay address (dual-stack).
+    pub address6: Option<Ipv6Addr>,
+    /// IPv6 pod network base (`/64`, dual-stack).
+    pub pod_cidr6: Option<Ipv6Addr>,
     /// Its pods, in spec order.
     pub pods: Vec<PodPlan>,
 }
@@ -171,6 +194,8 @@ pub struct PodPlan {
     pub labels: Labels,
     /// Pod IP.
     pub ip: Ipv4Addr,
+    /// Pod IPv6 address (dual-stack).
+    pub ip6: Option<Ipv6Addr>,
     /// The node-side interface of its link (`pod0`, `pod1`, ...).
     pub host_link: String,
 }
@@ -251,6 +276,10 @@ impl Plan {
                         service_account: pod.service_account.clone(),
                         labels: pod.labels.clone(),
                         ip: Ipv4Addr::new(10, 200, n, 11 + j as u8),
+                        ip6: spec.dual_stack.then(|| {
+                            let [a, b, c, d, ..] = pod_cidr6(i).segments();
+                            Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0x11 + j as u16)
+                        }),
                         host_link: format!("pod{j}"),
                     })
                 })
@@ -260,6 +289,8 @@ impl Plan {
                 address: node_address(i),
                 pod_cidr: Ipv4Addr::new(10, 200, n, 0),
                 gateway: Ipv4Addr::new(10, 200, n, 1),
+                address6: spec.dual_stack.then(|| node_address6(i)),
+                pod_cidr6: spec.dual_stack.then(|| pod_cidr6(i)),
                 pods,
             });
         }
@@ -358,6 +389,26 @@ mod tests {
             plan.service("web").unwrap().vip,
             Ipv4Addr::new(10, 96, 0, 10)
         );
+    }
+
+    #[test]
+    fn dual_stack_adds_ipv6_per_node_and_pod() {
+        let plan = Plan::new(&spec()).unwrap();
+        assert!(
+            plan.pod("a2").unwrap().1.ip6.is_none(),
+            "IPv4 only by default"
+        );
+        let plan = Plan::new(&ClusterSpec {
+            dual_stack: true,
+            ..spec()
+        })
+        .unwrap();
+        let (node, a2) = plan.pod("a2").unwrap();
+        assert_eq!(a2.ip6, Some("fd00:10:200:1::12".parse().unwrap()));
+        assert_eq!(node.address6, Some("fd00:10:200::1".parse().unwrap()));
+        let b = plan.node("node-b").unwrap();
+        assert_eq!(b.pod_cidr6, Some("fd00:10:200:2::".parse().unwrap()));
+        assert_eq!(b.pods[0].ip6, Some("fd00:10:200:2::11".parse().unwrap()));
     }
 
     #[test]

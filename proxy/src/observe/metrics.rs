@@ -27,6 +27,7 @@ const CERTIFICATE_EXPIRY: &str = "nodemesh_certificate_expiry_timestamp_seconds"
 const CONNECTIONS_REFUSED: &str = "nodemesh_connections_refused_total";
 const POLICY_COMPILE_ERRORS: &str = "nodemesh_policy_compile_errors";
 const FLOW_LOG_DROPPED: &str = "nodemesh_flow_log_dropped_total";
+const IPV6_DROPPED: &str = "nodemesh_ipv6_dropped_packets_total";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -43,6 +44,7 @@ struct Inner {
     refused: [Counter; RefusalReason::ALL.len()],
     policy_compile_errors: Gauge,
     flow_log_dropped: Counter,
+    ipv6_dropped: Counter,
     /// Kept out of the recorder because the recorder cannot forget a series; rendered by hand.
     certificate_expiry: ArcSwap<BTreeMap<String, f64>>,
 }
@@ -77,6 +79,8 @@ impl Metrics {
         policy_compile_errors.set(0.0);
         let flow_log_dropped =
             recorder.register_counter(&Key::from_static_name(FLOW_LOG_DROPPED), &METADATA);
+        let ipv6_dropped =
+            recorder.register_counter(&Key::from_static_name(IPV6_DROPPED), &METADATA);
         Metrics {
             inner: Arc::new(Inner {
                 recorder,
@@ -84,6 +88,7 @@ impl Metrics {
                 refused,
                 policy_compile_errors,
                 flow_log_dropped,
+                ipv6_dropped,
                 certificate_expiry: ArcSwap::from_pointee(BTreeMap::new()),
             }),
         }
@@ -167,6 +172,12 @@ impl Metrics {
         self.inner.flow_log_dropped.clone()
     }
 
+    /// The counter of IPv6 packets the node's IPv6 guard dropped (set from the firewall's own
+    /// counter with [`Counter::absolute`]).
+    pub fn ipv6_dropped(&self) -> Counter {
+        self.inner.ipv6_dropped.clone()
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = self.inner.handle.render();
@@ -205,6 +216,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             FLOW_LOG_DROPPED,
             "Flow-log lines dropped because the writer fell behind.",
+        ),
+        (
+            IPV6_DROPPED,
+            "IPv6 packets to or from mesh pods dropped by the node (IPv6 is not meshed).",
         ),
     ];
     for (name, help) in counters {
