@@ -255,6 +255,26 @@ fn ipv6_is_refused() {
 }
 
 #[test]
+fn a_workloads_ipv6_must_be_ipv6() {
+    let yaml = |v6: &str| {
+        format!(
+            "nodes: [{{name: a, address: 10.0.0.1}}]\n\
+             workloads: [{{name: w, namespace: n, ip: 10.1.0.5, node: a, ipv6: '{v6}'}}]\n"
+        )
+    };
+    assert_errors(
+        &yaml("10.1.0.6"),
+        &[r#"workloads[0].ipv6: "10.1.0.6" is IPv4: `ip` holds the IPv4 address"#],
+    );
+    assert_errors(
+        &yaml("fd00::x"),
+        &[r#"workloads[0].ipv6: "fd00::x" is not an IPv6 address"#],
+    );
+    let config = nodemesh_config::Config::from_yaml_str(&yaml("fd00:1::5"), ".").unwrap();
+    assert_eq!(config.workloads()[0].ipv6, Some("fd00:1::5".parse().unwrap()));
+}
+
+#[test]
 fn wireguard_key_must_be_32_bytes_of_base64() {
     assert_errors(
         "nodes: [{name: a, address: 10.0.0.1, wireguardPublicKey: aGVsbG8=}]\nworkloads: []\n",
