@@ -385,14 +385,18 @@ fn proxy_adopts_cni_pods(backend: Backend) {
     assert_eq!(cache.backend, backend);
     assert!(cache.namespaces["shop"].mesh && !cache.namespaces["legacy"].mesh);
     let host = nodemesh_redirect::Host::netns(bed.node("node-a").unwrap().name());
-    let captured = |ip| nodemesh_redirect::has_pod(&host, backend, ip).unwrap();
+    let captured =
+        |ip: std::net::Ipv4Addr| nodemesh_redirect::has_pod(&host, backend, ip.into()).unwrap();
+    let guarded =
+        |ip: std::net::Ipv6Addr| nodemesh_redirect::has_pod(&host, backend, ip.into()).unwrap();
     let unknown = |last: u8| {
         let [a, b, c, _] = bed.pod_ip("frontend-a").unwrap().octets();
         std::net::Ipv4Addr::new(a, b, c, last)
     };
-    let record = |id: &str, ip| nodemesh_cni::PodRecord {
+    let record = |id: &str, ip, ipv6| nodemesh_cni::PodRecord {
         container_id: id.into(),
         ip,
+        ipv6,
         namespace: "shop".into(),
         pod: Some(id.into()),
     };
@@ -400,14 +404,18 @@ fn proxy_adopts_cni_pods(backend: Backend) {
     let (first, second) = (unknown(200), unknown(201));
     {
         let _lock = cni.lock().unwrap();
-        cni.write_record(&record("first", first)).unwrap();
-        nodemesh_redirect::add_pod(&host, backend, first).unwrap();
+        cni.write_record(&record("first", first, None)).unwrap();
+        nodemesh_redirect::add_pod(&host, backend, first.into()).unwrap();
     }
     // A record alone: the proxy adopts it into the set it installs, and keeps the first.
-    cni.write_record(&record("second", second)).unwrap();
+    // A dual-stack pod: its IPv6 joins the IPv6 guard's set with it.
+    let second6: std::net::Ipv6Addr = "fd00:10:200:1::201".parse().unwrap();
+    cni.write_record(&record("second", second, Some(second6)))
+        .unwrap();
     nodemesh_test_support::wait::eventually_blocking("the proxy adopts the record", || {
         captured(second)
     });
+    assert!(guarded(second6), "the adopted pod's IPv6 is guarded");
     assert!(
         captured(first),
         "the proxy's set replacement kept the plugin's pod"
@@ -416,6 +424,7 @@ fn proxy_adopts_cni_pods(backend: Backend) {
     nodemesh_test_support::wait::eventually_blocking("the proxy drops a deleted record", || {
         !captured(second)
     });
+    assert!(!guarded(second6), "and its IPv6 leaves the guard's set");
     assert!(captured(first), "still recorded, still captured");
     assert!(
         captured(bed.pod_ip("frontend-a").unwrap()),

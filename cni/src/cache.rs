@@ -3,7 +3,7 @@
 //! ([`PodRecord`]). JSON, so a human can read both.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use nodemesh_redirect::Backend;
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,9 @@ pub struct PodRecord {
     pub container_id: String,
     /// The pod's IPv4 address, from `prevResult`.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, from `prevResult` (dual-stack): put into the IPv6 guard's set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// `K8S_POD_NAMESPACE`.
     pub namespace: String,
     /// `K8S_POD_NAME`, when given.

@@ -2,7 +2,7 @@
 //! [`LocalCapture`] (`ipset` or `nft` in the current network namespace, through
 //! `nodemesh-redirect`).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use nodemesh_redirect::{Backend, Host, RedirectError};
 
@@ -10,12 +10,12 @@ use nodemesh_redirect::{Backend, Host, RedirectError};
 pub trait CaptureSet {
     /// The parts of the capture rules that are missing (empty: installed).
     fn missing_parts(&self, backend: Backend) -> Result<Vec<String>, RedirectError>;
-    /// Whether `ip` is in the set.
-    fn contains(&self, backend: Backend, ip: Ipv4Addr) -> Result<bool, RedirectError>;
+    /// Whether `ip` is in the set of its family (capture for IPv4, the IPv6 guard's for IPv6).
+    fn contains(&self, backend: Backend, ip: IpAddr) -> Result<bool, RedirectError>;
     /// Adds `ip` (already there is fine).
-    fn add(&self, backend: Backend, ip: Ipv4Addr) -> Result<(), RedirectError>;
+    fn add(&self, backend: Backend, ip: IpAddr) -> Result<(), RedirectError>;
     /// Removes `ip` (absent is fine).
-    fn remove(&self, backend: Backend, ip: Ipv4Addr) -> Result<(), RedirectError>;
+    fn remove(&self, backend: Backend, ip: IpAddr) -> Result<(), RedirectError>;
 }
 
 /// The capture set of the network namespace the plugin runs in (the node's).
@@ -36,15 +36,15 @@ impl CaptureSet for LocalCapture {
         nodemesh_redirect::missing_parts(&self.host, backend)
     }
 
-    fn contains(&self, backend: Backend, ip: Ipv4Addr) -> Result<bool, RedirectError> {
+    fn contains(&self, backend: Backend, ip: IpAddr) -> Result<bool, RedirectError> {
         nodemesh_redirect::has_pod(&self.host, backend, ip)
     }
 
-    fn add(&self, backend: Backend, ip: Ipv4Addr) -> Result<(), RedirectError> {
+    fn add(&self, backend: Backend, ip: IpAddr) -> Result<(), RedirectError> {
         nodemesh_redirect::add_pod(&self.host, backend, ip)
     }
 
-    fn remove(&self, backend: Backend, ip: Ipv4Addr) -> Result<(), RedirectError> {
+    fn remove(&self, backend: Backend, ip: IpAddr) -> Result<(), RedirectError> {
         nodemesh_redirect::remove_pod(&self.host, backend, ip)
     }
 }

@@ -2,7 +2,7 @@
 //! runtime's `name`, `cniVersion` and the previous plugin's `prevResult`), and the pod's IPv4
 //! address in that result ([`pod_ipv4`]).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -71,13 +71,24 @@ impl NetConf {
 /// The pod's IPv4 address in a result: the first IPv4 of `ips[].address` (`"10.1.0.5/24"`);
 /// `None` when it has only IPv6. A malformed entry is an error naming it.
 pub fn pod_ipv4(result: &serde_json::Value) -> Result<Option<Ipv4Addr>, CniError> {
+    pod_addrs(result).map(|(v4, _)| v4)
+}
+
+/// The pod's IPv6 address in a result (the first IPv6 of `ips[].address`), if it has one.
+pub fn pod_ipv6(result: &serde_json::Value) -> Result<Option<Ipv6Addr>, CniError> {
+    pod_addrs(result).map(|(_, v6)| v6)
+}
+
+/// The first IPv4 and the first IPv6 of `ips[].address`; every entry is checked.
+fn pod_addrs(result: &serde_json::Value) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), CniError> {
     let bad = |path: String, reason: &str| CniError::Config {
         path: format!("prevResult.{path}"),
         reason: reason.to_owned(),
     };
     let Some(ips) = result.get("ips") else {
-        return Ok(None);
+        return Ok((None, None));
     };
+    let (mut v4, mut v6) = (None, None);
     let ips = ips
         .as_array()
         .ok_or_else(|| bad("ips".into(), "not a list"))?;
@@ -98,11 +109,12 @@ pub fn pod_ipv4(result: &serde_json::Value) -> Result<Option<Ipv4Addr>, CniError
         if !prefix.parse::<u8>().is_ok_and(|p| p <= max) {
             return Err(bad(path, "bad prefix length"));
         }
-        if let IpAddr::V4(v4) = parsed {
-            return Ok(Some(v4));
+        match parsed {
+            IpAddr::V4(ip) => v4 = v4.or(Some(ip)),
+            IpAddr::V6(ip) => v6 = v6.or(Some(ip)),
         }
     }
-    Ok(None)
+    Ok((v4, v6))
 }
 
 #[cfg(test)]
@@ -155,7 +167,7 @@ mod tests {
     fn bad_addresses_are_named_by_index() {
         for (ips, field) in [
             (json!([{"address": "10.1.0.5"}]), "ips[0].address"),
-            (json!([{"address": "10.1.0.5/24"}, {}]), ""),
+            (json!([{"address": "10.1.0.5/24"}, {}]), "ips[1].address"),
             (
                 json!([{"address": "fd00::1/64"}, {"address": "x/24"}]),
                 "ips[1].address",
@@ -177,6 +189,9 @@ mod tests {
             None
         );
         assert_eq!(pod_ipv4(&json!({})).unwrap(), None);
+        let dual = json!({"ips": [{"address": "fd00::5/128"}, {"address": "10.1.0.5/24"}]});
+        assert_eq!(pod_ipv6(&dual).unwrap(), Some("fd00::5".parse().unwrap()));
+        assert_eq!(pod_ipv4(&dual).unwrap(), Some(Ipv4Addr::new(10, 1, 0, 5)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::cache::{NodeCache, PodRecord};
-use crate::conf::{NetConf, pod_ipv4};
+use crate::conf::{NetConf, pod_ipv4, pod_ipv6};
 use crate::env::Invocation;
 use crate::error::CniError;
 
@@ -72,6 +72,7 @@ pub fn plan_add(
         (Membership::Mesh, Some(ip)) => Some(PodRecord {
             container_id: inv.container_id.clone(),
             ip,
+            ipv6: pod_ipv6(&result)?,
             namespace: namespace.to_owned(),
             pod: inv.pod.name.clone(),
         }),
@@ -126,6 +127,7 @@ mod tests {
         PodRecord {
             container_id: id.into(),
             ip: Ipv4Addr::from(ip),
+            ipv6: None,
             namespace: "shop".into(),
             pod: None,
         }

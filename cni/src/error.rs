@@ -1,6 +1,5 @@
 //! [`CniError`]: why the plugin failed, with the CNI error code a runtime reads.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use nodemesh_redirect::RedirectError;
@@ -105,7 +104,7 @@ pub enum CniError {
         /// The container ID.
         container: String,
         /// The pod's address.
-        ip: Ipv4Addr,
+        ip: std::net::IpAddr,
     },
     /// CHECK: a mesh pod was never recorded by ADD.
     #[error("container {container}: no record of ADD in {path}")]

@@ -30,7 +30,7 @@ mod run;
 
 pub use cache::{CACHE_VERSION, MtlsMode, NamespaceEntry, NodeCache, PodRecord};
 pub use capture::{CaptureSet, LocalCapture};
-pub use conf::{NetConf, SUPPORTED_VERSIONS, pod_ipv4};
+pub use conf::{NetConf, SUPPORTED_VERSIONS, pod_ipv4, pod_ipv6};
 pub use decide::{AddPlan, Membership, membership, plan_add, record_of};
 pub use env::{Command, Invocation, PodArgs};
 pub use error::CniError;

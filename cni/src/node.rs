@@ -177,6 +177,7 @@ mod tests {
         PodRecord {
             container_id: id.into(),
             ip: Ipv4Addr::new(10, 1, 0, last),
+            ipv6: None,
             namespace: "shop".into(),
             pod: Some("web".into()),
         }

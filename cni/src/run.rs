@@ -1,6 +1,9 @@
 //! [`run`]: one CNI command, from the invocation and stdin to what is printed: the decisions of
 //! [`crate::decide`], the files of [`StateDir`], the set of a [`CaptureSet`].
 
+use std::net::IpAddr;
+
+use crate::cache::PodRecord;
 use crate::capture::CaptureSet;
 use crate::conf::{NetConf, SUPPORTED_VERSIONS, pod_ipv4};
 use crate::decide::{Membership, membership, plan_add, record_of};
@@ -64,15 +67,25 @@ fn add(
             }
             // Recorded first: a proxy replacing the set after this keeps the address.
             dir.write_record(record)?;
-            if let Err(e) = capture.add(cache.backend, record.ip) {
+            if let Err(e) = addrs(record).try_for_each(|ip| capture.add(cache.backend, ip)) {
                 let _ = dir.remove_record(&record.container_id);
                 return Err(e.into());
             }
         }
-        (None, Some(stale)) => capture.remove(cache.backend, stale.ip)?,
+        (None, Some(stale)) => {
+            for ip in addrs(stale) {
+                capture.remove(cache.backend, ip)?;
+            }
+        }
         (None, None) => {}
     }
     Ok(Output::Json(plan.result))
+}
+
+/// A record's addresses: its IPv4 (captured), and its IPv6 (guarded) if it has one.
+fn addrs(record: &PodRecord) -> impl Iterator<Item = IpAddr> {
+    let v6 = record.ipv6.map(IpAddr::V6);
+    std::iter::once(IpAddr::V4(record.ip)).chain(v6)
 }
 
 fn del(inv: &Invocation, dir: &StateDir, capture: &dyn CaptureSet) -> Result<Output, CniError> {
@@ -83,7 +96,9 @@ fn del(inv: &Invocation, dir: &StateDir, capture: &dyn CaptureSet) -> Result<Out
     };
     // Without the proxy's cache there is no backend to name, and nothing of ours to change.
     if let Ok(cache) = dir.read_cache() {
-        capture.remove(cache.backend, record.ip)?;
+        for ip in addrs(record) {
+            capture.remove(cache.backend, ip)?;
+        }
     }
     dir.remove_record(&record.container_id)?;
     Ok(Output::Nothing)
@@ -102,17 +117,19 @@ fn check(
     }
     let ip = pod_ipv4(&result)?.ok_or(CniError::NoIpv4)?;
     let records = dir.records()?;
-    if record_of(&records, &inv.container_id).is_none_or(|r| r.ip != ip) {
+    let Some(record) = record_of(&records, &inv.container_id).filter(|r| r.ip == ip) else {
         return Err(CniError::NotRecorded {
             container: inv.container_id.clone(),
             path: dir.record_path(&inv.container_id),
         });
-    }
-    if !capture.contains(cache.backend, ip)? {
-        return Err(CniError::NotCaptured {
-            container: inv.container_id.clone(),
-            ip,
-        });
+    };
+    for ip in addrs(record) {
+        if !capture.contains(cache.backend, ip)? {
+            return Err(CniError::NotCaptured {
+                container: inv.container_id.clone(),
+                ip,
+            });
+        }
     }
     Ok(Output::Nothing)
 }
@@ -133,7 +150,7 @@ mod tests {
     /// A capture set in memory; `installed: false` is a node whose proxy never ran.
     struct Fake {
         installed: bool,
-        set: RefCell<BTreeSet<Ipv4Addr>>,
+        set: RefCell<BTreeSet<IpAddr>>,
     }
 
     impl Fake {
@@ -153,14 +170,14 @@ mod tests {
                 vec!["chains".into()]
             })
         }
-        fn contains(&self, _: Backend, ip: Ipv4Addr) -> Result<bool, RedirectError> {
+        fn contains(&self, _: Backend, ip: IpAddr) -> Result<bool, RedirectError> {
             Ok(self.set.borrow().contains(&ip))
         }
-        fn add(&self, _: Backend, ip: Ipv4Addr) -> Result<(), RedirectError> {
+        fn add(&self, _: Backend, ip: IpAddr) -> Result<(), RedirectError> {
             self.set.borrow_mut().insert(ip);
             Ok(())
         }
-        fn remove(&self, _: Backend, ip: Ipv4Addr) -> Result<(), RedirectError> {
+        fn remove(&self, _: Backend, ip: IpAddr) -> Result<(), RedirectError> {
             self.set.borrow_mut().remove(&ip);
             Ok(())
         }
@@ -173,13 +190,18 @@ mod tests {
     }
 
     fn node(address: &str) -> Node {
+        node_with(&format!(r#"[{{"address": "{address}"}}]"#))
+    }
+
+    /// A node whose runtime passes `ips` (a JSON list) in `prevResult`.
+    fn node_with(ips: &str) -> Node {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         dir.write_cache(&crate::cache::shop_and_legacy()).unwrap();
         let stdin = format!(
             r#"{{"cniVersion": "1.0.0", "name": "pods", "type": "nodemesh-cni",
               "stateDir": {:?},
-              "prevResult": {{"cniVersion": "1.0.0", "ips": [{{"address": "{address}"}}]}}}}"#,
+              "prevResult": {{"cniVersion": "1.0.0", "ips": {ips}}}}}"#,
             tmp.path()
         );
         Node {
@@ -203,6 +225,7 @@ mod tests {
     }
 
     const IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 5);
+    const IP_ANY: IpAddr = IpAddr::V4(IP);
 
     #[test]
     fn add_captures_check_verifies_del_undoes() {
@@ -213,19 +236,42 @@ mod tests {
             panic!("ADD prints a result")
         };
         assert_eq!(result["ips"][0]["address"], "10.1.0.5/24");
-        assert!(set.set.borrow().contains(&IP));
+        assert!(set.set.borrow().contains(&IP_ANY));
         assert_eq!(n.dir.records().unwrap()[0].ip, IP);
         let check = run(&inv(Command::Check, "c1", "shop"), n.stdin.as_bytes(), &set);
         assert_eq!(check.unwrap(), Output::Nothing);
         set.set.borrow_mut().clear();
         let check = run(&inv(Command::Check, "c1", "shop"), n.stdin.as_bytes(), &set);
         assert!(matches!(check, Err(CniError::NotCaptured { .. })));
-        set.set.borrow_mut().insert(IP);
+        set.set.borrow_mut().insert(IP_ANY);
         run(&inv(Command::Del, "c1", "shop"), n.stdin.as_bytes(), &set).unwrap();
         assert!(set.set.borrow().is_empty());
         assert!(n.dir.records().unwrap().is_empty());
         let again = run(&inv(Command::Del, "c1", "shop"), n.stdin.as_bytes(), &set);
         assert_eq!(again.unwrap(), Output::Nothing, "DEL twice is success");
+    }
+
+    #[test]
+    fn a_dual_stack_pods_ipv6_is_guarded_from_add_to_del() {
+        let n = node_with(r#"[{"address": "10.1.0.5/24"}, {"address": "fd00:1::5/128"}]"#);
+        let set = Fake::new(true);
+        run(&inv(Command::Add, "c1", "shop"), n.stdin.as_bytes(), &set).unwrap();
+        let v6: IpAddr = "fd00:1::5".parse().unwrap();
+        assert_eq!(
+            *set.set.borrow(),
+            [IP_ANY, v6].into(),
+            "both families, before the pod runs"
+        );
+        assert_eq!(
+            n.dir.records().unwrap()[0].ipv6,
+            Some("fd00:1::5".parse().unwrap())
+        );
+        set.set.borrow_mut().remove(&v6);
+        let check = run(&inv(Command::Check, "c1", "shop"), n.stdin.as_bytes(), &set);
+        assert!(matches!(check, Err(CniError::NotCaptured { ip, .. }) if ip == v6));
+        set.set.borrow_mut().insert(v6);
+        run(&inv(Command::Del, "c1", "shop"), n.stdin.as_bytes(), &set).unwrap();
+        assert!(set.set.borrow().is_empty(), "DEL takes both out");
     }
 
     #[test]

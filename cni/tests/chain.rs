@@ -117,7 +117,7 @@ impl Node {
     }
 
     fn captured(&self, backend: Backend, ip: Ipv4Addr) -> bool {
-        nodemesh_redirect::has_pod(&self.host(), backend, ip).unwrap()
+        nodemesh_redirect::has_pod(&self.host(), backend, ip.into()).unwrap()
     }
 }
 

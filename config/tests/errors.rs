@@ -271,7 +271,10 @@ fn a_workloads_ipv6_must_be_ipv6() {
         &[r#"workloads[0].ipv6: "fd00::x" is not an IPv6 address"#],
     );
     let config = nodemesh_config::Config::from_yaml_str(&yaml("fd00:1::5"), ".").unwrap();
-    assert_eq!(config.workloads()[0].ipv6, Some("fd00:1::5".parse().unwrap()));
+    assert_eq!(
+        config.workloads()[0].ipv6,
+        Some("fd00:1::5".parse().unwrap())
+    );
 }
 
 #[test]

@@ -38,11 +38,14 @@ fn mesh_pods(state: &MeshState) -> BTreeSet<IpAddr> {
 /// The plugin's pods that the state does not know: kept captured, refused until known. A pod
 /// the state knows is the state's to decide (in the mesh, or not).
 fn adopted(state: &MeshState, records: &[PodRecord]) -> BTreeSet<Ipv4Addr> {
+    unknown(state, records).map(|r| r.ip).collect()
+}
+
+/// The plugin's records of pods the state does not know.
+fn unknown<'a>(state: &MeshState, records: &'a [PodRecord]) -> impl Iterator<Item = &'a PodRecord> {
     records
         .iter()
-        .map(|r| r.ip)
-        .filter(|ip| state.workload((*ip).into()).is_none())
-        .collect()
+        .filter(|r| state.workload(r.ip.into()).is_none())
 }
 
 /// The plugin's cache for `state`: every namespace the state lists, and the backend.
@@ -84,9 +87,13 @@ impl Installer for WithCniPods {
         };
         let _lock = self.cni.lock().map_err(cni_error)?;
         let records = self.cni.records().map_err(cni_error)?;
-        let mut pods = rules.pods().clone();
-        pods.extend(adopted(&self.store.load(), &records));
-        nodemesh_redirect::apply(&self.host, &rules.with_pods(pods))
+        let state = self.store.load();
+        let mut addrs = rules.addrs();
+        for record in unknown(&state, &records) {
+            addrs.insert(IpAddr::V4(record.ip));
+            addrs.extend(record.ipv6.map(IpAddr::V6));
+        }
+        nodemesh_redirect::apply(&self.host, &rules.with_addrs(addrs))
     }
 }
 
@@ -201,6 +208,7 @@ workloads:
         PodRecord {
             container_id: format!("c{}", ip[3]),
             ip: ip.into(),
+            ipv6: None,
             namespace: "shop".into(),
             pod: None,
         }
