@@ -1,24 +1,13 @@
 //! Whether a connection may reach a local pod, decided without I/O from one state snapshot.
 
 use nodemesh_identity::SpiffeId;
-use nodemesh_policy::{Connection, Destination, Peer, Verdict};
+use nodemesh_policy::{Connection, Destination, Peer, PolicySet, Verdict};
 use nodemesh_state::MeshState;
 
-use crate::addr::{ClientAddr, OrigDstAddr};
+use crate::conns::{AdmittedOn, Arrival, Carried};
 use crate::flow::Refused;
 use crate::observe::RefusalReason;
 use crate::pending::PendingPods;
-
-/// A connection arriving for a local pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arrival {
-    /// The verified peer identity (HBONE, or a same-node mesh client); `None` for plaintext.
-    pub peer: Option<SpiffeId>,
-    /// The client's address.
-    pub src: ClientAddr,
-    /// The pod address and port asked for.
-    pub target: OrigDstAddr,
-}
 
 /// An arrival the destination side lets in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +65,21 @@ pub fn decide(
             policy: None,
         });
     }
+    let policy = decide_l4(policies, arrival, destination)?;
+    Ok(Admission {
+        destination: dst.identity.clone(),
+        needs_l7: false,
+        policy,
+    })
+}
+
+/// The L4 decision for `arrival` to `destination` (for a destination that needs L7: the one
+/// that stands for a stream that is not HTTP). The deciding policy, or a policy refusal.
+fn decide_l4(
+    policies: &PolicySet,
+    arrival: &Arrival,
+    destination: Destination<'_>,
+) -> Result<Option<String>, Refused> {
     let connection = Connection {
         source: Peer {
             principal: arrival.peer.as_ref().map(|p| p.principal()),
@@ -88,12 +92,51 @@ pub fn decide(
     let policy = decision.deciding_policy.as_ref().map(|p| p.to_string());
     match decision.verdict {
         Verdict::Deny => Err(Refused::by_policy(policy)),
-        Verdict::Allow => Ok(Admission {
-            destination: dst.identity.clone(),
-            needs_l7: false,
-            policy,
-        }),
+        Verdict::Allow => Ok(policy),
     }
+}
+
+/// Decides an open connection again, against a newer `state`, with [`decide`]: it stays only
+/// while the same arrival would be admitted to the same destination identity, a source the
+/// state vouched for still is a workload of the peer's identity, and an [opaque](Carried::Opaque)
+/// stream to a destination that needs L7 is allowed at L4. A refusal says why (the caller
+/// reports it as `policy_changed`).
+pub fn recheck(
+    state: &MeshState,
+    open: &AdmittedOn,
+    pending: &PendingPods,
+    certified: impl Fn(&SpiffeId) -> bool,
+) -> Result<(), Refused> {
+    let arrival = &open.arrival;
+    let admission = decide(state, arrival, pending, certified)?;
+    if admission.destination != open.destination {
+        return Err(Refused::new(RefusalReason::UnknownDestination));
+    }
+    if open.source_vouched && !vouched(state, arrival) {
+        return Err(Refused::new(RefusalReason::UnknownSource));
+    }
+    if admission.needs_l7 && open.carried == Carried::Opaque {
+        let Some(dst) = state.workload(arrival.target.ip()) else {
+            return Err(Refused::new(RefusalReason::UnknownDestination));
+        };
+        let destination = Destination {
+            namespace: &dst.namespace,
+            labels: &dst.labels,
+            ip: Some(arrival.target.ip()),
+            port: arrival.target.port(),
+        };
+        decide_l4(state.policies(), arrival, destination)?;
+    }
+    Ok(())
+}
+
+/// Whether the arrival's source address is, in `state`, a workload of its peer's identity.
+pub fn vouched(state: &MeshState, arrival: &Arrival) -> bool {
+    arrival.peer.as_ref().is_some_and(|peer| {
+        state
+            .workload(arrival.src.ip())
+            .is_some_and(|w| w.identity == *peer)
+    })
 }
 
 #[cfg(test)]
@@ -105,6 +148,7 @@ mod tests {
     use nodemesh_config::Config;
 
     use super::*;
+    use crate::addr::{ClientAddr, OrigDstAddr};
 
     const YAML: &str = r#"
 nodes:
