@@ -260,7 +260,10 @@ async fn a_keep_alive_connection_s_next_request_meets_the_new_policy() {
     assert_eq!(get(&mut s, "/a").await, 200);
     assert_eq!(get(&mut s, "/b").await, 200);
 
-    apply(&mesh.b, || mesh.write_policies(&L7_ALLOW.replace(r#", "/b""#, ""))).await;
+    apply(&mesh.b, || {
+        mesh.write_policies(&L7_ALLOW.replace(r#", "/b""#, ""))
+    })
+    .await;
     // The same connection: still admitted (its destination needs L7), each request decided now.
     assert_eq!(get(&mut s, "/b").await, 403);
     assert_eq!(get(&mut s, "/a").await, 200);
