@@ -216,3 +216,70 @@ where
     });
     None
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use nodemesh_config::Config;
+
+    use super::*;
+
+    fn state() -> MeshState {
+        let yaml = "nodes: [{name: node-a, address: 10.0.0.1}]\nworkloads: []\n";
+        MeshState::new(Config::from_yaml_str(yaml, "/").unwrap(), "node-a").unwrap()
+    }
+
+    fn on() -> AdmittedOn {
+        AdmittedOn {
+            arrival: Arrival {
+                peer: None,
+                src: ClientAddr("10.0.0.2:1".parse().unwrap()),
+                target: OrigDstAddr("10.0.0.3:80".parse().unwrap()),
+            },
+            destination: SpiffeId::new("spiffe://cluster.local/ns/a/sa/b").unwrap(),
+            source_vouched: false,
+            carried: Carried::Opaque,
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_revoked_on_a_change_or_when_registered_on_an_old_snapshot() {
+        let store = Arc::new(MeshStore::new(state()));
+        let (conns, table) = Conns::new();
+        // Everything is refused once the state is no longer the first one.
+        let first = store.load();
+        let initial = Arc::clone(&first);
+        let check = move |s: &MeshState, _: &AdmittedOn| {
+            if std::ptr::eq(s, &*initial) {
+                Ok(())
+            } else {
+                Err(Refused::by_policy(Some("ns/deny".into())))
+            }
+        };
+        tokio::spawn(table.run(Arc::clone(&store), check));
+        let open = conns.open(&first, on());
+        let held = tokio::spawn(open.run(std::future::pending::<()>()));
+        store.publish(state());
+        let refused = tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::PolicyChanged);
+        assert_eq!(refused.policy.as_deref(), Some("ns/deny"));
+        // Registered after the change, on the snapshot before it: decided again at once.
+        let late = conns.open(&first, on()).run(std::future::pending::<()>());
+        let refused = tokio::time::timeout(Duration::from_secs(10), late)
+            .await
+            .unwrap();
+        assert_eq!(refused.unwrap_err().reason, RefusalReason::PolicyChanged);
+        // Work that ends first is its own answer.
+        assert_eq!(
+            conns.open(&store.load(), on()).run(async { 7 }).await,
+            Ok(7)
+        );
+    }
+}

@@ -321,4 +321,77 @@ policies:
             RefusalReason::StrictMtls
         );
     }
+
+    fn open(arrival: Arrival, destination: SpiffeId, carried: Carried) -> AdmittedOn {
+        AdmittedOn {
+            source_vouched: vouched(&state(), &arrival),
+            arrival,
+            destination,
+            carried,
+        }
+    }
+
+    fn with(policies: &str) -> MeshState {
+        let yaml = format!("{}{policies}", YAML.split("policies:").next().unwrap());
+        MeshState::new(Config::from_yaml_str(&yaml, "/").unwrap(), "node-a").unwrap()
+    }
+
+    #[test]
+    fn an_open_connection_is_decided_again_by_the_new_snapshot() {
+        let web = arrival(Some(id("web", "shop")), "10.1.0.21:5432");
+        let on = open(web, id("db", "shop"), Carried::Opaque);
+        assert_eq!(recheck(&state(), &on, &none(), |_| true), Ok(()));
+        // The ALLOW is gone and another one applies: refused, naming no allowing policy.
+        let other = r#"
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: api-only, namespace: shop}
+    spec:
+      action: ALLOW
+      selector: {matchLabels: {app: db}}
+      rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/api"]}}]}]
+"#;
+        let refused = recheck(&with(other), &on, &none(), |_| true).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::Policy);
+        // The destination's certificate is gone, or another identity owns its address.
+        let gone = recheck(&state(), &on, &none(), |_| false).unwrap_err();
+        assert_eq!(gone.reason, RefusalReason::NoCertificate);
+        let moved = YAML.replace(
+            "serviceAccount: db, ip: 10.1.0.21",
+            "serviceAccount: x, ip: 10.1.0.21",
+        );
+        let moved = MeshState::new(Config::from_yaml_str(&moved, "/").unwrap(), "node-a").unwrap();
+        let moved = recheck(&moved, &on, &none(), |_| true).unwrap_err();
+        assert_eq!(moved.reason, RefusalReason::UnknownDestination);
+    }
+
+    #[test]
+    fn an_opaque_stream_to_a_destination_that_now_needs_l7_is_decided_at_l4() {
+        // api-1 needs L7 (GET /public/*): HTTP stays, an opaque stream is denied at L4.
+        let anyone = arrival(Some(id("web", "shop")), "10.1.0.31:8080");
+        let http = open(anyone.clone(), id("api", "shop"), Carried::Http);
+        assert_eq!(recheck(&state(), &http, &none(), |_| true), Ok(()));
+        let opaque = open(anyone, id("api", "shop"), Carried::Opaque);
+        let refused = recheck(&state(), &opaque, &none(), |_| true).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::Policy);
+    }
+
+    #[test]
+    fn a_vouched_source_must_stay_a_workload_of_its_identity() {
+        // db-2 (node-b) calls with its own identity: the state vouches for its address.
+        let db2 = arrival(Some(id("db", "shop")), "10.1.0.41:80");
+        let on = open(db2, id("open", "open"), Carried::Opaque);
+        assert!(on.source_vouched);
+        assert_eq!(recheck(&state(), &on, &none(), |_| true), Ok(()));
+        let deleted = YAML.replace(
+            "  - {name: db-2, namespace: shop, serviceAccount: db, ip: 10.2.0.21, node: node-b, labels: {app: db}}\n",
+            "",
+        );
+        assert_ne!(deleted, YAML);
+        let deleted =
+            MeshState::new(Config::from_yaml_str(&deleted, "/").unwrap(), "node-a").unwrap();
+        let refused = recheck(&deleted, &on, &none(), |_| true).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::UnknownSource);
+    }
 }
