@@ -33,6 +33,8 @@ use crate::observe::ResponseFlags;
 pub const DENIED_BODY: &str = "RBAC: access denied";
 
 /// What became of a tunnelled stream.
+// Returned once per tunnel and moved once: boxing the stream would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum L7Outcome<S> {
     /// The stream was HTTP and has been served to its end.
