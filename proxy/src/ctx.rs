@@ -7,6 +7,7 @@ use nodemesh_state::MeshStore;
 
 use crate::addr::ClientAddr;
 use crate::certs::CertManager;
+use crate::conns::Conns;
 use crate::flow::FlowSink;
 use crate::hbone::HboneClient;
 use crate::l7::L7Limits;
@@ -44,6 +45,8 @@ pub(crate) struct Ctx {
     pub(crate) own_listeners: Vec<SocketAddr>,
     /// Captured addresses the state does not know (refused both ways).
     pub(crate) pending: PendingPods,
+    /// The destination side's open connections, re-decided on every change of the state.
+    pub(crate) conns: Conns,
 }
 
 impl Ctx {

@@ -139,7 +139,7 @@ impl Flow {
             }
         }
         let verdict = match self.refused {
-            Some(RefusalReason::Policy) => FlowVerdict::Deny,
+            Some(RefusalReason::Policy | RefusalReason::PolicyChanged) => FlowVerdict::Deny,
             Some(_) => FlowVerdict::Refused,
             None if !self.mtls && self.direction == Direction::Outbound => FlowVerdict::Passthrough,
             None => FlowVerdict::Allow,

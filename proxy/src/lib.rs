@@ -15,7 +15,8 @@
 //!   │                    ──► dial the pod ──► relay (L4) | l7.rs: each HTTP request (l7/)
 //!   └─ admin/     15000 / 15020 / 15021, on their own thread
 //!
-//!  ctx            what every connection shares (state, certificates, pool, flows)
+//!  ctx            what every connection shares (state, certificates, pool, flows, conns:
+//!                 the open connections, re-decided on every change of the state)
 //!  flow           one FlowGuard per connection: metrics + one flow-log line, on drop
 //!  hbone/ l7/ observe/ tls certs socket relay addr   the parts below
 //! ```
@@ -28,6 +29,7 @@ pub mod addr;
 pub mod admin;
 mod app;
 pub mod certs;
+pub mod conns;
 mod ctx;
 pub mod flow;
 pub mod hbone;

@@ -19,6 +19,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("l7", 1),
     ("tls", 1),
     ("hbone", 2),
+    // The open connections and what they were admitted on (re-decided by inbound).
+    ("conns", 2),
     ("ctx", 3),
     // The destination side: HBONE server, plaintext, and same-node calls from outbound.
     ("inbound", 4),

@@ -138,6 +138,7 @@ impl ProxyHandle {
         own_listeners.extend(&listening.inbound);
         own_listeners.extend(&listening.inbound_plaintext);
 
+        let (conns, open_table) = crate::conns::Conns::new();
         let ctx = Arc::new(Ctx {
             hbone: HboneClient::new(Arc::clone(&tls), connect),
             store,
@@ -152,6 +153,7 @@ impl ProxyHandle {
             l7_limits: opts.l7_limits,
             own_listeners,
             pending: opts.pending_pods.clone(),
+            conns,
         });
         tasks::reconcile(&ctx).await;
 
@@ -171,6 +173,10 @@ impl ProxyHandle {
                 source.watch(Arc::clone(&ctx.store), opts.reload_interval),
             ));
         }
+        running.push(tokio::spawn(inbound::follow_policy(
+            Arc::clone(&ctx),
+            open_table,
+        )));
         running.push(tokio::spawn(tasks::follow_state(
             Arc::clone(&ctx),
             opts.reload_interval,

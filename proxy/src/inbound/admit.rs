@@ -1,24 +1,13 @@
 //! Whether a connection may reach a local pod, decided without I/O from one state snapshot.
 
 use nodemesh_identity::SpiffeId;
-use nodemesh_policy::{Connection, Destination, Peer, Verdict};
+use nodemesh_policy::{Connection, Destination, Peer, PolicySet, Verdict};
 use nodemesh_state::MeshState;
 
-use crate::addr::{ClientAddr, OrigDstAddr};
+use crate::conns::{AdmittedOn, Arrival, Carried};
 use crate::flow::Refused;
 use crate::observe::RefusalReason;
 use crate::pending::PendingPods;
-
-/// A connection arriving for a local pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Arrival {
-    /// The verified peer identity (HBONE, or a same-node mesh client); `None` for plaintext.
-    pub peer: Option<SpiffeId>,
-    /// The client's address.
-    pub src: ClientAddr,
-    /// The pod address and port asked for.
-    pub target: OrigDstAddr,
-}
 
 /// An arrival the destination side lets in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +65,21 @@ pub fn decide(
             policy: None,
         });
     }
+    let policy = decide_l4(policies, arrival, destination)?;
+    Ok(Admission {
+        destination: dst.identity.clone(),
+        needs_l7: false,
+        policy,
+    })
+}
+
+/// The L4 decision for `arrival` to `destination` (for a destination that needs L7: the one
+/// that stands for a stream that is not HTTP). The deciding policy, or a policy refusal.
+fn decide_l4(
+    policies: &PolicySet,
+    arrival: &Arrival,
+    destination: Destination<'_>,
+) -> Result<Option<String>, Refused> {
     let connection = Connection {
         source: Peer {
             principal: arrival.peer.as_ref().map(|p| p.principal()),
@@ -88,12 +92,51 @@ pub fn decide(
     let policy = decision.deciding_policy.as_ref().map(|p| p.to_string());
     match decision.verdict {
         Verdict::Deny => Err(Refused::by_policy(policy)),
-        Verdict::Allow => Ok(Admission {
-            destination: dst.identity.clone(),
-            needs_l7: false,
-            policy,
-        }),
+        Verdict::Allow => Ok(policy),
     }
+}
+
+/// Decides an open connection again, against a newer `state`, with [`decide`]: it stays only
+/// while the same arrival would be admitted to the same destination identity, a source the
+/// state vouched for still is a workload of the peer's identity, and an [opaque](Carried::Opaque)
+/// stream to a destination that needs L7 is allowed at L4. A refusal says why (the caller
+/// reports it as `policy_changed`).
+pub fn recheck(
+    state: &MeshState,
+    open: &AdmittedOn,
+    pending: &PendingPods,
+    certified: impl Fn(&SpiffeId) -> bool,
+) -> Result<(), Refused> {
+    let arrival = &open.arrival;
+    let admission = decide(state, arrival, pending, certified)?;
+    if admission.destination != open.destination {
+        return Err(Refused::new(RefusalReason::UnknownDestination));
+    }
+    if open.source_vouched && !vouched(state, arrival) {
+        return Err(Refused::new(RefusalReason::UnknownSource));
+    }
+    if admission.needs_l7 && open.carried == Carried::Opaque {
+        let Some(dst) = state.workload(arrival.target.ip()) else {
+            return Err(Refused::new(RefusalReason::UnknownDestination));
+        };
+        let destination = Destination {
+            namespace: &dst.namespace,
+            labels: &dst.labels,
+            ip: Some(arrival.target.ip()),
+            port: arrival.target.port(),
+        };
+        decide_l4(state.policies(), arrival, destination)?;
+    }
+    Ok(())
+}
+
+/// Whether the arrival's source address is, in `state`, a workload of its peer's identity.
+pub fn vouched(state: &MeshState, arrival: &Arrival) -> bool {
+    arrival.peer.as_ref().is_some_and(|peer| {
+        state
+            .workload(arrival.src.ip())
+            .is_some_and(|w| w.identity == *peer)
+    })
 }
 
 #[cfg(test)]
@@ -105,6 +148,7 @@ mod tests {
     use nodemesh_config::Config;
 
     use super::*;
+    use crate::addr::{ClientAddr, OrigDstAddr};
 
     const YAML: &str = r#"
 nodes:
@@ -276,5 +320,78 @@ policies:
             reason(decide(&strict, &plain, &none(), |_| true)),
             RefusalReason::StrictMtls
         );
+    }
+
+    fn open(arrival: Arrival, destination: SpiffeId, carried: Carried) -> AdmittedOn {
+        AdmittedOn {
+            source_vouched: vouched(&state(), &arrival),
+            arrival,
+            destination,
+            carried,
+        }
+    }
+
+    fn with(policies: &str) -> MeshState {
+        let yaml = format!("{}{policies}", YAML.split("policies:").next().unwrap());
+        MeshState::new(Config::from_yaml_str(&yaml, "/").unwrap(), "node-a").unwrap()
+    }
+
+    #[test]
+    fn an_open_connection_is_decided_again_by_the_new_snapshot() {
+        let web = arrival(Some(id("web", "shop")), "10.1.0.21:5432");
+        let on = open(web, id("db", "shop"), Carried::Opaque);
+        assert_eq!(recheck(&state(), &on, &none(), |_| true), Ok(()));
+        // The ALLOW is gone and another one applies: refused, naming no allowing policy.
+        let other = r#"
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: api-only, namespace: shop}
+    spec:
+      action: ALLOW
+      selector: {matchLabels: {app: db}}
+      rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/api"]}}]}]
+"#;
+        let refused = recheck(&with(other), &on, &none(), |_| true).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::Policy);
+        // The destination's certificate is gone, or another identity owns its address.
+        let gone = recheck(&state(), &on, &none(), |_| false).unwrap_err();
+        assert_eq!(gone.reason, RefusalReason::NoCertificate);
+        let moved = YAML.replace(
+            "serviceAccount: db, ip: 10.1.0.21",
+            "serviceAccount: x, ip: 10.1.0.21",
+        );
+        let moved = MeshState::new(Config::from_yaml_str(&moved, "/").unwrap(), "node-a").unwrap();
+        let moved = recheck(&moved, &on, &none(), |_| true).unwrap_err();
+        assert_eq!(moved.reason, RefusalReason::UnknownDestination);
+    }
+
+    #[test]
+    fn an_opaque_stream_to_a_destination_that_now_needs_l7_is_decided_at_l4() {
+        // api-1 needs L7 (GET /public/*): HTTP stays, an opaque stream is denied at L4.
+        let anyone = arrival(Some(id("web", "shop")), "10.1.0.31:8080");
+        let http = open(anyone.clone(), id("api", "shop"), Carried::Http);
+        assert_eq!(recheck(&state(), &http, &none(), |_| true), Ok(()));
+        let opaque = open(anyone, id("api", "shop"), Carried::Opaque);
+        let refused = recheck(&state(), &opaque, &none(), |_| true).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::Policy);
+    }
+
+    #[test]
+    fn a_vouched_source_must_stay_a_workload_of_its_identity() {
+        // db-2 (node-b) calls with its own identity: the state vouches for its address.
+        let db2 = arrival(Some(id("db", "shop")), "10.1.0.41:80");
+        let on = open(db2, id("open", "open"), Carried::Opaque);
+        assert!(on.source_vouched);
+        assert_eq!(recheck(&state(), &on, &none(), |_| true), Ok(()));
+        let deleted = YAML.replace(
+            "  - {name: db-2, namespace: shop, serviceAccount: db, ip: 10.2.0.21, node: node-b, labels: {app: db}}\n",
+            "",
+        );
+        assert_ne!(deleted, YAML);
+        let deleted =
+            MeshState::new(Config::from_yaml_str(&deleted, "/").unwrap(), "node-a").unwrap();
+        let refused = recheck(&deleted, &on, &none(), |_| true).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::UnknownSource);
     }
 }

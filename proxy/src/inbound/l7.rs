@@ -8,11 +8,12 @@ use nodemesh_policy::Verdict;
 use nodemesh_state::MeshState;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Arrival;
+use crate::conns::{AdmittedOn, Carried};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, FlowGuard, Refused};
 use crate::l7::{
-    ConnectFuture, L7Context, L7Destination, L7Outcome, L7Source, RequestRecord, serve_l7,
+    ConnectFuture, L7Context, L7Destination, L7Outcome, L7Source, PolicySource, RequestRecord,
+    serve_l7,
 };
 use crate::observe::{
     ConnectionLabels, FlowLog, FlowVerdict, HttpFlow, Metrics, RefusalReason, Reporter,
@@ -20,23 +21,25 @@ use crate::observe::{
 };
 use crate::relay::{Transferred, relay_logged};
 
-/// Serves a tunnel to a destination that needs L7 authorization, with the snapshot it was
-/// admitted under.
+/// Serves a tunnel to a destination that needs L7 authorization, admitted on `state`: each
+/// request is decided against the policies in force when it arrives, and the connection is
+/// closed when a change no longer admits it.
 pub(super) async fn serve<S>(
     ctx: &Ctx,
-    state: &MeshState,
-    arrival: &Arrival,
+    state: &Arc<MeshState>,
+    on: AdmittedOn,
     downstream: S,
     guard: &mut FlowGuard,
 ) -> Result<Transferred, Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let arrival = &on.arrival;
     let Some(dst) = state.workload(arrival.target.ip()) else {
         return Err(Refused::new(RefusalReason::UnknownDestination));
     };
     let l7 = L7Context::new(
-        Arc::clone(state.policies()),
+        PolicySource::Current(Arc::clone(&ctx.store)),
         L7Destination {
             namespace: dst.namespace.clone(),
             labels: dst.labels.clone(),
@@ -56,7 +59,16 @@ where
     let connect = move || -> ConnectFuture {
         Box::pin(async move { connect_options.connect(target, source).await })
     };
-    match serve_l7(downstream, l7, connect).await {
+    let http = AdmittedOn {
+        carried: Carried::Http,
+        ..on.clone()
+    };
+    let served = ctx
+        .conns
+        .open(state, http)
+        .run(serve_l7(downstream, l7, connect))
+        .await?;
+    match served {
         Ok(L7Outcome::Served(summary)) => Ok(summary
             .upgraded
             .map(|up| Transferred {
@@ -65,10 +77,10 @@ where
             })
             .unwrap_or_default()),
         Ok(L7Outcome::NotHttp(not_http)) => {
-            let (verdict, policy) = {
-                let d = not_http.decide();
-                (d.verdict, d.deciding_policy.as_ref().map(|p| p.to_string()))
-            };
+            // Decided on the current state, and watched from it on as an opaque stream.
+            let now = ctx.store.load();
+            let decision = not_http.decide();
+            let (verdict, policy) = (decision.verdict, decision.policy);
             ctx.metrics()
                 .policy_decision(verdict.as_str(), policy.as_deref());
             guard.flow().policy.clone_from(&policy);
@@ -80,7 +92,10 @@ where
                 tracing::debug!(%target, %error, "connect to pod failed");
                 Refused::new(RefusalReason::UpstreamConnect)
             })?;
-            Ok(relay_logged(&mut downstream, &mut upstream).await)
+            ctx.conns
+                .open(&now, on)
+                .run(relay_logged(&mut downstream, &mut upstream))
+                .await
         }
         Err(error) => {
             tracing::debug!(%error, "L7 stream ended with an error");

@@ -15,8 +15,10 @@ use nodemesh_state::MeshState;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-pub use admit::{Admission, Arrival, decide};
+pub use admit::{Admission, decide, recheck, vouched};
 
+pub use crate::conns::Arrival;
+use crate::conns::{AdmittedOn, Carried, Table};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, FlowGuard, Party, Refused};
 use crate::observe::{Direction, RefusalReason, Reporter};
@@ -35,7 +37,7 @@ pub fn status(reason: RefusalReason) -> StatusCode {
 /// An arrival that was let in and, unless it is decided per request, connected to its pod.
 pub(crate) struct Admitted {
     state: Arc<MeshState>,
-    arrival: Arrival,
+    on: AdmittedOn,
     guard: FlowGuard,
     /// `None` under L7, where the pod is dialled per request.
     upstream: Option<TcpStream>,
@@ -70,7 +72,7 @@ pub(crate) async fn admit(
         }
     };
     let flow = guard.flow();
-    flow.dst.identity = Some(admission.destination);
+    flow.dst.identity = Some(admission.destination.clone());
     flow.policy.clone_from(&admission.policy);
     let upstream = if admission.needs_l7 {
         None
@@ -93,30 +95,42 @@ pub(crate) async fn admit(
             }
         }
     };
+    let on = AdmittedOn {
+        source_vouched: vouched(&state, &arrival),
+        arrival,
+        destination: admission.destination,
+        carried: Carried::Opaque,
+    };
     Ok(Admitted {
         state,
-        arrival,
+        on,
         guard,
         upstream,
     })
 }
 
 impl Admitted {
-    /// Carries the connection's bytes (or HTTP requests, under L7) until both sides close.
+    /// Carries the connection's bytes (or HTTP requests, under L7) until both sides close, or
+    /// until a change of the state no longer allows it (`policy_changed`).
     pub(crate) async fn serve<S>(self, ctx: &Ctx, mut downstream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Admitted {
             state,
-            arrival,
+            on,
             mut guard,
             upstream,
         } = self;
         guard.opened(Reporter::Destination);
         let result = match upstream {
-            None => l7::serve(ctx, &state, &arrival, downstream, &mut guard).await,
-            Some(mut upstream) => Ok(relay_logged(&mut downstream, &mut upstream).await),
+            None => l7::serve(ctx, &state, on, downstream, &mut guard).await,
+            Some(mut upstream) => {
+                ctx.conns
+                    .open(&state, on)
+                    .run(relay_logged(&mut downstream, &mut upstream))
+                    .await
+            }
         };
         guard.finish(result);
     }
@@ -131,4 +145,17 @@ where
     if let Ok(admitted) = admit(ctx, state, arrival).await {
         admitted.serve(ctx, stream).await;
     }
+}
+
+/// Keeps the open connections' table: each change of the state re-decides them with
+/// [`recheck`]; those no longer allowed are closed (`policy_changed`).
+pub(crate) async fn follow_policy(ctx: Arc<Ctx>, table: Table) {
+    let store = Arc::clone(&ctx.store);
+    table
+        .run(store, |state, on| {
+            recheck(state, on, &ctx.pending, |id| {
+                ctx.certs.credentials(id).is_some()
+            })
+        })
+        .await;
 }

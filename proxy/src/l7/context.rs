@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nodemesh_identity::SpiffeId;
-use nodemesh_policy::{Connection, Decision, Destination, Peer, PolicySet, Verdict};
+use nodemesh_policy::{
+    Connection, Destination, HttpRequest, PathOptions, Peer, PolicySet, Reason, Verdict,
+};
+use nodemesh_state::{MeshState, MeshStore};
 
 use super::sniff::HttpProtocol;
 use crate::observe::ResponseFlags;
@@ -92,6 +95,49 @@ pub struct RequestRecord {
     pub duration: Duration,
 }
 
+/// Where a tunnel's decisions take their policies (and the destination's labels) from.
+#[derive(Clone)]
+pub enum PolicySource {
+    /// One set, fixed when the tunnel opened; the destination as given.
+    Fixed(Arc<PolicySet>),
+    /// The proxy's state, read at each decision: a keep-alive connection's next request is
+    /// decided against the policies and destination labels in force then. A destination that
+    /// left the state is denied (and its connection closed by the open connections' recheck).
+    Current(Arc<MeshStore>),
+}
+
+impl From<Arc<PolicySet>> for PolicySource {
+    fn from(set: Arc<PolicySet>) -> Self {
+        PolicySource::Fixed(set)
+    }
+}
+
+/// One request's decision (owned: the snapshot it was made on is gone with it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestDecision {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The deciding policy, `namespace/name`, when one decided.
+    pub policy: Option<String>,
+    /// How the forwarded path is normalized, under the same policies.
+    pub path: PathOptions,
+}
+
+/// A tunnel's L4 decision (owned, like [`RequestDecision`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionDecision {
+    /// Allow or deny.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// The deciding policy, `namespace/name`, when one decided.
+    pub policy: Option<String>,
+    /// Some applicable policy has L7 fields.
+    pub needs_l7: bool,
+}
+
 /// Receives a [`RequestRecord`] once per request, when its response is finished.
 pub type RequestSink = Arc<dyn Fn(RequestRecord) + Send + Sync>;
 
@@ -99,8 +145,8 @@ pub type RequestSink = Arc<dyn Fn(RequestRecord) + Send + Sync>;
 /// it ([`L7Context::connection`]) without allocating.
 #[derive(Clone)]
 pub struct L7Context {
-    /// The policies in force when the tunnel opened.
-    pub policies: Arc<PolicySet>,
+    /// Where decisions take their policies from.
+    pub policies: PolicySource,
     /// The destination pod.
     pub destination: L7Destination,
     /// The client.
@@ -113,9 +159,13 @@ pub struct L7Context {
 
 impl L7Context {
     /// A context with default limits that reports requests nowhere.
-    pub fn new(policies: Arc<PolicySet>, destination: L7Destination, source: L7Source) -> Self {
+    pub fn new(
+        policies: impl Into<PolicySource>,
+        destination: L7Destination,
+        source: L7Source,
+    ) -> Self {
         Self {
-            policies,
+            policies: policies.into(),
             destination,
             source,
             limits: L7Limits::default(),
@@ -137,6 +187,14 @@ impl L7Context {
 
     /// The connection as the policy engine sees it, borrowed from this context.
     pub fn connection(&self) -> Connection<'_> {
+        self.connection_to(&self.destination.namespace, &self.destination.labels)
+    }
+
+    fn connection_to<'a>(
+        &'a self,
+        namespace: &'a str,
+        labels: &'a BTreeMap<String, String>,
+    ) -> Connection<'a> {
         Connection {
             source: Peer {
                 principal: self.source.principal.as_ref().map(SpiffeId::as_str),
@@ -144,18 +202,66 @@ impl L7Context {
                 ip: Some(self.source.ip),
             },
             destination: Destination {
-                namespace: &self.destination.namespace,
-                labels: &self.destination.labels,
+                namespace,
+                labels,
                 ip: Some(self.destination.ip),
                 port: self.destination.port,
             },
         }
     }
 
-    /// The L4 decision for this tunnel: what stands when the stream is not HTTP (the engine
-    /// takes L7 conditions as false in ALLOW rules and true in DENY rules).
-    pub fn decide_connection(&self) -> Decision<'_> {
-        self.policies.decide_connection(&self.connection())
+    /// Runs `decide` with the policies and the connection in force now; `None` when the
+    /// destination left the state.
+    fn with_current<T>(&self, decide: impl FnOnce(&PolicySet, &Connection<'_>) -> T) -> Option<T> {
+        match &self.policies {
+            PolicySource::Fixed(set) => Some(decide(set, &self.connection())),
+            PolicySource::Current(store) => {
+                let state: Arc<MeshState> = store.load();
+                let dst = state.workload(self.destination.ip)?;
+                let conn = self.connection_to(&dst.namespace, &dst.labels);
+                Some(decide(state.policies(), &conn))
+            }
+        }
+    }
+
+    /// Decides one request against the policies in force now ([`PolicySource`]).
+    pub fn decide_request(&self, request: &HttpRequest<'_>) -> RequestDecision {
+        self.with_current(|set, conn| {
+            let d = set.decide_request(conn, request);
+            RequestDecision {
+                verdict: d.verdict,
+                reason: d.reason,
+                policy: d.deciding_policy.map(ToString::to_string),
+                path: set.options().path,
+            }
+        })
+        .unwrap_or(RequestDecision {
+            verdict: Verdict::Deny,
+            reason: Reason::NoAllowMatched,
+            policy: None,
+            path: PathOptions::default(),
+        })
+    }
+
+    /// The L4 decision for this tunnel, with the policies in force now: what stands when the
+    /// stream is not HTTP (the engine takes L7 conditions as false in ALLOW rules and true in
+    /// DENY rules).
+    pub fn decide_connection(&self) -> ConnectionDecision {
+        self.with_current(|set, conn| {
+            let d = set.decide_connection(conn);
+            ConnectionDecision {
+                verdict: d.verdict,
+                reason: d.reason,
+                policy: d.deciding_policy.map(ToString::to_string),
+                needs_l7: d.needs_l7,
+            }
+        })
+        .unwrap_or(ConnectionDecision {
+            verdict: Verdict::Deny,
+            reason: Reason::NoAllowMatched,
+            policy: None,
+            needs_l7: false,
+        })
     }
 }
 

@@ -23,7 +23,10 @@ mod server;
 mod sniff;
 mod upstream;
 
-pub use context::{L7Context, L7Destination, L7Limits, L7Source, RequestRecord, RequestSink};
+pub use context::{
+    ConnectionDecision, L7Context, L7Destination, L7Limits, L7Source, PolicySource,
+    RequestDecision, RequestRecord, RequestSink,
+};
 pub use server::{
     DENIED_BODY, L7Error, L7Outcome, L7Summary, NotHttp, UpgradedBytes, serve_http, serve_l7,
 };

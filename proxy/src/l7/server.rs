@@ -33,6 +33,8 @@ use crate::observe::ResponseFlags;
 pub const DENIED_BODY: &str = "RBAC: access denied";
 
 /// What became of a tunnelled stream.
+// Returned once per tunnel and moved once: boxing the stream would cost more than it saves.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum L7Outcome<S> {
     /// The stream was HTTP and has been served to its end.
@@ -53,7 +55,7 @@ pub struct NotHttp<S> {
 
 impl<S> NotHttp<S> {
     /// The L4 decision that stands for a non-HTTP stream (see [`L7Context::decide_connection`]).
-    pub fn decide(&self) -> nodemesh_policy::Decision<'_> {
+    pub fn decide(&self) -> super::context::ConnectionDecision {
         self.context.decide_connection()
     }
 }
@@ -304,19 +306,14 @@ where
         }
     }
 
-    let (verdict, reason) = {
-        let decision = ctx.policies.decide_request(
-            &ctx.connection(),
-            &HttpRequest {
-                method: req.method().as_str(),
-                path: raw_path(req.uri()),
-                host: &record.authority,
-                headers: req.headers(),
-            },
-        );
-        record.policy = decision.deciding_policy.map(ToString::to_string);
-        (decision.verdict, decision.reason)
-    };
+    let decision = ctx.decide_request(&HttpRequest {
+        method: req.method().as_str(),
+        path: raw_path(req.uri()),
+        host: &record.authority,
+        headers: req.headers(),
+    });
+    let (verdict, reason, path_options) = (decision.verdict, decision.reason, decision.path);
+    record.policy = decision.policy;
     record.verdict = verdict;
     record.reason = reason.code();
     if matches!(reason, Reason::InvalidPath(_)) {
@@ -330,7 +327,6 @@ where
 
     let websocket = shared.protocol == HttpProtocol::Http1 && is_websocket_upgrade(req.headers());
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let path_options = ctx.policies.options().path;
     let upstream_req = to_upstream(
         req,
         shared.protocol,

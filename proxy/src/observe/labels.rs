@@ -143,11 +143,13 @@ pub enum RefusalReason {
     TlsHandshake,
     /// The proxy failed itself (for example, it could not build a request).
     Internal,
+    /// An open connection that a change of policy or workloads no longer allows was closed.
+    PolicyChanged,
 }
 
 impl RefusalReason {
     /// Every reason, in declaration order.
-    pub const ALL: [RefusalReason; 12] = [
+    pub const ALL: [RefusalReason; 13] = [
         RefusalReason::Policy,
         RefusalReason::StrictMtls,
         RefusalReason::NoCertificate,
@@ -160,6 +162,7 @@ impl RefusalReason {
         RefusalReason::BadRequest,
         RefusalReason::TlsHandshake,
         RefusalReason::Internal,
+        RefusalReason::PolicyChanged,
     ];
 
     /// The label value, for example `"strict_mtls"`.
@@ -177,6 +180,7 @@ impl RefusalReason {
             RefusalReason::BadRequest => "bad_request",
             RefusalReason::TlsHandshake => "tls_handshake",
             RefusalReason::Internal => "internal",
+            RefusalReason::PolicyChanged => "policy_changed",
         }
     }
 
