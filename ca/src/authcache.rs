@@ -47,8 +47,8 @@ impl Budget {
     /// The budget at `now`, forgiving one review per [`REFUSED_REFILL`] since `at`.
     fn at(self, now: SystemTime) -> Budget {
         let elapsed = now.duration_since(self.at).unwrap_or_default();
-        let forgiven = u32::try_from(elapsed.as_secs() / REFUSED_REFILL.as_secs().max(1))
-            .unwrap_or(u32::MAX);
+        let forgiven =
+            u32::try_from(elapsed.as_secs() / REFUSED_REFILL.as_secs().max(1)).unwrap_or(u32::MAX);
         if forgiven == 0 {
             return self;
         }
@@ -182,11 +182,21 @@ mod tests {
         let ip = Some("10.0.0.1".parse().unwrap());
         for s in 0..30 {
             let now = T0 + Duration::from_secs(s);
-            assert_eq!(cache.authenticate(&auth, "good", ip, now).await.unwrap(), "node-a");
+            assert_eq!(
+                cache.authenticate(&auth, "good", ip, now).await.unwrap(),
+                "node-a"
+            );
         }
         assert_eq!(auth.0.load(Ordering::SeqCst), 1, "one review in 30 s");
-        cache.authenticate(&auth, "good", ip, T0 + ACCEPTED_TTL).await.unwrap();
-        assert_eq!(auth.0.load(Ordering::SeqCst), 2, "reviewed again once expired");
+        cache
+            .authenticate(&auth, "good", ip, T0 + ACCEPTED_TTL)
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.0.load(Ordering::SeqCst),
+            2,
+            "reviewed again once expired"
+        );
         for _ in 0..5 {
             let err = cache.authenticate(&auth, "bad", ip, T0).await.unwrap_err();
             assert!(matches!(err, CachedRefusal::Refused(_)), "{err:?}");
@@ -200,17 +210,30 @@ mod tests {
         let bad_ip = Some("192.0.2.1".parse().unwrap());
         let good_ip = Some("10.0.0.1".parse().unwrap());
         for i in 0..50 {
-            let _ = cache.authenticate(&auth, &format!("bad-{i}"), bad_ip, T0).await;
+            let _ = cache
+                .authenticate(&auth, &format!("bad-{i}"), bad_ip, T0)
+                .await;
         }
         assert_eq!(auth.0.load(Ordering::SeqCst), REFUSED_BURST as usize);
-        let err = cache.authenticate(&auth, "bad-x", bad_ip, T0).await.unwrap_err();
-        assert_eq!(err, CachedRefusal::Throttled { retry_after: REFUSED_REFILL });
+        let err = cache
+            .authenticate(&auth, "bad-x", bad_ip, T0)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CachedRefusal::Throttled {
+                retry_after: REFUSED_REFILL
+            }
+        );
         // Another address is not held up; one review is forgiven per second.
         assert!(cache.authenticate(&auth, "good", good_ip, T0).await.is_ok());
         let later = T0 + REFUSED_REFILL;
         let _ = cache.authenticate(&auth, "bad-y", bad_ip, later).await;
         assert_eq!(auth.0.load(Ordering::SeqCst), REFUSED_BURST as usize + 2);
-        let err = cache.authenticate(&auth, "bad-z", bad_ip, later).await.unwrap_err();
+        let err = cache
+            .authenticate(&auth, "bad-z", bad_ip, later)
+            .await
+            .unwrap_err();
         assert!(matches!(err, CachedRefusal::Throttled { .. }), "{err:?}");
     }
 }

@@ -223,12 +223,18 @@ mod tests {
             info.not_after.duration_since(now).unwrap().as_secs()
         };
         let week = issue(&root, &web(), Duration::from_secs(7 * 86_400), now).unwrap();
-        assert!(lifetime(week).abs_diff(7 * 86_400) <= 1, "7 days is allowed");
+        assert!(
+            lifetime(week).abs_diff(7 * 86_400) <= 1,
+            "7 days is allowed"
+        );
         let err = issue(&root, &web(), Duration::from_secs(8 * 86_400), now).unwrap_err();
         assert!(
             matches!(
                 err,
-                OfflineError::Lifetime(LifetimeError::TooLong { requested: 691_200, max: 604_800 })
+                OfflineError::Lifetime(LifetimeError::TooLong {
+                    requested: 691_200,
+                    max: 604_800
+                })
             ),
             "{err:?}"
         );
@@ -251,7 +257,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = root(dir.path());
         let foreign = SpiffeId::new("spiffe://other.example/ns/shop/sa/web").unwrap();
-        let err = issue(&root, &foreign, Duration::from_secs(3600), SystemTime::now()).unwrap_err();
+        let err = issue(
+            &root,
+            &foreign,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, OfflineError::ForeignTrustDomain { root_domain, .. } if root_domain == "cluster.local"),
             "{err:?}"

@@ -9,8 +9,8 @@ use nodemesh_identity::{Clock, SpiffeId, der_to_pem};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::authz::{NodeIndex, Tokens, bearer_token};
 use crate::authcache::{AuthCache, CachedRefusal};
+use crate::authz::{NodeIndex, Tokens, bearer_token};
 use crate::callers::{AuthError, Authenticator};
 use crate::csr::{CsrError, check_csr};
 use crate::issuer::{Authority, LifetimeError, LifetimePolicy, SignError};

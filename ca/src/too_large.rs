@@ -23,7 +23,9 @@ impl<S: NamedService> NamedService for TooLargeIsExhausted<S> {
 
 /// Whether `headers` carry tonic's "decoded message length too large" refusal.
 fn is_too_large(headers: &http::HeaderMap) -> bool {
-    headers.get("grpc-status").is_some_and(|s| s == OUT_OF_RANGE)
+    headers
+        .get("grpc-status")
+        .is_some_and(|s| s == OUT_OF_RANGE)
         && headers.get("grpc-message").is_some_and(|m| {
             let m = m.as_bytes();
             m.windows(9).any(|w| w == b"too large") || m.windows(11).any(|w| w == b"too%20large")

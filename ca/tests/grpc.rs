@@ -377,9 +377,18 @@ async fn token_reviews_are_cached_and_bad_callers_throttled() {
     // The burst, plus one forgiven per second the loop took (real clock).
     let reviewed = count() - 1;
     let burst = nodemesh_ca::authcache::REFUSED_BURST as usize;
-    assert!((burst..20).contains(&reviewed), "{reviewed} reviews: {codes:?}");
-    assert_eq!(codes[..burst], vec![tonic::Code::Unauthenticated; burst][..]);
-    let throttled = codes.iter().filter(|c| **c == tonic::Code::ResourceExhausted).count();
+    assert!(
+        (burst..20).contains(&reviewed),
+        "{reviewed} reviews: {codes:?}"
+    );
+    assert_eq!(
+        codes[..burst],
+        vec![tonic::Code::Unauthenticated; burst][..]
+    );
+    let throttled = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::ResourceExhausted)
+        .count();
     assert_eq!(throttled, 40 - reviewed, "{codes:?}");
     // The known caller is still served from the cache.
     let csr = generate_csr(&id(WEB)).unwrap();

@@ -247,8 +247,17 @@ async fn same_node_calls_need_a_valid_source_certificate() {
     std::fs::write(&mesh.config, format!("{}{with_new}", mesh.ca_section)).unwrap();
     let new = mesh.ip("1.13");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while mesh.a.store().load().workload(new.parse().unwrap()).is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "node-a never saw new-1");
+    while mesh
+        .a
+        .store()
+        .load()
+        .workload(new.parse().unwrap())
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-a never saw new-1"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Uncertified: refused on the same node as over HBONE; certified web-1 still gets through.

@@ -1,9 +1,9 @@
 //! The HTTP parts of forwarding a request to the pod: its target and authority as sent, the
 //! WebSocket upgrade test, hop-by-hop headers, the upstream request.
 
-use http::{Request, Version};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Version};
 use hyper::body::Incoming;
 use nodemesh_policy::path::normalize;
 
