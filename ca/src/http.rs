@@ -61,7 +61,7 @@ impl AcceptBackoff {
     pub const MAX: Duration = Duration::from_secs(1);
 
     /// The wait after one more failure.
-    pub fn next(&mut self) -> Duration {
+    pub fn failed(&mut self) -> Duration {
         let wait = Self::INITIAL.saturating_mul(1 << self.failures.min(16));
         self.failures = self.failures.saturating_add(1);
         wait.min(Self::MAX)
@@ -90,7 +90,7 @@ pub(crate) async fn serve_http(
                 Err(error) => {
                     // Out of descriptors, say: waiting lets connections close; retrying at once
                     // would spin a core and flood the log.
-                    let wait = backoff.next();
+                    let wait = backoff.failed();
                     tracing::warn!(%error, retry_in = ?wait, "HTTP accept failed");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => continue,
@@ -125,9 +125,9 @@ mod tests {
     #[test]
     fn accept_failures_back_off_and_a_success_resets() {
         let mut b = AcceptBackoff::default();
-        let waits: Vec<u64> = (0..10).map(|_| b.next().as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..10).map(|_| b.failed().as_millis() as u64).collect();
         assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
         b.reset();
-        assert_eq!(b.next(), AcceptBackoff::INITIAL);
+        assert_eq!(b.failed(), AcceptBackoff::INITIAL);
     }
 }
