@@ -53,6 +53,49 @@ fn issue_writes_a_valid_svid_offline() {
 }
 
 #[test]
+fn issue_refuses_a_lifetime_over_the_maximum_and_a_foreign_trust_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("ca");
+    let init = nodemesh()
+        .args(["ca", "init", "--state-dir"])
+        .arg(&state)
+        .status();
+    assert!(init.unwrap().success());
+    let issue = |identity: &str, lifetime: &str| {
+        nodemesh()
+            .args([
+                "ca",
+                "issue",
+                "--identity",
+                identity,
+                "--lifetime",
+                lifetime,
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap()
+    };
+    let out = issue("spiffe://cluster.local/ns/shop/sa/web", "8d");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("above the maximum of 604800s (7 days)"),
+        "{stderr}"
+    );
+    let out = issue("spiffe://other.example/ns/shop/sa/web", "1h");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is not of trust domain \"cluster.local\""),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out").exists(), "nothing written");
+}
+
+#[test]
 fn issue_refuses_a_bad_identity_with_a_clear_error() {
     let out = nodemesh()
         .args([

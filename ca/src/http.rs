@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -47,19 +48,54 @@ pub fn route(snapshot: &CaSnapshot, method: &Method, path: &str) -> Response<Ful
     }
 }
 
+/// How long to wait after each failed accept in a row: 10 ms, doubling up to 1 s.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    /// The first wait.
+    pub const INITIAL: Duration = Duration::from_millis(10);
+    /// The longest wait.
+    pub const MAX: Duration = Duration::from_secs(1);
+
+    /// The wait after one more failure.
+    pub fn failed(&mut self) -> Duration {
+        let wait = Self::INITIAL.saturating_mul(1 << self.failures.min(16));
+        self.failures = self.failures.saturating_add(1);
+        wait.min(Self::MAX)
+    }
+
+    /// An accept succeeded: the next failure waits [`AcceptBackoff::INITIAL`] again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// Serves HTTP/1.1 until `stop` turns true.
 pub(crate) async fn serve_http(
     listener: TcpListener,
     snapshot: watch::Receiver<Arc<CaSnapshot>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    backoff.reset();
+                    conn
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "HTTP accept failed");
-                    continue;
+                    // Out of descriptors, say: waiting lets connections close; retrying at once
+                    // would spin a core and flood the log.
+                    let wait = backoff.failed();
+                    tracing::warn!(%error, retry_in = ?wait, "HTTP accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        () = crate::server::stopped(&mut stop) => return,
+                    }
                 }
             },
             () = crate::server::stopped(&mut stop) => return,
@@ -79,5 +115,19 @@ pub(crate) async fn serve_http(
                 tracing::debug!(%error, "HTTP connection error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_and_a_success_resets() {
+        let mut b = AcceptBackoff::default();
+        let waits: Vec<u64> = (0..10).map(|_| b.failed().as_millis() as u64).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.failed(), AcceptBackoff::INITIAL);
     }
 }

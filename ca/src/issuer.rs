@@ -64,6 +64,14 @@ pub enum LifetimeError {
         /// The minimum, in seconds.
         min: u64,
     },
+    /// Longer than the maximum, where it is not clamped ([`LifetimePolicy::window_exact`]).
+    #[error("lifetime {requested}s is above the maximum of {max}s ({days} days)", days = max / 86_400)]
+    TooLong {
+        /// Seconds asked for.
+        requested: i64,
+        /// The maximum, in seconds.
+        max: u64,
+    },
 }
 
 /// Why a lifetime policy is refused.
@@ -128,6 +136,18 @@ impl LifetimePolicy {
         }
     }
 
+    /// Like [`LifetimePolicy::window`], but a lifetime above the maximum is refused
+    /// ([`LifetimeError::TooLong`]) instead of clamped: for an operator who asked for exactly it.
+    pub fn window_exact(&self, seconds: i64, now: SystemTime) -> Result<Validity, LifetimeError> {
+        if u64::try_from(seconds).is_ok_and(|s| s > self.max.as_secs()) {
+            return Err(LifetimeError::TooLong {
+                requested: seconds,
+                max: self.max.as_secs(),
+            });
+        }
+        self.window(seconds, now)
+    }
+
     /// The validity window for a request of `seconds` made at `now`: from `now - backdate` to
     /// `now + lifetime`.
     pub fn window(&self, seconds: i64, now: SystemTime) -> Result<Validity, LifetimeError> {
@@ -180,7 +200,21 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// A fresh self-signed root (ECDSA P-256, ten years) for `trust_domain`, as PEM cert and PEM key.
+/// How the common name of a root made by [`generate_root`] starts; the trust domain follows.
+const ROOT_CN_PREFIX: &str = "nodemesh root CA ";
+
+/// The trust domain a root made by [`generate_root`] names in its common name
+/// (`nodemesh root CA <td> <id>`, or `nodemesh root CA <td>` before roots had ids); `None` for
+/// another root (one an operator supplied) or a certificate that does not parse.
+pub fn root_trust_domain(root: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(root).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    let rest = cn.strip_prefix(ROOT_CN_PREFIX)?;
+    rest.split(' ').next().map(str::to_owned)
+}
+
+/// A fresh self-signed root (ECDSA P-256, ten years) for `trust_domain`, as PEM cert and PEM key,
+/// with a subject no other root has.
 pub fn generate_root(
     trust_domain: &TrustDomain,
     now: SystemTime,
@@ -191,9 +225,12 @@ pub fn generate_root(
     params
         .distinguished_name
         .push(DnType::OrganizationName, "nodemesh");
+    // Unique per root, so that a chain to another root fails as an unknown issuer (not as a
+    // bad signature from a root of the same name) and logs say which root is which.
+    let id: u64 = rand::random();
     params.distinguished_name.push(
         DnType::CommonName,
-        format!("nodemesh root CA {trust_domain}"),
+        format!("{ROOT_CN_PREFIX}{trust_domain} {id:016x}"),
     );
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![

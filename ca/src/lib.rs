@@ -5,6 +5,7 @@
 //! The signing logic ([`csr`], [`issuer`], [`authz`], [`service::handle_request`]) does no I/O;
 //! [`server`], [`http`] and [`client`] bring the sockets, [`state`] and [`offline`] the files.
 
+pub mod authcache;
 pub mod authz;
 pub mod callers;
 pub mod client;
@@ -16,6 +17,7 @@ mod reload;
 pub mod server;
 pub mod service;
 pub mod state;
+mod too_large;
 
 /// Generated protobuf and gRPC code for Istio's certificate service.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -34,6 +34,16 @@ pub enum OfflineError {
         #[source]
         source: StateError,
     },
+    /// The identity is of another trust domain than the root's.
+    #[error("{identity} is not of trust domain {root_domain:?}, the one the root in {} serves", dir.display())]
+    ForeignTrustDomain {
+        /// The identity asked for.
+        identity: SpiffeId,
+        /// The root's trust domain.
+        root_domain: String,
+        /// The state directory.
+        dir: PathBuf,
+    },
     /// The lifetime is refused by the [`LifetimePolicy`].
     #[error("certificate lifetime")]
     Lifetime(#[source] LifetimeError),
@@ -82,7 +92,8 @@ impl std::fmt::Debug for OfflineSvid {
 
 /// Issues an SVID for `identity` from `root` at `now`, with a fresh key. `lifetime` follows the
 /// default [`LifetimePolicy`] as a request's `validity_duration` does: zero means the default
-/// (24 h), below the minimum (1 min) is refused, above the maximum (7 days) is clamped.
+/// (24 h), below the minimum (1 min) or above the maximum (7 days) is refused. An identity of
+/// another trust domain than the root's is refused.
 pub fn issue(
     root: &RootSource,
     identity: &SpiffeId,
@@ -90,15 +101,20 @@ pub fn issue(
     now: SystemTime,
 ) -> Result<OfflineSvid, OfflineError> {
     let trust_domain = identity.trust_domain();
-    let authority = root
-        .load(&trust_domain)
-        .map_err(|source| OfflineError::Root {
+    let authority = root.load(&trust_domain).map_err(|source| match source {
+        StateError::ForeignTrustDomain { root_domain, .. } => OfflineError::ForeignTrustDomain {
+            identity: identity.clone(),
+            root_domain,
+            dir: root.state_dir.clone(),
+        },
+        source => OfflineError::Root {
             dir: root.state_dir.clone(),
             source,
-        })?;
+        },
+    })?;
     let seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
     let validity = LifetimePolicy::default()
-        .window(seconds, now)
+        .window_exact(seconds, now)
         .map_err(OfflineError::Lifetime)?;
     let csr = generate_csr(identity).map_err(OfflineError::Key)?;
     let checked = check_csr(&csr.csr_pem, &trust_domain).map_err(OfflineError::Csr)?;
@@ -206,16 +222,76 @@ mod tests {
             let info = verify_svid(&chain, &bundle, now, SvidUsage::Client).unwrap();
             info.not_after.duration_since(now).unwrap().as_secs()
         };
-        let long = issue(&root, &web(), Duration::from_secs(30 * 86_400), now).unwrap();
+        let week = issue(&root, &web(), Duration::from_secs(7 * 86_400), now).unwrap();
         assert!(
-            lifetime(long).abs_diff(7 * 86_400) <= 1,
-            "clamped to 7 days"
+            lifetime(week).abs_diff(7 * 86_400) <= 1,
+            "7 days is allowed"
+        );
+        let err = issue(&root, &web(), Duration::from_secs(8 * 86_400), now).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OfflineError::Lifetime(LifetimeError::TooLong {
+                    requested: 691_200,
+                    max: 604_800
+                })
+            ),
+            "{err:?}"
+        );
+        let OfflineError::Lifetime(cause) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            cause.to_string(),
+            "lifetime 691200s is above the maximum of 604800s (7 days)"
         );
         let zero = issue(&root, &web(), Duration::ZERO, now).unwrap();
         assert!(
             lifetime(zero).abs_diff(86_400) <= 1,
             "zero means the default"
         );
+    }
+
+    #[test]
+    fn an_identity_of_another_trust_domain_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = root(dir.path());
+        let foreign = SpiffeId::new("spiffe://other.example/ns/shop/sa/web").unwrap();
+        let err = issue(
+            &root,
+            &foreign,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, OfflineError::ForeignTrustDomain { root_domain, .. } if root_domain == "cluster.local"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "spiffe://other.example/ns/shop/sa/web is not of trust domain \"cluster.local\", the one the root in {} serves",
+                dir.path().join("ca").display()
+            )
+        );
+    }
+
+    #[test]
+    fn every_root_has_its_own_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let subject = |sub: &str| {
+            let root = root(&dir.path().join(sub));
+            let pem = std::fs::read_to_string(root.root_files().0).unwrap();
+            let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            assert_eq!(
+                crate::issuer::root_trust_domain(&der).as_deref(),
+                Some("cluster.local")
+            );
+            cert.subject().to_string()
+        };
+        assert_ne!(subject("a"), subject("b"));
     }
 
     #[test]

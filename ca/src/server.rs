@@ -253,7 +253,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningC
         let svc =
             IstioCertificateServiceServer::new(service).max_decoding_message_size(MAX_MESSAGE_LEN);
         let result = tonic::transport::Server::builder()
-            .add_service(svc)
+            .add_service(crate::too_large::TooLargeIsExhausted(svc))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::ReceiverStream::new(conn_rx),
                 async move { stopped(&mut stop).await },

@@ -1,6 +1,7 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate the node, authorize the
 //! identity, check the CSR and lifetime, sign.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -8,6 +9,7 @@ use nodemesh_identity::{Clock, SpiffeId, der_to_pem};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::authcache::{AuthCache, CachedRefusal};
 use crate::authz::{NodeIndex, Tokens, bearer_token};
 use crate::callers::{AuthError, Authenticator};
 use crate::csr::{CsrError, check_csr};
@@ -39,6 +41,13 @@ pub enum Refusal {
     /// The external authenticator refused the token (`Unauthenticated`).
     #[error("unauthenticated: {0}")]
     Refused(#[from] AuthError),
+    /// The caller's address has caused too many refused token reviews lately
+    /// (`ResourceExhausted`).
+    #[error("too many unauthenticated requests from this address; retry in {}s", retry_after.as_secs())]
+    Throttled {
+        /// When another review is possible.
+        retry_after: std::time::Duration,
+    },
     /// The identity does not run on the caller's node (`PermissionDenied`).
     #[error("identity does not run on node {node:?}")]
     ForeignIdentity {
@@ -81,6 +90,7 @@ impl From<&Refusal> for tonic::Code {
             Refusal::ImpersonationMismatch { .. } | Refusal::Csr(_) | Refusal::Lifetime(_) => {
                 tonic::Code::InvalidArgument
             }
+            Refusal::Throttled { .. } => tonic::Code::ResourceExhausted,
             Refusal::Sign(_) => tonic::Code::Internal,
         }
     }
@@ -175,6 +185,8 @@ pub struct CertificateService {
     lifetimes: LifetimePolicy,
     clock: Arc<dyn Clock>,
     authenticator: Option<Arc<dyn Authenticator>>,
+    /// Reviews of the authenticator, cached (shared by the service's clones).
+    reviews: Arc<AuthCache>,
 }
 
 impl CertificateService {
@@ -189,6 +201,7 @@ impl CertificateService {
             lifetimes,
             clock,
             authenticator: None,
+            reviews: Arc::default(),
         }
     }
 
@@ -201,6 +214,7 @@ impl CertificateService {
 
     async fn decide(
         &self,
+        peer: Option<IpAddr>,
         authorization: Option<&str>,
         message: &IstioCertificateRequest,
         facts: &mut RequestFacts,
@@ -222,7 +236,14 @@ impl CertificateService {
             .ok_or(Refusal::Unauthenticated(
                 "missing `authorization: Bearer <token>`",
             ))?;
-        let node = auth.authenticate(token).await?;
+        let node = self
+            .reviews
+            .authenticate(auth.as_ref(), token, peer, now)
+            .await
+            .map_err(|refusal| match refusal {
+                CachedRefusal::Refused(e) => Refusal::Refused(e),
+                CachedRefusal::Throttled { retry_after } => Refusal::Throttled { retry_after },
+            })?;
         let authorize = |node: &str, id: &SpiffeId| {
             if auth.runs_on(node, id) {
                 return Ok(());
@@ -256,10 +277,11 @@ impl IstioCertificateService for CertificateService {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let peer = request.remote_addr().map(|a| a.ip());
         let message = request.into_inner();
         let mut facts = RequestFacts::default();
         let result = self
-            .decide(authorization.as_deref(), &message, &mut facts)
+            .decide(peer, authorization.as_deref(), &message, &mut facts)
             .await;
         let node = facts.node.as_deref().unwrap_or("-");
         let identity = facts.identity.as_deref().unwrap_or("-");

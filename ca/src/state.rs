@@ -15,7 +15,7 @@ use nodemesh_identity::{TrustBundle, TrustDomain, der_to_pem};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use crate::issuer::{Authority, SignError, generate_root};
+use crate::issuer::{Authority, SignError, generate_root, root_trust_domain};
 
 /// File name of the signing root certificate.
 pub const ROOT_CERT: &str = "root-cert.pem";
@@ -64,6 +64,16 @@ pub enum StateError {
         bundle: PathBuf,
         /// The root file.
         root: PathBuf,
+    },
+    /// The root was made for another trust domain than the one asked for.
+    #[error("{root}: the root serves trust domain {root_domain:?}, not {asked:?}")]
+    ForeignTrustDomain {
+        /// The root file.
+        root: PathBuf,
+        /// The trust domain the root names.
+        root_domain: String,
+        /// The trust domain asked for.
+        asked: String,
     },
     /// The key and certificate do not fit together, or signing failed.
     #[error("root certificate and key are unusable: {0}")]
@@ -135,13 +145,23 @@ impl RootSource {
         Ok(false)
     }
 
-    /// Loads the signing authority: checks the key's permissions, that key and cert match, and
-    /// that the bundle holds the root.
+    /// Loads the signing authority: checks the key's permissions, that key and cert match, that
+    /// the bundle holds the root, and that a root `init` made names `trust_domain` (an
+    /// operator-supplied root names none).
     pub fn load(&self, trust_domain: &TrustDomain) -> Result<Authority, StateError> {
         let (cert_path, key_path) = self.root_files();
         let bundle_path = self.bundle_file();
         let key_pem = read_private_key(&key_path)?;
         let root = read_cert(&cert_path)?;
+        if let Some(root_domain) = root_trust_domain(&root)
+            && root_domain != trust_domain.as_str()
+        {
+            return Err(StateError::ForeignTrustDomain {
+                root: cert_path,
+                root_domain,
+                asked: trust_domain.to_string(),
+            });
+        }
         let roots = read_bundle_if_present(&bundle_path)?;
         if !roots.contains(&root) {
             return Err(StateError::RootNotInBundle {

@@ -298,3 +298,100 @@ async fn http_serves_the_bundle_and_readiness() {
     );
     ca.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_too_large_request_is_resource_exhausted() {
+    let f = fixture();
+    let ca = f.start().await;
+    let huge = "A".repeat(nodemesh_ca::server::MAX_MESSAGE_LEN + 1);
+    let err = f
+        .client(&ca, TOKEN_A)
+        .create_certificate(huge, 0, None)
+        .await
+        .unwrap_err();
+    let nodemesh_ca::ClientError::Status(status) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // The CA keeps serving.
+    let csr = generate_csr(&id(WEB)).unwrap();
+    f.client(&ca, TOKEN_A)
+        .create_certificate(csr.csr_pem, 0, None)
+        .await
+        .unwrap();
+    ca.shutdown().await;
+}
+
+/// Accepts [`TOKEN_A`] as node-a (where web runs), refuses every other token; counts reviews.
+#[derive(Debug, Default)]
+struct CountingReviews(std::sync::atomic::AtomicUsize);
+
+impl nodemesh_ca::Authenticator for CountingReviews {
+    fn authenticate<'a>(&'a self, token: &'a str) -> nodemesh_ca::AuthFuture<'a> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if token == TOKEN_A {
+                Ok("node-a".to_owned())
+            } else {
+                Err(nodemesh_ca::AuthError::new("token rejected by TokenReview"))
+            }
+        })
+    }
+
+    fn runs_on(&self, node: &str, identity: &nodemesh_identity::SpiffeId) -> bool {
+        node == "node-a" && identity.as_str() == WEB
+    }
+}
+
+#[tokio::test]
+async fn token_reviews_are_cached_and_bad_callers_throttled() {
+    let mut f = fixture();
+    let reviews = std::sync::Arc::new(CountingReviews::default());
+    f.opts.callers = nodemesh_ca::Callers::External {
+        trust_domain: "cluster.local".parse().unwrap(),
+        authenticator: reviews.clone(),
+    };
+    let ca = f.start().await;
+    let count = || reviews.0.load(std::sync::atomic::Ordering::SeqCst);
+    let good = f.client(&ca, TOKEN_A);
+    for _ in 0..5 {
+        let csr = generate_csr(&id(WEB)).unwrap();
+        good.create_certificate(csr.csr_pem, 0, None).await.unwrap();
+    }
+    assert_eq!(count(), 1, "one review for five requests with one token");
+
+    // A flood of bad tokens from one address: a burst of reviews, then refusals without one.
+    let mut codes = Vec::new();
+    for i in 0..40 {
+        let csr = generate_csr(&id(WEB)).unwrap();
+        let client = f.client(&ca, &format!("bad-token-{i:04}-0123456789"));
+        let err = client
+            .create_certificate(csr.csr_pem, 0, None)
+            .await
+            .unwrap_err();
+        let nodemesh_ca::ClientError::Status(status) = err else {
+            panic!("{err}")
+        };
+        codes.push(status.code());
+    }
+    // The burst, plus one forgiven per second the loop took (real clock).
+    let reviewed = count() - 1;
+    let burst = nodemesh_ca::authcache::REFUSED_BURST as usize;
+    assert!(
+        (burst..20).contains(&reviewed),
+        "{reviewed} reviews: {codes:?}"
+    );
+    assert_eq!(
+        codes[..burst],
+        vec![tonic::Code::Unauthenticated; burst][..]
+    );
+    let throttled = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::ResourceExhausted)
+        .count();
+    assert_eq!(throttled, 40 - reviewed, "{codes:?}");
+    // The known caller is still served from the cache.
+    let csr = generate_csr(&id(WEB)).unwrap();
+    good.create_certificate(csr.csr_pem, 0, None).await.unwrap();
+    ca.shutdown().await;
+}

@@ -307,18 +307,10 @@ fn describe(test: &Test, ctx: &EvalCtx<'_>) -> (String, String) {
             list(ps),
         ),
         Test::Header { name, values } => {
-            let mut seen = Vec::new();
-            if let Some(r) = req {
-                r.headers.any_value(name, &mut |v| {
-                    seen.push(format!("{:?}", String::from_utf8_lossy(v)));
-                    false
-                });
-            }
-            let value = if seen.is_empty() {
-                "(absent)".to_owned()
-            } else {
-                seen.join(", ")
-            };
+            let value = req.and_then(|r| r.headers.joined(name)).map_or_else(
+                || "(absent)".to_owned(),
+                |v| format!("{:?}", String::from_utf8_lossy(&v)),
+            );
             (format!("header {name} {value}"), list(values))
         }
     }

@@ -1,7 +1,9 @@
 //! What the engine is asked about: a connection (peer, destination) and, at L7, one HTTP request.
 //!
-//! Everything borrows from the caller so that a decision allocates nothing.
+//! Everything borrows from the caller so that a decision allocates nothing (except to join a
+//! repeated header's values).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -40,28 +42,46 @@ impl<K: AsRef<str>, V: AsRef<str>> Labels for Vec<(K, V)> {
 
 /// HTTP request headers, looked up by name.
 pub trait Headers {
-    /// Calls `f` with each value of header `name` (given in ASCII lowercase) until it returns true;
-    /// returns whether it did.
-    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool;
+    /// The value of header `name` (given in ASCII lowercase) as policy matches it: the values of
+    /// every field with that name joined by `,` in order, as Envoy does (so `x: a` twice is
+    /// `a,a`); `None` when absent. Borrows unless the header is repeated.
+    fn joined(&self, name: &str) -> Option<Cow<'_, [u8]>>;
+}
+
+/// Joins `values` by `,`, borrowing when there is only one.
+fn join<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<Cow<'a, [u8]>> {
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut all = Vec::with_capacity(first.len() + second.len() + 1);
+    all.extend_from_slice(first);
+    for v in std::iter::once(second).chain(values) {
+        all.push(b',');
+        all.extend_from_slice(v);
+    }
+    Some(Cow::Owned(all))
 }
 
 impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for [(K, V)] {
-    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        self.iter()
-            .filter(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
-            .any(|(_, v)| f(v.as_ref()))
+    fn joined(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        join(
+            self.iter()
+                .filter(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_ref()),
+        )
     }
 }
 
 impl<K: AsRef<str>, V: AsRef<[u8]>> Headers for Vec<(K, V)> {
-    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        self.as_slice().any_value(name, f)
+    fn joined(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        self.as_slice().joined(name)
     }
 }
 
 impl Headers for http::HeaderMap {
-    fn any_value(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> bool {
-        self.get_all(name).iter().any(|v| f(v.as_bytes()))
+    fn joined(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        join(self.get_all(name).iter().map(http::HeaderValue::as_bytes))
     }
 }
 

@@ -60,7 +60,7 @@ pub(crate) enum Test {
     Method(Box<[StringMatch]>),
     /// On the normalized path (L7).
     Path(Box<[PathPattern]>),
-    /// `request.headers[name]`: any value of the header matches (L7).
+    /// `request.headers[name]`: the header's values joined by `,` match (L7), as in Envoy.
     Header {
         name: Box<str>,
         values: Box<[StringMatch]>,
@@ -114,7 +114,8 @@ impl Test {
                 .is_some_and(|r| ps.iter().any(|p| p.matches(r.path))),
             Test::Header { name, values } => ctx.request.is_some_and(|r| {
                 r.headers
-                    .any_value(name, &mut |v| values.iter().any(|m| m.matches(v)))
+                    .joined(name)
+                    .is_some_and(|v| values.iter().any(|m| m.matches(&v)))
             }),
         }
     }

@@ -157,7 +157,11 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("every when must hold", "metadata: {name: a, namespace: shop}\nspec: {rules: [{when: [{key: source.namespace, values: [client]}, {key: destination.port, values: ['80']}]}]}", "", "deny"),
     ("when header", "metadata: {name: a, namespace: shop}\nspec: {rules: [{when: [{key: 'request.headers[x-user]', values: [alice]}]}]}", "method=GET hdr=x-user:alice", "allow l7"),
     ("when header name is case-insensitive", "metadata: {name: a, namespace: shop}\nspec: {rules: [{when: [{key: 'request.headers[X-User]', values: ['al*']}]}]}", "method=GET hdr=X-USER:alice", "allow"),
-    ("when header: any value counts", "{ALLOW_ALL}\n---\nmetadata: {name: d, namespace: shop}\nspec: {action: DENY, rules: [{when: [{key: 'request.headers[x-user]', values: [admin]}]}]}", "method=GET hdr=x-user:bob hdr=x-user:admin", "deny by=shop/d"),
+    // A repeated header is matched as its values joined by `,` (Envoy's view), never value by value.
+    ("when header: a repeated header is matched joined", "metadata: {name: a, namespace: shop}\nspec: {rules: [{when: [{key: 'request.headers[x-user]', values: [alice]}]}]}", "method=GET hdr=x-user:alice hdr=x-user:mallory", "deny reason=no_allow_matched"),
+    ("when header: the joined value can match", "metadata: {name: a, namespace: shop}\nspec: {rules: [{when: [{key: 'request.headers[x-user]', values: ['alice,bob']}]}]}", "method=GET hdr=x-user:alice hdr=X-User:bob", "allow"),
+    ("when header: DENY on the joined value", "{ALLOW_ALL}\n---\nmetadata: {name: d, namespace: shop}\nspec: {action: DENY, rules: [{when: [{key: 'request.headers[x-user]', values: ['*,admin']}]}]}", "method=GET hdr=x-user:bob hdr=x-user:admin", "deny by=shop/d"),
+    ("when header: one value of a repeated header is not the header", "{ALLOW_ALL}\n---\nmetadata: {name: d, namespace: shop}\nspec: {action: DENY, rules: [{when: [{key: 'request.headers[x-user]', values: [admin]}]}]}", "method=GET hdr=x-user:bob hdr=x-user:admin", "allow"),
     ("when header absent", "metadata: {name: a, namespace: shop}\nspec: {rules: [{when: [{key: 'request.headers[x-user]', values: ['*']}]}]}", "method=GET", "deny"),
     ("when header notValues with header absent", "metadata: {name: a, namespace: shop}\nspec: {rules: [{when: [{key: 'request.headers[x-user]', notValues: [bob]}]}]}", "method=GET", "allow"),
     ("when request.auth.claims never hold", "metadata: {name: a, namespace: shop}\nspec: {rules: [{when: [{key: 'request.auth.claims[iss]', values: ['*']}]}]}", "method=GET", "deny"),

@@ -235,6 +235,95 @@ policies:
 }
 
 #[tokio::test]
+async fn same_node_calls_need_a_valid_source_certificate() {
+    let mut mesh = Mesh::start("").await;
+    mesh.stop_ca().await;
+    // A new workload on node-a while the CA is down: it never gets a certificate.
+    let n = mesh.n;
+    let with_new = base(n).replace(
+        "workloads:\n",
+        &format!("workloads:\n  - {{name: new-1, namespace: shop, serviceAccount: new, ip: 127.{n}.1.13, node: node-a}}\n"),
+    );
+    std::fs::write(&mesh.config, format!("{}{with_new}", mesh.ca_section)).unwrap();
+    let new = mesh.ip("1.13");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while mesh
+        .a
+        .store()
+        .load()
+        .workload(new.parse().unwrap())
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-a never saw new-1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Uncertified: refused on the same node as over HBONE; certified web-1 still gets through.
+    for dst in [mesh.addr("1.12", NAME), mesh.addr("2.21", NAME)] {
+        let client = dial(&mesh.a, &new, dst).await;
+        assert!(read_all(client).await.is_empty(), "new-1 reached {dst}");
+    }
+    let client = dial(&mesh.a, &mesh.web(), mesh.addr("1.12", NAME)).await;
+    assert_eq!(read_all(client).await, mesh.ip("1.12").as_bytes());
+    let metrics = mesh.a.metrics().render();
+    assert!(
+        metrics.contains(r#"nodemesh_connections_refused_total{reason="no_certificate"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_is_believed_only_from_the_named_pod_s_node() {
+    // db accepts web only from web-1's address.
+    let mesh = Mesh::start("").await;
+    let only_web_1 = format!(
+        r#"
+policies:
+  - apiVersion: security.nodemesh.io/v1
+    kind: AuthorizationPolicy
+    metadata: {{name: db-from-web-1, namespace: shop}}
+    spec:
+      selector: {{matchLabels: {{app: db}}}}
+      rules: [{{from: [{{source: {{principals: ["cluster.local/ns/shop/sa/web"], ipBlocks: ["{}/32"]}}}}]}}]
+"#,
+        mesh.web()
+    );
+    let mut reloaded = mesh.b.store().subscribe();
+    mesh.write_policies(&only_web_1);
+    while mesh.b.store().load().policies().policies().is_empty() {
+        tokio::time::timeout(Duration::from_secs(10), reloaded.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let key = PoolKey {
+        source: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/web").unwrap(),
+        destination: SpiffeId::new("spiffe://cluster.local/ns/shop/sa/db").unwrap(),
+        addr: mesh.addr("2.21", 15008),
+        source_ip: None,
+    };
+    // web's certificate, `forwarded` naming web-1, from 127.0.0.1: no node's address, no pod of
+    // node-a. Today's check (identity only) believed it and let the ipBlocks rule match.
+    let caller = Caller {
+        addr: mesh.addr("1.11", 1234),
+        namespace: "shop",
+        workload: "web-1",
+    };
+    let err = mesh
+        .a
+        .hbone()
+        .open(&key, mesh.addr("2.21", ECHO), &caller)
+        .await
+        .err();
+    assert!(
+        matches!(err, Some(HboneError::Status(s)) if s.as_u16() == 401),
+        "forwarded was believed: {err:?}"
+    );
+}
+
+#[tokio::test]
 async fn reload_adds_a_deny_and_a_bad_reload_keeps_the_old_state() {
     let mesh = Mesh::start("").await;
     let client = dial(&mesh.a, &mesh.web(), mesh.addr("2.21", NAME)).await;

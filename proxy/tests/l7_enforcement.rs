@@ -36,6 +36,16 @@ spec:
   rules:
   - from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]
     to: [{operation: {methods: [GET], paths: ['/public/*']}}]
+---
+apiVersion: security.nodemesh.io/v1
+kind: AuthorizationPolicy
+metadata: {name: staff-only, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {paths: ['/staff/*']}}]
+    when: [{key: 'request.headers[x-role]', values: [staff]}]
 ";
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -596,6 +606,45 @@ async fn ambiguous_host_is_refused() {
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.body, "pod saw GET /public/x host=web.shop");
+}
+
+#[tokio::test]
+async fn http_1_1_without_host_is_refused() {
+    let pod = start_pod(false).await;
+    let mut t = open_tunnel(pod.addr, WEB, fast_sniff()).await;
+    let a = send(&mut t.client, "GET /public/x HTTP/1.1\r\n\r\n").await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (400, "bad request: HTTP/1.1 request without Host")
+    );
+    let a = send(
+        &mut t.client,
+        "GET http://web.shop/public/x HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        a.status, 400,
+        "absolute-form does not excuse a missing Host"
+    );
+    assert_eq!(pod.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_repeated_header_is_matched_as_its_joined_value() {
+    let mut pod = start_pod(false).await;
+    let mut t = open_tunnel(pod.addr, WEB, fast_sniff()).await;
+    let staff = |headers: &str| format!("GET /staff/x HTTP/1.1\r\nhost: web.shop\r\n{headers}\r\n");
+    let a = send(&mut t.client, &staff("x-role: staff\r\n")).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    // One matching value among several is not the header: Envoy matches `staff,guest`.
+    for headers in [
+        "x-role: staff\r\nx-role: guest\r\n",
+        "x-role: guest\r\nX-Role: staff\r\n",
+    ] {
+        let a = send(&mut t.client, &staff(headers)).await;
+        assert_eq!(a.status, 403, "{headers:?}: {a:?}");
+    }
+    assert_eq!(drain(&mut pod.seen), ["/staff/x"]);
 }
 
 #[tokio::test]

@@ -104,7 +104,7 @@ pub struct IssueArgs {
     /// Directory to write cert-chain.pem, key.pem and root-cert.pem to (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Certificate lifetime (between 1m and 7d).
+    /// Certificate lifetime, between 1m and 7d (longer is refused, never shortened).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     lifetime: Duration,
 }

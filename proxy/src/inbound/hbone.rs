@@ -125,15 +125,9 @@ async fn handle_stream(
         }
     };
     // One snapshot for the whole stream. The client pod's address, as the peer proxy reports
-    // it, is believed only when it belongs to a workload with the peer's own verified identity.
+    // it, is believed only for a workload with the peer's identity on the peer's node.
     let state = ctx.store.load();
-    let src = forwarded_for(req.headers())
-        .filter(|a| {
-            state
-                .workload(a.ip())
-                .is_some_and(|w| w.identity == peer_id)
-        })
-        .map_or(peer, ClientAddr);
+    let src = super::source::trusted_source(&state, &peer_id, peer, forwarded_for(req.headers()));
     let arrival = Arrival {
         peer: Some(peer_id),
         src,

@@ -7,6 +7,7 @@ mod admit;
 pub(crate) mod hbone;
 mod l7;
 pub(crate) mod plaintext;
+mod source;
 
 use std::sync::Arc;
 

@@ -1,9 +1,9 @@
 //! The HTTP parts of forwarding a request to the pod: its target and authority as sent, the
 //! WebSocket upgrade test, hop-by-hop headers, the upstream request.
 
-use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Version};
 use hyper::body::Incoming;
 use nodemesh_policy::path::normalize;
 
@@ -15,24 +15,30 @@ pub(super) fn raw_path(uri: &Uri) -> &str {
     uri.path_and_query().map_or("", PathAndQuery::as_str)
 }
 
-/// `:authority` / the absolute-form authority, else `Host`; `None` when there are several
-/// `Host` headers, an unreadable one, or one that differs from the authority (the policy and
-/// the pod would then read different hosts).
-pub(super) fn request_authority<B>(req: &Request<B>) -> Option<String> {
+/// `:authority` / the absolute-form authority, else `Host`. Refused (with the reason, the body
+/// of the `400`): an HTTP/1.1 request without `Host` (RFC 9112 §3.2), several `Host` headers, an
+/// unreadable one, or one that differs from the authority (the policy and the pod would then
+/// read different hosts).
+pub(super) fn request_authority<B>(req: &Request<B>) -> Result<String, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return None;
+        return Err("bad request: several Host headers");
     }
     let host = match host {
-        Some(v) => Some(v.to_str().ok()?),
+        Some(v) => Some(v.to_str().map_err(|_| "bad request: invalid Host")?),
+        None if req.version() == Version::HTTP_11 => {
+            return Err("bad request: HTTP/1.1 request without Host");
+        }
         None => None,
     };
     match (req.uri().authority(), host) {
-        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => None,
-        (Some(a), _) => Some(a.as_str().to_owned()),
-        (None, Some(h)) => Some(h.to_owned()),
-        (None, None) => Some(String::new()),
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => {
+            Err("bad request: Host differs from the request target's authority")
+        }
+        (Some(a), _) => Ok(a.as_str().to_owned()),
+        (None, Some(h)) => Ok(h.to_owned()),
+        (None, None) => Ok(String::new()),
     }
 }
 
@@ -195,7 +201,11 @@ mod tests {
     }
 
     fn request(uri: &str, hosts: &[&str]) -> Request<()> {
-        let mut b = Request::builder().uri(uri);
+        request_in(Version::HTTP_11, uri, hosts)
+    }
+
+    fn request_in(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
         for h in hosts {
             b = b.header(header::HOST, *h);
         }
@@ -206,14 +216,30 @@ mod tests {
     fn authority_comes_from_the_uri_or_the_single_host() {
         assert_eq!(
             request_authority(&request("/x", &["web.shop"])).as_deref(),
-            Some("web.shop")
+            Ok("web.shop")
         );
-        assert_eq!(request_authority(&request("/x", &[])).as_deref(), Some(""));
         assert_eq!(
             request_authority(&request("http://web.shop/x", &["WEB.shop"])).as_deref(),
-            Some("web.shop")
+            Ok("web.shop")
         );
-        assert_eq!(request_authority(&request("/x", &["a", "b"])), None);
-        assert_eq!(request_authority(&request("http://a/x", &["b"])), None);
+        assert_eq!(
+            request_authority(&request("/x", &["a", "b"])),
+            Err("bad request: several Host headers")
+        );
+        assert_eq!(
+            request_authority(&request("http://a/x", &["b"])),
+            Err("bad request: Host differs from the request target's authority")
+        );
+    }
+
+    #[test]
+    fn http_1_1_needs_a_host_and_others_do_not() {
+        let missing = Err("bad request: HTTP/1.1 request without Host");
+        assert_eq!(request_authority(&request("/x", &[])), missing);
+        assert_eq!(request_authority(&request("http://a/x", &[])), missing);
+        let old = request_in(Version::HTTP_10, "/x", &[]);
+        assert_eq!(request_authority(&old).as_deref(), Ok(""));
+        let h2 = request_in(Version::HTTP_2, "http://web.shop/x", &[]);
+        assert_eq!(request_authority(&h2).as_deref(), Ok("web.shop"));
     }
 }

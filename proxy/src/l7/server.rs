@@ -298,10 +298,9 @@ where
     );
     let record = &mut finish.record;
     match request_authority(&req) {
-        Some(a) => record.authority = a,
-        None => {
+        Ok(a) => record.authority = a,
+        Err(body) => {
             record.response_flags = ResponseFlags::None;
-            let body = "bad request: conflicting or invalid Host";
             return shared.local(StatusCode::BAD_REQUEST, body, finish);
         }
     }

@@ -42,11 +42,17 @@ where
     };
     guard.flow().service = routed.service;
     let result = match routed.route {
-        Route::Local { target, .. } => {
-            // Same node: the inbound side decides and reports, as if over HBONE.
+        Route::Local { source, target } => {
+            // Same node: the source needs a valid certificate, as over HBONE; then the inbound
+            // side decides and reports.
+            if ctx.certs.credentials(&source).is_none() {
+                tracing::warn!(identity = %source, "same-node call refused: no valid certificate");
+                guard.flow().dst = Party::at(&state, target, None);
+                return guard.finish(Err(Refused::new(RefusalReason::NoCertificate)));
+            }
             guard.hand_over();
             let arrival = Arrival {
-                peer: state.workload(src.ip()).map(|w| w.identity.clone()),
+                peer: Some(source),
                 src,
                 target: OrigDstAddr(target),
             };
