@@ -74,6 +74,7 @@ fn any_port() -> AdminServer {
         admin_addr: loopback,
         metrics_addr: loopback,
         readiness_addr: loopback,
+        ..AdminServer::default()
     }
 }
 
@@ -350,4 +351,59 @@ fn a_taken_port_is_a_bind_error_naming_the_listener() {
         text.contains(&taken.local_addr().unwrap().to_string()),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn readiness_answers_while_metrics_holds_every_slot() {
+    let (state, _quit_rx) = state(Metrics::new());
+    let (_ready_tx, ready_rx) = watch::channel(true);
+    let server = AdminServer {
+        max_connections: 8,
+        idle_timeout: Duration::from_secs(600),
+        ..any_port()
+    };
+    let handle = server.spawn(state, ready_rx).expect("admin servers start");
+    // The cap's worth of connections that never send a request, plus more queued behind them.
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        idle.push(
+            TcpStream::connect(handle.metrics_addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        get(handle.readiness_addr(), "/healthz/ready"),
+    )
+    .await
+    .expect("readiness answers while metrics is saturated");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    drop(idle);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let (state, _quit_rx) = state(Metrics::new());
+    let (_ready_tx, ready_rx) = watch::channel(true);
+    let server = AdminServer {
+        idle_timeout: Duration::from_millis(200),
+        ..any_port()
+    };
+    let handle = server.spawn(state, ready_rx).expect("admin servers start");
+    let mut stream = TcpStream::connect(handle.readiness_addr())
+        .await
+        .expect("connect");
+    // A keep-alive request: the server would keep the connection open for the next one.
+    stream
+        .write_all(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("the idle connection is closed well before the header read timeout")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }

@@ -84,6 +84,13 @@ pub struct ProxyArgs {
     /// Readiness (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness_addr: SocketAddr,
+    /// Connections each of the admin, metrics and readiness listeners serves at once (each its
+    /// own bound: a saturated metrics port never starves readiness).
+    #[arg(long, value_name = "N", default_value_t = nodemesh_proxy::admin::DEFAULT_MAX_CONNECTIONS)]
+    admin_max_connections: usize,
+    /// How long an admin, metrics or readiness connection is kept before it is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    admin_idle_timeout: Duration,
     /// Data-plane worker threads [default: one per core].
     #[arg(long)]
     worker_threads: Option<usize>,
@@ -275,7 +282,13 @@ async fn serve(args: ProxyArgs) -> Result<()> {
             proxy.metrics().ipv6_dropped(),
         ));
     }
-    let admin = proxy.serve_admin(args.admin_addr, args.metrics_addr, args.readiness_addr)?;
+    let admin = proxy.serve_admin_with(nodemesh_proxy::admin::AdminServer {
+        admin_addr: args.admin_addr,
+        metrics_addr: args.metrics_addr,
+        readiness_addr: args.readiness_addr,
+        max_connections: args.admin_max_connections,
+        idle_timeout: args.admin_idle_timeout,
+    })?;
     eprintln!(
         "nodemesh proxy: outbound {}, HBONE {:?}, plaintext {:?}, admin {}, metrics {}, readiness {}",
         proxy.listening.outbound,

@@ -8,7 +8,7 @@ mod server;
 pub use query::parse_query;
 pub use server::{
     AdminError, AdminHandle, AdminResponse, AdminServer, AdminState, CertInfo,
-    PROMETHEUS_CONTENT_TYPE,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, PROMETHEUS_CONTENT_TYPE,
 };
 
 use std::net::SocketAddr;

@@ -39,9 +39,13 @@ use crate::observe::rfc3339_millis;
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
-/// Connections served at once across the three listeners; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 64;
+/// Default connections served at once per listener; more wait in the accept queue.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Default time a connection is kept before it is closed (after its current response).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to finish writing a response once a connection is being closed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin servers ask the proxy. Called on the admin thread: implementations must not
 /// block for long (read snapshots, e.g. from an `ArcSwap`).
@@ -146,6 +150,12 @@ pub struct AdminServer {
     pub metrics_addr: SocketAddr,
     /// Readiness, `0.0.0.0:15021` by default.
     pub readiness_addr: SocketAddr,
+    /// Connections served at once by each listener (its own bound, so a saturated metrics port
+    /// never starves readiness); more wait in the accept queue.
+    pub max_connections: usize,
+    /// A connection is closed this long after it was accepted, once its current response is
+    /// written (bounded by a write timeout), so idle keep-alive connections free their slot.
+    pub idle_timeout: Duration,
 }
 
 impl Default for AdminServer {
@@ -154,6 +164,8 @@ impl Default for AdminServer {
             admin_addr: (Ipv4Addr::LOCALHOST, 15000).into(),
             metrics_addr: (Ipv4Addr::UNSPECIFIED, 15020).into(),
             readiness_addr: (Ipv4Addr::UNSPECIFIED, 15021).into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -178,7 +190,7 @@ impl Role {
 struct Context {
     state: Arc<dyn AdminState>,
     ready: watch::Receiver<bool>,
-    connections: Arc<Semaphore>,
+    idle_timeout: Duration,
 }
 
 impl AdminServer {
@@ -216,8 +228,9 @@ impl AdminServer {
         let ctx = Arc::new(Context {
             state,
             ready,
-            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            idle_timeout: self.idle_timeout,
         });
+        let max_connections = self.max_connections.max(1);
         let thread = std::thread::Builder::new()
             .name("nodemesh-admin".into())
             .spawn(move || {
@@ -225,7 +238,8 @@ impl AdminServer {
                     for (role, listener, _) in listeners {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => {
-                                tokio::spawn(accept_loop(role, listener, ctx.clone()));
+                                let slots = Arc::new(Semaphore::new(max_connections));
+                                tokio::spawn(accept_loop(role, listener, slots, ctx.clone()));
                             }
                             Err(error) => {
                                 tracing::error!(%error, listener = role.name(), "admin: cannot listen");
@@ -249,9 +263,10 @@ impl AdminServer {
     }
 }
 
-async fn accept_loop(role: Role, listener: TcpListener, ctx: Arc<Context>) {
+/// Accepts on one listener while it has a free slot in `slots` (its own bound).
+async fn accept_loop(role: Role, listener: TcpListener, slots: Arc<Semaphore>, ctx: Arc<Context>) {
     loop {
-        let Ok(permit) = Arc::clone(&ctx.connections).acquire_owned().await else {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
         let stream = match listener.accept().await {
@@ -270,11 +285,27 @@ async fn accept_loop(role: Role, listener: TcpListener, ctx: Arc<Context>) {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(role, &req, &ctx)) }
             });
-            let result = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                () = tokio::time::sleep(ctx.idle_timeout) => None,
+            };
+            let result = match result {
+                Some(result) => result,
+                None => {
+                    // Close once the current response is out; a client that never reads it
+                    // loses the connection after the write timeout.
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(WRITE_TIMEOUT, conn).await {
+                        Ok(result) => result,
+                        Err(_) => return,
+                    }
+                }
+            };
             if let Err(error) = result {
                 tracing::debug!(%error, listener = role.name(), "admin: connection ended");
             }

@@ -224,11 +224,16 @@ impl ProxyHandle {
         metrics_addr: SocketAddr,
         readiness_addr: SocketAddr,
     ) -> Result<ProxyAdmin, AdminError> {
-        let servers = AdminServer {
+        self.serve_admin_with(AdminServer {
             admin_addr,
             metrics_addr,
             readiness_addr,
-        };
+            ..AdminServer::default()
+        })
+    }
+
+    /// [`serve_admin`](Self::serve_admin) with every setting of the servers (bounds, timeouts).
+    pub fn serve_admin_with(&self, servers: AdminServer) -> Result<ProxyAdmin, AdminError> {
         admin::spawn(Arc::clone(&self.ctx), self.ready(), servers)
     }
 
