@@ -3,12 +3,14 @@
 //! from a running proxy.
 
 mod query;
+mod response;
 mod server;
 
 pub use query::parse_query;
+pub use response::{AdminResponse, PROMETHEUS_CONTENT_TYPE};
 pub use server::{
-    AdminError, AdminHandle, AdminResponse, AdminServer, AdminState, CertInfo,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, PROMETHEUS_CONTENT_TYPE,
+    AdminError, AdminHandle, AdminServer, AdminState, CertInfo, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
 };
 
 use std::net::SocketAddr;

@@ -35,10 +35,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::observe::rfc3339_millis;
 
-/// Content type of the Prometheus text exposition format.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-const JSON: &str = "application/json";
-const TEXT: &str = "text/plain; charset=utf-8";
+use super::response::{AdminResponse, PROMETHEUS_CONTENT_TYPE};
 /// Default connections served at once per listener; more wait in the accept queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Default time a connection is kept before it is closed (after its current response).
@@ -77,49 +74,6 @@ pub struct CertInfo {
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339_millis(*t))
-}
-
-/// A response from a provider: status, content type and body.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminResponse {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// `Content-Type` header.
-    pub content_type: &'static str,
-    /// Body.
-    pub body: Bytes,
-}
-
-impl AdminResponse {
-    /// A JSON response.
-    pub fn json(status: StatusCode, value: &serde_json::Value) -> Self {
-        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
-        body.push(b'\n');
-        AdminResponse {
-            status,
-            content_type: JSON,
-            body: body.into(),
-        }
-    }
-
-    /// A plain-text response.
-    pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
-        AdminResponse {
-            status,
-            content_type: TEXT,
-            body: Bytes::from(body.into()),
-        }
-    }
-
-    fn into_response(self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(self.body));
-        *response.status_mut() = self.status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(self.content_type),
-        );
-        response
-    }
 }
 
 /// What went wrong starting the admin servers.
