@@ -1,7 +1,7 @@
 //! The proxy's modules form layers, and an import may only point down: `app` → {`outbound`,
 //! `admin`} → `inbound` → `ctx` → {`hbone`, `flow`, `l7`, ...}. This reads every file under
 //! `src/` and fails on an import edge that points sideways or up (an import circle is one), or on
-//! a module that has no layer yet.
+//! a module that has no layer yet; and on a file with more than 400 lines outside its tests.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -126,4 +126,26 @@ fn the_reader_sees_every_form_of_import() {
                 let x = crate::flow::Flow::new();\n// crate::app is a comment\n";
     let found: Vec<String> = crate_references(text).into_iter().collect();
     assert_eq!(found, ["ctx", "flow", "inbound", "outbound"]);
+}
+
+/// Lines of `text` before its first `#[cfg(test)]` (the code a reader has to hold).
+fn code_lines(text: &str) -> usize {
+    text.lines()
+        .take_while(|l| l.trim() != "#[cfg(test)]")
+        .count()
+}
+
+#[test]
+fn no_file_holds_more_than_400_lines_of_code() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let long: Vec<_> = files
+        .iter()
+        .map(|f| (f, code_lines(&std::fs::read_to_string(f).unwrap())))
+        .filter(|(_, n)| *n > 400)
+        .map(|(f, n)| format!("{}: {n}", f.display()))
+        .collect();
+    assert!(long.is_empty(), "split these files: {long:?}");
+    assert_eq!(code_lines("a\n#[cfg(test)]\nmod tests {}\n"), 1);
 }
