@@ -65,6 +65,7 @@ pub fn disable_resumption(config: &mut ServerConfig) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod resumption_tests {
     use super::*;
 
@@ -72,7 +73,7 @@ mod resumption_tests {
     fn disable_resumption_drops_session_cache_and_tickets() {
         let mut config = ServerConfig::builder_with_provider(crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("tls13")
+            .unwrap()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
         assert!(config.session_storage.can_cache());
