@@ -239,6 +239,7 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningC
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(ServingCert(serving_rx)));
     tls.alpn_protocols = vec![b"h2".to_vec()];
+    nodemesh_identity::disable_resumption(&mut tls);
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
     let authenticator = match &opts.callers {

@@ -24,7 +24,9 @@ pub use spiffe_id::{
     MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain,
 };
 pub use svid::{SvidError, SvidInfo, SvidUsage, inspect_leaf, verify_svid};
-pub use tls::{client_config, crypto_provider, install_default_provider, server_config};
+pub use tls::{
+    client_config, crypto_provider, disable_resumption, install_default_provider, server_config,
+};
 pub use verifier::{
     BundleWatch, SpiffeClientVerifier, SpiffeServerVerifier, peer_identity, placeholder_server_name,
 };

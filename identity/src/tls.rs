@@ -30,11 +30,14 @@ pub fn client_config(
     bundle: BundleWatch,
 ) -> Result<ClientConfig, rustls::Error> {
     let verifier = SpiffeServerVerifier::new(expected_server, bundle, Arc::clone(&provider));
-    Ok(ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(client_cert))
+        .with_client_cert_resolver(client_cert);
+    // Every connection is a full handshake: a resumed session would skip the peer's SVID checks.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// A server config that presents the certificate `server_cert` resolves and requires a client SVID
@@ -46,8 +49,37 @@ pub fn server_config(
     bundle: BundleWatch,
 ) -> Result<ServerConfig, rustls::Error> {
     let verifier = SpiffeClientVerifier::new(trust_domain, bundle, Arc::clone(&provider));
-    Ok(ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_cert_resolver(server_cert))
+        .with_cert_resolver(server_cert);
+    disable_resumption(&mut config);
+    Ok(config)
+}
+
+/// Turns off session resumption on a server config: no session cache, no TLS 1.3 tickets, so every
+/// client is verified by a full handshake.
+pub fn disable_resumption(config: &mut ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod resumption_tests {
+    use super::*;
+
+    #[test]
+    fn disable_resumption_drops_session_cache_and_tickets() {
+        let mut config = ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
+        assert!(config.session_storage.can_cache());
+        assert!(config.send_tls13_tickets > 0);
+        disable_resumption(&mut config);
+        assert!(!config.session_storage.can_cache());
+        assert_eq!(config.send_tls13_tickets, 0);
+    }
 }

@@ -143,3 +143,66 @@ async fn client_with_an_untrusted_root_is_refused() {
     assert!(server.await.unwrap().unwrap_err().contains("Untrusted"));
     assert!(client.is_err());
 }
+
+/// A resumed TLS session would authenticate the peer by the chain stored from the first
+/// handshake, without verifying it again (an expired SVID or a removed root kept working). Two
+/// dials with the same client and server configs: the second is a full handshake on both ends.
+#[tokio::test]
+async fn a_second_dial_is_a_full_handshake_on_both_ends() {
+    use rustls::HandshakeKind;
+
+    let ca = TestCa::new("root");
+    let (_, server_bundle) = watch::channel(Arc::new(ca.bundle()));
+    let server = store(&ca, SERVER);
+    let server_config = server_config(
+        crypto_provider(),
+        Arc::new(WatchedCertResolver::new(server.subscribe())),
+        TrustDomain::new("cluster.local").unwrap(),
+        server_bundle,
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let (_, client_bundle) = watch::channel(Arc::new(ca.bundle()));
+    let client = store(&ca, CLIENT);
+    let client_config = client_config(
+        crypto_provider(),
+        Arc::new(WatchedCertResolver::new(client.subscribe())),
+        SpiffeId::new(SERVER).unwrap(),
+        client_bundle,
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = tokio::spawn(async move {
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await.unwrap();
+            // Written after the handshake: a server that issues tickets sends them here.
+            tls.write_all(b"pong").await.unwrap();
+            kinds.push(tls.get_ref().1.handshake_kind());
+            tls.shutdown().await.ok();
+        }
+        kinds
+    });
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector
+            .connect(placeholder_server_name(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        let mut rest = Vec::new();
+        tls.read_to_end(&mut rest).await.ok();
+    }
+    let full = Some(HandshakeKind::Full);
+    assert_eq!(kinds, [full, full], "client side");
+    assert_eq!(serving.await.unwrap(), [full, full], "server side");
+}
