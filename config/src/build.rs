@@ -65,6 +65,12 @@ pub struct WorkloadFields {
 }
 
 impl Workload {
+    /// The pod's addresses: its IPv4, then its IPv6 when it has one.
+    pub fn addrs(&self) -> impl Iterator<Item = std::net::IpAddr> + use<> {
+        let v6 = self.ipv6.map(std::net::IpAddr::V6);
+        std::iter::once(std::net::IpAddr::V4(self.ip)).chain(v6)
+    }
+
     /// A workload; its SPIFFE ID is derived from `trust_domain`, namespace and service account.
     pub fn new(trust_domain: &TrustDomain, f: WorkloadFields) -> Result<Self, SpiffeIdError> {
         let identity = SpiffeId::workload(trust_domain, &f.namespace, &f.service_account)?;

@@ -164,17 +164,28 @@ impl RuleSet {
     /// `ipset restore` input that replaces the pod set in place: fill a staging set, swap it in
     /// (atomic), destroy the staging set. Rules that reference the set are untouched.
     pub fn render_ipset(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "create {IPSET_NAME} hash:ip family inet -exist");
-        let _ = writeln!(out, "create {IPSET_STAGING} hash:ip family inet -exist");
-        let _ = writeln!(out, "flush {IPSET_STAGING}");
-        for ip in self.pods() {
-            let _ = writeln!(out, "add {IPSET_STAGING} {ip}");
-        }
-        let _ = writeln!(out, "swap {IPSET_STAGING} {IPSET_NAME}");
-        let _ = writeln!(out, "destroy {IPSET_STAGING}");
-        out
+        ipset_script(IPSET_NAME, IPSET_STAGING, "inet", self.pods())
     }
+}
+
+/// `ipset restore` input that replaces the members of `set` (`hash:ip`, `family`) with
+/// `members` through `staging`, atomically.
+pub(crate) fn ipset_script<T: std::fmt::Display>(
+    set: &str,
+    staging: &str,
+    family: &str,
+    members: impl IntoIterator<Item = T>,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "create {set} hash:ip family {family} -exist");
+    let _ = writeln!(out, "create {staging} hash:ip family {family} -exist");
+    let _ = writeln!(out, "flush {staging}");
+    for ip in members {
+        let _ = writeln!(out, "add {staging} {ip}");
+    }
+    let _ = writeln!(out, "swap {staging} {set}");
+    let _ = writeln!(out, "destroy {staging}");
+    out
 }
 
 /// `iptables-restore --noflush` input that deletes `jumps` jumps to our chains in `table` and

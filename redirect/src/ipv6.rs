@@ -8,11 +8,10 @@
 //! forwarded packets: the node's own IPv6 traffic with its pods (kubelet probes) passes, as the
 //! IPv4 forward guard lets it.
 
-use std::fmt::Write as _;
-
 use crate::error::RedirectError;
 use crate::host::{Host, Tool};
-use crate::nft::NftChain;
+use crate::iptables::ipset_script;
+use crate::nft::{NftChain, nft_elements, nft_set_script, nft_table_script};
 use crate::rules::{Backend, CHAIN_FORWARD, NFT_SET, NFT_TABLE, RuleSet};
 
 /// The ipset (`hash:ip family inet6`) of the node's mesh pods' IPv6 addresses.
@@ -32,16 +31,7 @@ impl RuleSet {
 
     /// `ipset restore` input that replaces the IPv6 pod set in place (staging set, swap).
     pub fn render_ipset6(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "create {IPSET6_NAME} hash:ip family inet6 -exist");
-        let _ = writeln!(out, "create {IPSET6_STAGING} hash:ip family inet6 -exist");
-        let _ = writeln!(out, "flush {IPSET6_STAGING}");
-        for ip in self.pods6() {
-            let _ = writeln!(out, "add {IPSET6_STAGING} {ip}");
-        }
-        let _ = writeln!(out, "swap {IPSET6_STAGING} {IPSET6_NAME}");
-        let _ = writeln!(out, "destroy {IPSET6_STAGING}");
-        out
+        ipset_script(IPSET6_NAME, IPSET6_STAGING, "inet6", self.pods6())
     }
 
     /// The forward chain of the nft table `ip6 nodemesh`, as `nft list` prints it.
@@ -59,43 +49,20 @@ impl RuleSet {
 
     /// The `nft -f` script that replaces the table `ip6 nodemesh` in one transaction.
     pub fn render_nft6(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "table ip6 {NFT_TABLE} {{}}");
-        let _ = writeln!(out, "delete table ip6 {NFT_TABLE}");
-        let _ = writeln!(out, "table ip6 {NFT_TABLE} {{");
-        let _ = writeln!(out, "\tcounter {NFT6_COUNTER} {{\n\t}}");
-        let _ = writeln!(out, "\tset {NFT_SET} {{");
-        let _ = writeln!(out, "\t\ttype ipv6_addr");
-        if !self.pods6().is_empty() {
-            let _ = writeln!(out, "\t\telements = {{ {} }}", self.nft6_elements());
-        }
-        let _ = writeln!(out, "\t}}");
-        let chain = self.nft6_chain();
-        let _ = writeln!(out, "\tchain {} {{", chain.name);
-        for line in chain.lines {
-            let _ = writeln!(out, "\t\t{line}");
-        }
-        let _ = writeln!(out, "\t}}");
-        let _ = writeln!(out, "}}");
-        out
+        let counter = format!("counter {NFT6_COUNTER} {{\n\t}}");
+        let elements = nft_elements(self.pods6());
+        nft_table_script(
+            "ip6",
+            &[&counter],
+            "ipv6_addr",
+            &elements,
+            &[self.nft6_chain()],
+        )
     }
 
     /// The `nft -f` script that replaces only the IPv6 pod set's elements.
     pub fn render_nft6_set(&self) -> String {
-        let mut out = format!("flush set ip6 {NFT_TABLE} {NFT_SET}\n");
-        if !self.pods6().is_empty() {
-            let elements = self.nft6_elements();
-            let _ = writeln!(
-                out,
-                "add element ip6 {NFT_TABLE} {NFT_SET} {{ {elements} }}"
-            );
-        }
-        out
-    }
-
-    fn nft6_elements(&self) -> String {
-        let all: Vec<_> = self.pods6().iter().map(ToString::to_string).collect();
-        all.join(", ")
+        nft_set_script("ip6", &nft_elements(self.pods6()))
     }
 }
 

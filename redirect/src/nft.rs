@@ -88,48 +88,66 @@ impl RuleSet {
     /// The `nft -f` script that replaces our table in one transaction (create it empty if absent,
     /// delete it, define it whole), in the layout `nft list table` prints.
     pub fn render_nft(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "table ip {NFT_TABLE} {{}}");
-        let _ = writeln!(out, "delete table ip {NFT_TABLE}");
-        let _ = writeln!(out, "table ip {NFT_TABLE} {{");
-        let _ = writeln!(out, "\tset {NFT_SET} {{");
-        let _ = writeln!(out, "\t\ttype ipv4_addr");
-        if !self.pods().is_empty() {
-            let _ = writeln!(out, "\t\telements = {{ {} }}", self.nft_elements());
-        }
-        let _ = writeln!(out, "\t}}");
-        for chain in self.nft_chains() {
-            let _ = writeln!(out);
-            let _ = writeln!(out, "\tchain {} {{", chain.name);
-            for line in chain.lines {
-                let _ = writeln!(out, "\t\t{line}");
-            }
-            let _ = writeln!(out, "\t}}");
-        }
-        let _ = writeln!(out, "}}");
-        out
+        let elements = nft_elements(self.pods());
+        nft_table_script("ip", &[], "ipv4_addr", &elements, &self.nft_chains())
     }
 
     /// The `nft -f` script that replaces only the pod set's elements, in one transaction.
     pub fn render_nft_set(&self) -> String {
-        let mut out = format!("flush set ip {NFT_TABLE} {NFT_SET}\n");
-        if !self.pods().is_empty() {
-            let _ = writeln!(
-                out,
-                "add element ip {NFT_TABLE} {NFT_SET} {{ {} }}",
-                self.nft_elements()
-            );
-        }
-        out
+        nft_set_script("ip", &nft_elements(self.pods()))
     }
+}
 
-    fn nft_elements(&self) -> String {
-        self.pods()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+/// The `nft -f` script that replaces our table of `family` in one transaction: `objects` (lines
+/// before the set, such as a counter), the pod set of `set_type` with `elements`, the `chains`.
+pub(crate) fn nft_table_script(
+    family: &str,
+    objects: &[&str],
+    set_type: &str,
+    elements: &str,
+    chains: &[NftChain],
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table {family} {NFT_TABLE} {{}}");
+    let _ = writeln!(out, "delete table {family} {NFT_TABLE}");
+    let _ = writeln!(out, "table {family} {NFT_TABLE} {{");
+    for line in objects {
+        let _ = writeln!(out, "\t{line}");
     }
+    let _ = writeln!(out, "\tset {NFT_SET} {{");
+    let _ = writeln!(out, "\t\ttype {set_type}");
+    if !elements.is_empty() {
+        let _ = writeln!(out, "\t\telements = {{ {elements} }}");
+    }
+    let _ = writeln!(out, "\t}}");
+    for chain in chains {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "\tchain {} {{", chain.name);
+        for line in &chain.lines {
+            let _ = writeln!(out, "\t\t{line}");
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    let _ = writeln!(out, "}}");
+    out
+}
+
+/// The `nft -f` script that replaces only the elements of our pod set in `family`.
+pub(crate) fn nft_set_script(family: &str, elements: &str) -> String {
+    let mut out = format!("flush set {family} {NFT_TABLE} {NFT_SET}\n");
+    if !elements.is_empty() {
+        let _ = writeln!(
+            out,
+            "add element {family} {NFT_TABLE} {NFT_SET} {{ {elements} }}"
+        );
+    }
+    out
+}
+
+/// Set elements as nft lists them: `a, b, c`.
+pub(crate) fn nft_elements<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let all: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    all.join(", ")
 }
 
 /// An nft match of `mark` as `nft list` prints it: the value alone when the mark owns every bit.

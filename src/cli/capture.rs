@@ -30,8 +30,7 @@ fn mesh_pods(state: &MeshState) -> BTreeSet<IpAddr> {
     let config = state.config();
     config
         .mesh_workloads_on_node(state.node())
-        .flat_map(|w| [Some(IpAddr::V4(w.ip)), w.ipv6.map(IpAddr::V6)])
-        .flatten()
+        .flat_map(|w| w.addrs())
         .collect()
 }
 

@@ -1,6 +1,5 @@
 //! `nodemesh redirect`: install, remove and check the node's capture rules (TPROXY).
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -135,10 +134,7 @@ fn rules_for_node(config: &Config, node: &str, backend: Backend) -> Result<RuleS
     if config.node(node).is_none() {
         bail!("no node {node:?} in the config");
     }
-    let addrs = config
-        .mesh_workloads_on_node(node)
-        .flat_map(|w| [Some(IpAddr::V4(w.ip)), w.ipv6.map(IpAddr::V6)])
-        .flatten();
+    let addrs = config.mesh_workloads_on_node(node).flat_map(|w| w.addrs());
     Ok(RuleSet::new(backend, []).with_addrs(addrs))
 }
 
