@@ -87,10 +87,12 @@ pub enum ResponseFlags {
     UpstreamProtocolError,
     /// L7: the client left before the response ended: `DC`.
     DownstreamConnectionTermination,
+    /// L7: the pod did not answer within the upstream timeout (answered 504): `UT`.
+    UpstreamRequestTimeout,
 }
 
 impl ResponseFlags {
-    /// The label value: `"-"`, `"DENY"`, `"CONNECT"`, `"UF"`, `"UC"`, `"UPE"` or `"DC"`.
+    /// The label value: `"-"`, `"DENY"`, `"CONNECT"`, `"UF"`, `"UC"`, `"UPE"`, `"DC"` or `"UT"`.
     pub fn as_str(self) -> &'static str {
         match self {
             ResponseFlags::None => "-",
@@ -100,6 +102,7 @@ impl ResponseFlags {
             ResponseFlags::UpstreamConnectionTermination => "UC",
             ResponseFlags::UpstreamProtocolError => "UPE",
             ResponseFlags::DownstreamConnectionTermination => "DC",
+            ResponseFlags::UpstreamRequestTimeout => "UT",
         }
     }
 }
@@ -145,11 +148,15 @@ pub enum RefusalReason {
     Internal,
     /// An open connection that a change of policy or workloads no longer allows was closed.
     PolicyChanged,
+    /// Connecting to the upstream (pod or peer proxy) took longer than the connect deadline.
+    ConnectTimeout,
+    /// A connection cap (per listener, per source, handshakes, memory budget) was reached.
+    Overloaded,
 }
 
 impl RefusalReason {
     /// Every reason, in declaration order.
-    pub const ALL: [RefusalReason; 13] = [
+    pub const ALL: [RefusalReason; 15] = [
         RefusalReason::Policy,
         RefusalReason::StrictMtls,
         RefusalReason::NoCertificate,
@@ -163,6 +170,8 @@ impl RefusalReason {
         RefusalReason::TlsHandshake,
         RefusalReason::Internal,
         RefusalReason::PolicyChanged,
+        RefusalReason::ConnectTimeout,
+        RefusalReason::Overloaded,
     ];
 
     /// The label value, for example `"strict_mtls"`.
@@ -181,6 +190,8 @@ impl RefusalReason {
             RefusalReason::TlsHandshake => "tls_handshake",
             RefusalReason::Internal => "internal",
             RefusalReason::PolicyChanged => "policy_changed",
+            RefusalReason::ConnectTimeout => "connect_timeout",
+            RefusalReason::Overloaded => "overloaded",
         }
     }
 
