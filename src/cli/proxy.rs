@@ -91,6 +91,8 @@ pub struct ProxyArgs {
     /// How long an admin, metrics or readiness connection is kept before it is closed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     admin_idle_timeout: Duration,
+    #[command(flatten)]
+    deadlines: super::deadlines::DeadlineArgs,
     /// Data-plane worker threads [default: one per core].
     #[arg(long)]
     worker_threads: Option<usize>,
@@ -255,7 +257,8 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         inbound_plaintext_addr: args.inbound_plaintext_addr,
         inbound_binds: args.inbound_bind,
         hbone_port: nodemesh_proxy::hbone::HBONE_PORT,
-        l7_limits: Default::default(),
+        connect_timeout: args.deadlines.connect_timeout(),
+        l7_limits: args.deadlines.l7_limits(),
         drain_timeout: args.drain_timeout,
         flow_log: args.flow_log,
         preserve_source_ip: args.preserve_source_ip,
