@@ -1,6 +1,6 @@
 //! The HBONE client: a pool of HTTP/2-over-mTLS connections keyed by (source identity,
-//! destination identity, HBONE address), many CONNECT streams per connection, one handshake at a
-//! time per key (no herd). Which connection a stream takes and which ones go is [`super::pool`]'s
+//! destination identity, HBONE address), many CONNECT streams per connection, callers that
+//! arrive while a dial is young share it (no herd). Which connection a stream takes and which ones go is [`super::pool`]'s
 //! decision; this file does the I/O.
 
 use std::collections::HashMap;
@@ -57,9 +57,10 @@ struct Slot {
 #[derive(Default)]
 struct SlotState {
     conns: Vec<Conn>,
-    /// A dial in progress: callers that find no usable connection wait for its outcome
-    /// instead of starting their own (no herd), and are woken when it ends either way.
-    dialing: Option<watch::Receiver<Option<DialOutcome>>>,
+    /// The latest dial in progress and when it started: callers that find no usable
+    /// connection while [`pool::joins`] it wait for its outcome instead of
+    /// starting their own (no herd), and are woken when it ends either way.
+    dialing: Option<(Instant, watch::Receiver<Option<DialOutcome>>)>,
 }
 
 /// How a dial that others waited for ended: `Err` carries what the waiters report.
@@ -84,7 +85,7 @@ impl DialTicket {
     fn finish(self, conn: Result<Conn, &HboneError>) {
         let outcome = {
             let mut state = self.slot.lock();
-            state.dialing = None;
+            self.clear(&mut state);
             match conn {
                 Ok(conn) => {
                     state.conns.push(conn);
@@ -97,16 +98,23 @@ impl DialTicket {
     }
 }
 
-impl Drop for DialTicket {
-    fn drop(&mut self) {
-        let mut state = self.slot.lock();
+impl DialTicket {
+    /// Forgets this dial as the slot's latest, unless a newer one replaced it.
+    fn clear(&self, state: &mut SlotState) {
         if state
             .dialing
             .as_ref()
-            .is_some_and(|rx| rx.same_channel(&self.outcome.subscribe()))
+            .is_some_and(|(_, rx)| rx.same_channel(&self.outcome.subscribe()))
         {
             state.dialing = None;
         }
+    }
+}
+
+impl Drop for DialTicket {
+    fn drop(&mut self) {
+        let slot = Arc::clone(&self.slot);
+        self.clear(&mut slot.lock());
     }
 }
 
@@ -287,11 +295,13 @@ impl HboneClient {
                 Arc::clone(&conn.last_used),
             );
         }
-        if let Some(dialing) = &state.dialing {
+        if let Some((started, dialing)) = &state.dialing
+            && pool::joins(started.elapsed())
+        {
             return Next::Wait(dialing.clone());
         }
         let (outcome, waiters) = watch::channel(None);
-        state.dialing = Some(waiters);
+        state.dialing = Some((Instant::now(), waiters));
         Next::Dial(
             DialTicket {
                 slot: Arc::clone(slot),
