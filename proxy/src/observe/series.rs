@@ -26,6 +26,9 @@ pub(super) struct TcpSeries {
     pub(super) received: AtomicU64,
 }
 
+/// A TCP family: its name, its help, and which counter of a series it shows.
+type TcpFamily = (&'static str, &'static str, fn(&TcpSeries) -> &AtomicU64);
+
 /// A request series: the connection's labels with the request's flags, and its status.
 type RequestKey = (ConnectionLabels, u16);
 
@@ -109,7 +112,7 @@ impl SeriesTable {
             .iter()
             .map(|(labels, series)| (label_text(labels, None), Arc::clone(series)))
             .collect();
-        let families: [(&str, &str, fn(&TcpSeries) -> &AtomicU64); 4] = [
+        let families: [TcpFamily; 4] = [
             (CONNECTIONS_OPENED, "TCP connections opened.", |s| &s.opened),
             (CONNECTIONS_CLOSED, "TCP connections closed.", |s| &s.closed),
             (
