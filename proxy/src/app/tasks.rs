@@ -24,6 +24,7 @@ pub(super) async fn reconcile(ctx: &Ctx) {
     ctx.certs.reconcile(&wanted).await;
     ctx.tls.retain(|id| wanted.contains(id));
     prune_pool(ctx);
+    prune_series(ctx);
 }
 
 /// Lets go of pooled HBONE connections nobody uses to pods that are gone, and of idle or
@@ -32,6 +33,19 @@ fn prune_pool(ctx: &Ctx) {
     let state = ctx.store.load();
     ctx.hbone
         .prune(|key| state.workload(key.addr.ip()).is_some());
+}
+
+/// Forgets the Istio series of pods that are gone from the state (and no connection holds).
+fn prune_series(ctx: &Ctx) {
+    let state = ctx.store.load();
+    let alive: HashSet<(&str, &str)> = state
+        .config()
+        .workloads()
+        .iter()
+        .map(|w| (w.namespace.as_str(), w.name.as_str()))
+        .collect();
+    ctx.metrics()
+        .prune_workloads(|namespace, name| alive.contains(&(namespace, name)));
 }
 
 /// Reacts to state changes and re-reads the trust bundle.

@@ -1,10 +1,14 @@
 //! Prometheus metrics with Istio's standard names and labels, plus `nodemesh_*` metrics.
 //!
 //! Each [`Metrics`] owns its own recorder (nothing global), so several proxies can run in one
-//! process. The data path touches only pre-registered counter handles: [`Metrics::connection_opened`]
-//! registers a connection's counters once and returns a [`ConnectionMetrics`] whose
+//! process. The data path touches only counters found once: [`Metrics::connection_opened`]
+//! finds a connection's series once and returns a [`ConnectionMetrics`] whose
 //! [`add_sent`](ConnectionMetrics::add_sent) / [`add_received`](ConnectionMetrics::add_received)
 //! are atomic adds, called as bytes flow.
+//!
+//! The series with per-pod labels (`istio_tcp_*`, `istio_requests_total`) live in a table of our
+//! own ([`super::series`]) because the recorder cannot forget a series;
+//! [`Metrics::prune_workloads`] drops those of deleted pods.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -16,12 +20,8 @@ use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use super::labels::{ConnectionLabels, RefusalReason, ResponseFlags};
+use super::series::{SeriesTable, TcpSeries, escape_label_value};
 
-const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";
-const CONNECTIONS_CLOSED: &str = "istio_tcp_connections_closed_total";
-const SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
-const RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
-const REQUESTS: &str = "istio_requests_total";
 const POLICY_DECISIONS: &str = "nodemesh_policy_decisions_total";
 const CERTIFICATE_EXPIRY: &str = "nodemesh_certificate_expiry_timestamp_seconds";
 const CONNECTIONS_REFUSED: &str = "nodemesh_connections_refused_total";
@@ -47,6 +47,8 @@ struct Inner {
     ipv6_dropped: Counter,
     /// Kept out of the recorder because the recorder cannot forget a series; rendered by hand.
     certificate_expiry: ArcSwap<BTreeMap<String, f64>>,
+    /// The per-connection and per-request Istio series; rendered by hand, pruned.
+    series: SeriesTable,
 }
 
 impl Default for Metrics {
@@ -90,25 +92,19 @@ impl Metrics {
                 flow_log_dropped,
                 ipv6_dropped,
                 certificate_expiry: ArcSwap::from_pointee(BTreeMap::new()),
+                series: SeriesTable::default(),
             }),
         }
     }
 
-    /// Counts a connection as opened and registers its counters; bump bytes on the returned
-    /// handle as they flow. The connection counts as closed when the handle is dropped (or
-    /// [`ConnectionMetrics::closed`] is called).
+    /// Counts a connection as opened and finds its series (one look-up); bump bytes on the
+    /// returned handle as they flow. The connection counts as closed when the handle is dropped
+    /// (or [`ConnectionMetrics::closed`] is called); while it is open its series is never pruned.
     pub fn connection_opened(&self, labels: &ConnectionLabels) -> ConnectionMetrics {
-        let labels = labels.to_labels(None);
-        let recorder = &self.inner.recorder;
-        let counter = |name: &'static str, labels: Vec<Label>| {
-            recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
-        };
-        let opened = counter(CONNECTIONS_OPENED, labels.clone());
-        opened.increment(1);
+        let series = self.inner.series.tcp(labels);
+        series.opened.fetch_add(1, Ordering::Relaxed);
         ConnectionMetrics {
-            closed: counter(CONNECTIONS_CLOSED, labels.clone()),
-            sent: counter(SENT_BYTES, labels.clone()),
-            received: counter(RECEIVED_BYTES, labels),
+            series,
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
         }
@@ -116,11 +112,20 @@ impl Metrics {
 
     /// Counts one HTTP request (`istio_requests_total`) with its response status and flags.
     pub fn request(&self, labels: &ConnectionLabels, status: u16, flags: ResponseFlags) {
-        let key = Key::from_parts(REQUESTS, labels.to_labels_with(Some(status), flags));
-        self.inner
-            .recorder
-            .register_counter(&key, &METADATA)
-            .increment(1);
+        self.inner.series.request(labels, status, flags);
+    }
+
+    /// Forgets the Istio series of workloads that are gone: every series no open connection
+    /// holds whose source or destination workload is not `alive(namespace, name)`. Called on
+    /// every change of the state, so series do not grow with pod churn.
+    pub fn prune_workloads(&self, alive: impl Fn(&str, &str) -> bool) {
+        self.inner.series.prune(&alive);
+    }
+
+    /// How many per-connection and per-request Istio label sets are held (each renders one
+    /// sample per family: four TCP families, or `istio_requests_total`).
+    pub fn istio_series(&self) -> usize {
+        self.inner.series.len()
     }
 
     /// Counts a refused connection.
@@ -181,6 +186,7 @@ impl Metrics {
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = self.inner.handle.render();
+        self.inner.series.render(&mut out);
         let expiry = self.inner.certificate_expiry.load();
         if !expiry.is_empty() {
             let _ = writeln!(
@@ -203,14 +209,6 @@ impl Metrics {
 
 fn describe(recorder: &PrometheusRecorder) {
     let counters = [
-        (CONNECTIONS_OPENED, "TCP connections opened."),
-        (CONNECTIONS_CLOSED, "TCP connections closed."),
-        (SENT_BYTES, "Bytes sent to the client (response direction)."),
-        (
-            RECEIVED_BYTES,
-            "Bytes received from the client (request direction).",
-        ),
-        (REQUESTS, "HTTP requests seen under L7 enforcement."),
         (POLICY_DECISIONS, "Authorization policy decisions."),
         (CONNECTIONS_REFUSED, "Connections refused, by reason."),
         (
@@ -232,26 +230,10 @@ fn describe(recorder: &PrometheusRecorder) {
     );
 }
 
-/// Escapes a Prometheus label value (backslash, double quote, newline).
-fn escape_label_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// The counters of one open connection. Bumping them is an atomic add: no look-up, no allocation.
 /// Dropping it counts the connection as closed.
 pub struct ConnectionMetrics {
-    closed: Counter,
-    sent: Counter,
-    received: Counter,
+    series: Arc<TcpSeries>,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
 }
@@ -259,14 +241,14 @@ pub struct ConnectionMetrics {
 impl ConnectionMetrics {
     /// Adds bytes sent to the client (`istio_tcp_sent_bytes_total`, the response direction).
     pub fn add_sent(&self, bytes: u64) {
-        self.sent.increment(bytes);
+        self.series.sent.fetch_add(bytes, Ordering::Relaxed);
         self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Adds bytes received from the client (`istio_tcp_received_bytes_total`, the request
     /// direction).
     pub fn add_received(&self, bytes: u64) {
-        self.received.increment(bytes);
+        self.series.received.fetch_add(bytes, Ordering::Relaxed);
         self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
     }
 
@@ -286,7 +268,7 @@ impl ConnectionMetrics {
 
 impl Drop for ConnectionMetrics {
     fn drop(&mut self) {
-        self.closed.increment(1);
+        self.series.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -296,15 +278,5 @@ impl fmt::Debug for ConnectionMetrics {
             .field("bytes_sent", &self.bytes_sent())
             .field("bytes_received", &self.bytes_received())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -14,6 +14,7 @@ pub mod labels;
 pub mod metrics;
 pub mod ratelimit;
 pub mod record;
+mod series;
 
 pub use drain::{DrainGuard, DrainOutcome, DrainTrigger, DrainWatch};
 pub use flowlog::{FlowLog, FlowLogError, FlowLogTarget};
