@@ -14,11 +14,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::hash::HashAlgorithm;
 use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
 
 use crate::state::{StateError, write_atomic};
 
@@ -91,11 +91,12 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, SystemTime>, StateError> {
     Ok(out)
 }
 
-/// The ledger of a running CA: what is on disk, written through on every extension.
+/// The ledger of a running CA: what is on disk, written through on every extension. Requests
+/// the record covers only read it; extensions (rare) are serialized by the watch's write side.
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
-    recorded: Mutex<BTreeMap<String, SystemTime>>,
+    recorded: watch::Sender<BTreeMap<String, SystemTime>>,
 }
 
 impl Ledger {
@@ -105,7 +106,7 @@ impl Ledger {
         let recorded = read(&path)?;
         Ok(Self {
             path,
-            recorded: Mutex::new(recorded),
+            recorded: watch::Sender::new(recorded),
         })
     }
 
@@ -117,22 +118,45 @@ impl Ledger {
         not_after: SystemTime,
     ) -> Result<(), StateError> {
         let fp = fingerprint(root);
-        let mut recorded = self
-            .recorded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if recorded.get(&fp).is_some_and(|until| *until >= not_after) {
+        let covered = |recorded: &BTreeMap<String, SystemTime>| {
+            recorded.get(&fp).is_some_and(|t| *t >= not_after)
+        };
+        if covered(&self.recorded.borrow()) {
             return Ok(());
         }
         let until = UNIX_EPOCH + Duration::from_secs(unix(not_after + RECORD_AHEAD) + 1);
-        // Another writer (an offline `ca issue`) may have recorded since: keep the later of both.
+        let mut result = Ok(());
+        self.recorded.send_if_modified(|recorded| {
+            if covered(recorded) {
+                return false;
+            }
+            match self.extend(recorded, &fp, until) {
+                Ok(next) => {
+                    *recorded = next;
+                    true
+                }
+                Err(e) => {
+                    result = Err(e);
+                    false
+                }
+            }
+        });
+        result
+    }
+
+    /// Writes `recorded` with `fp` extended to `until`, merged with what is on disk (another
+    /// writer, an offline `ca issue`, may have recorded since), keeping the later time of each.
+    fn extend(
+        &self,
+        recorded: &BTreeMap<String, SystemTime>,
+        fp: &str,
+        until: SystemTime,
+    ) -> Result<BTreeMap<String, SystemTime>, StateError> {
         let mut next = read(&self.path)?;
-        for (fp, t) in recorded.iter() {
+        for (fp, t) in recorded.iter().chain([(&fp.to_owned(), &until)]) {
             let entry = next.entry(fp.clone()).or_insert(*t);
             *entry = (*entry).max(*t);
         }
-        let entry = next.entry(fp).or_insert(until);
-        *entry = (*entry).max(until);
         let mut text = String::from(
             "# nodemesh CA: per root (SHA-256 of its certificate), a unix time by which every leaf it issued has expired\n",
         );
@@ -140,8 +164,7 @@ impl Ledger {
             let _ = writeln!(text, "{fp} {}", unix(*until));
         }
         write_atomic(&self.path, text.as_bytes(), 0o644)?;
-        *recorded = next;
-        Ok(())
+        Ok(next)
     }
 }
 
