@@ -176,3 +176,58 @@ async fn serve_issues_over_grpc_until_stopped() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn stage_activate_and_retire_a_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("ca");
+    let run = |args: &[&str]| {
+        nodemesh()
+            .arg("ca")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    let roots = || {
+        TrustBundle::from_pem(&std::fs::read_to_string(state.join("trust-bundle.pem")).unwrap())
+            .unwrap()
+            .roots()
+            .len()
+    };
+    assert!(run(&["init"]).status.success());
+    let issue = nodemesh()
+        .args([
+            "ca",
+            "issue",
+            "--identity",
+            "spiffe://cluster.local/ns/shop/sa/web",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .status()
+        .unwrap();
+    assert!(issue.success());
+    let staged = run(&["stage-root"]);
+    assert!(staged.status.success(), "{staged:?}");
+    assert!(String::from_utf8_lossy(&staged.stdout).contains("activate-root"));
+    assert_eq!(roots(), 2);
+    assert!(run(&["activate-root"]).status.success());
+
+    // The offline leaf of the old root is live: refused, with what to do.
+    let refused = run(&["retire-root"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("Retry after"), "{stderr}");
+    assert_eq!(roots(), 2, "a refusal changes nothing");
+
+    let forced = run(&["retire-root", "--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert!(String::from_utf8_lossy(&forced.stdout).contains("retired root"));
+    assert_eq!(roots(), 1);
+    let again = run(&["retire-root"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to retire"));
+}

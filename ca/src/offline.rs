@@ -56,6 +56,9 @@ pub enum OfflineError {
     /// Signing failed.
     #[error("signing the certificate")]
     Sign(#[source] SignError),
+    /// The certificate could not be recorded in the state directory's ledger.
+    #[error("recording the certificate in the ledger")]
+    Ledger(#[source] StateError),
     /// The key could not be encoded.
     #[error("encoding the key")]
     Encode(#[source] BundleError),
@@ -121,6 +124,10 @@ pub fn issue(
     let chain = authority
         .issue(&checked, validity)
         .map_err(OfflineError::Sign)?;
+    // Recorded, so `retire-root` knows this leaf, before it is handed out.
+    crate::ledger::Ledger::open(root.ledger_file())
+        .and_then(|ledger| ledger.record(authority.root(), validity.not_after))
+        .map_err(OfflineError::Ledger)?;
     Ok(OfflineSvid {
         identity: identity.clone(),
         chain_pem: chain.iter().map(|c| der_to_pem(c)).collect(),

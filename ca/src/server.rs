@@ -22,6 +22,8 @@ use crate::authz::{NodeIndex, Tokens};
 use crate::callers::Callers;
 use crate::http::serve_http;
 use crate::issuer::{Authority, LifetimePolicy};
+use crate::ledger::Ledger;
+use crate::preface::PrefaceDeadline;
 use crate::proto::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::reload::{FileWatch, Reloader};
 use crate::service::{CaSnapshot, CertificateService};
@@ -29,6 +31,8 @@ use crate::state::{RootSource, StateError};
 
 /// Lifetime of the CA's own serving certificate; it is re-issued at half-life and on root change.
 pub const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// How long a client has, after TLS, to send the HTTP/2 preface and its first SETTINGS frame.
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest gRPC message accepted (a CSR is capped far lower; see [`crate::csr::MAX_CSR_LEN`]).
 pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
 
@@ -49,6 +53,9 @@ pub struct ServeOptions {
     pub lifetimes: LifetimePolicy,
     /// How often files are checked for changes.
     pub reload_interval: Duration,
+    /// How long a client has, after TLS, to send the HTTP/2 preface and first SETTINGS before
+    /// the connection is closed ([`PREFACE_TIMEOUT`] in production).
+    pub preface_timeout: Duration,
 }
 
 /// Why the CA cannot start.
@@ -246,9 +253,11 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningC
         Callers::External { authenticator, .. } => Some(Arc::clone(authenticator)),
         Callers::Files { .. } => None,
     };
+    let ledger = Arc::new(Ledger::open(opts.root.ledger_file())?);
     let service = CertificateService::new(snapshot_rx.clone(), opts.lifetimes, Arc::clone(&clock))
-        .with_authenticator(authenticator);
-    let (conn_tx, conn_rx) = mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(64);
+        .with_authenticator(authenticator)
+        .with_ledger(Some(ledger));
+    let (conn_tx, conn_rx) = mpsc::channel::<Result<Conn, std::io::Error>>(64);
     let mut stop = stop_rx.clone();
     let grpc_server = tokio::spawn(async move {
         let svc =
@@ -264,7 +273,13 @@ pub async fn start(opts: ServeOptions, clock: Arc<dyn Clock>) -> Result<RunningC
             tracing::error!(%error, "gRPC server failed");
         }
     });
-    let accept = tokio::spawn(accept_tls(grpc, acceptor, conn_tx, stop_rx.clone()));
+    let accept = tokio::spawn(accept_tls(
+        grpc,
+        acceptor,
+        opts.preface_timeout,
+        conn_tx,
+        stop_rx.clone(),
+    ));
     let http_task = tokio::spawn(serve_http(http, snapshot_rx.clone(), stop_rx.clone()));
     let reloader = Reloader {
         opts: opts.clone(),
@@ -297,12 +312,17 @@ fn watched_files(opts: &ServeOptions) -> Vec<PathBuf> {
     files
 }
 
+/// A connection as tonic gets it: TLS done, the HTTP/2 preface still due.
+type Conn = PrefaceDeadline<TlsStream<TcpStream>>;
+
 /// Accepts TCP connections and hands each finished TLS handshake to tonic. Handshakes run in
-/// their own tasks under a timeout, so a slow or hostile client holds up nobody else.
+/// their own tasks under a timeout, so a slow or hostile client holds up nobody else; after TLS
+/// the client has `preface_timeout` to start HTTP/2.
 async fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    conns: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+    preface_timeout: Duration,
+    conns: mpsc::Sender<Result<Conn, std::io::Error>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -322,7 +342,9 @@ async fn accept_tls(
         tokio::spawn(async move {
             match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    let _ = conns.send(Ok(tls)).await;
+                    let _ = conns
+                        .send(Ok(PrefaceDeadline::new(tls, preface_timeout)))
+                        .await;
                 }
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use nodemesh_identity::{Clock, SpiffeId, der_to_pem};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -14,6 +16,7 @@ use crate::authz::{NodeIndex, Tokens, bearer_token};
 use crate::callers::{AuthError, Authenticator};
 use crate::csr::{CsrError, check_csr};
 use crate::issuer::{Authority, LifetimeError, LifetimePolicy, SignError};
+use crate::ledger::Ledger;
 use crate::proto::istio_certificate_service_server::IstioCertificateService;
 use crate::proto::{IstioCertificateRequest, IstioCertificateResponse};
 
@@ -78,6 +81,9 @@ pub enum Refusal {
     /// Signing failed (`Internal`).
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// The issued leaf could not be recorded in the ledger, so it is not handed out (`Internal`).
+    #[error("recording the issued certificate in the ledger: {0}")]
+    Ledger(String),
 }
 
 impl From<&Refusal> for tonic::Code {
@@ -91,7 +97,7 @@ impl From<&Refusal> for tonic::Code {
                 tonic::Code::InvalidArgument
             }
             Refusal::Throttled { .. } => tonic::Code::ResourceExhausted,
-            Refusal::Sign(_) => tonic::Code::Internal,
+            Refusal::Sign(_) | Refusal::Ledger(_) => tonic::Code::Internal,
         }
     }
 }
@@ -187,6 +193,8 @@ pub struct CertificateService {
     authenticator: Option<Arc<dyn Authenticator>>,
     /// Reviews of the authenticator, cached (shared by the service's clones).
     reviews: Arc<AuthCache>,
+    /// Where issued leaves are recorded before they are handed out.
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl CertificateService {
@@ -202,7 +210,31 @@ impl CertificateService {
             clock,
             authenticator: None,
             reviews: Arc::default(),
+            ledger: None,
         }
+    }
+
+    /// Records every issued leaf (its root and notAfter) in `ledger` before handing it out.
+    pub fn with_ledger(mut self, ledger: Option<Arc<Ledger>>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Decides a request, then records the leaf in the ledger (if any) before it leaves.
+    async fn decide(
+        &self,
+        peer: Option<IpAddr>,
+        authorization: Option<&str>,
+        message: &IstioCertificateRequest,
+        facts: &mut RequestFacts,
+    ) -> Result<Vec<String>, Refusal> {
+        let chain = self
+            .decide_unrecorded(peer, authorization, message, facts)
+            .await?;
+        if let Some(ledger) = &self.ledger {
+            record(ledger, &chain)?;
+        }
+        Ok(chain)
     }
 
     /// Authenticates callers and authorizes by node with `authenticator` instead of the
@@ -212,7 +244,7 @@ impl CertificateService {
         self
     }
 
-    async fn decide(
+    async fn decide_unrecorded(
         &self,
         peer: Option<IpAddr>,
         authorization: Option<&str>,
@@ -264,6 +296,19 @@ impl CertificateService {
             facts,
         )
     }
+}
+
+/// Records a freshly issued PEM chain (leaf first, root last) in `ledger`.
+fn record(ledger: &Ledger, chain: &[String]) -> Result<(), Refusal> {
+    let fail = |e: &dyn std::fmt::Display| Refusal::Ledger(e.to_string());
+    let der = |pem: &String| CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| fail(&e));
+    let (Some(leaf), Some(root)) = (chain.first(), chain.last()) else {
+        return Err(Refusal::Ledger("the issued chain is empty".into()));
+    };
+    let not_after = nodemesh_identity::inspect_leaf(&der(leaf)?)
+        .map_err(|e| fail(&e))?
+        .not_after;
+    ledger.record(&der(root)?, not_after).map_err(|e| fail(&e))
 }
 
 #[tonic::async_trait]

@@ -1,9 +1,8 @@
 //! The CA's state directory: `root-cert.pem`, `root-key.pem` (0600) and `trust-bundle.pem`.
 //!
-//! `init` creates a root when there is none; `rotate_root` adds a new root and keeps the previous
-//! one in the bundle, so certificates it signed keep verifying until they expire. Files are
-//! replaced atomically (write to a temporary file, then rename), bundle first, so a running server
-//! that reloads mid-rotation never sees a root that is missing from the bundle.
+//! `init` creates a root when there is none; [`crate::rotation`] stages, activates and retires
+//! roots. Files are replaced atomically (write to a temporary file, then rename), bundle first, so
+//! a running server that reloads mid-rotation never sees a root that is missing from the bundle.
 
 use std::fs;
 use std::io::Write;
@@ -23,7 +22,8 @@ pub const ROOT_CERT: &str = "root-cert.pem";
 pub const ROOT_KEY: &str = "root-key.pem";
 /// File name of the trust bundle (every root peers must trust).
 pub const TRUST_BUNDLE: &str = "trust-bundle.pem";
-/// How many roots the bundle keeps: the newest and the one before it.
+/// How many roots the bundle holds at most: the signing root and one other (staged, or
+/// previous and not yet retired).
 pub const BUNDLE_ROOTS: usize = 2;
 
 /// Why the state directory cannot be used.
@@ -78,9 +78,77 @@ pub enum StateError {
     /// The key and certificate do not fit together, or signing failed.
     #[error("root certificate and key are unusable: {0}")]
     Sign(#[from] SignError),
+    /// A rotation step that needs the state directory's own root, asked of a supplied one.
+    #[error(
+        "{cert}: the root is supplied by the operator; rotate it by supplying a new one (stage, activate and retire-root work on the state directory's root)"
+    )]
+    SuppliedRoot {
+        /// The supplied root certificate.
+        cert: PathBuf,
+    },
+    /// A root is already staged.
+    #[error(
+        "{staged}: a root is already staged; activate it (`nodemesh ca activate-root`) before staging another"
+    )]
+    AlreadyStaged {
+        /// The staged root certificate.
+        staged: PathBuf,
+    },
+    /// Nothing is staged to activate.
+    #[error("{staged}: no root is staged; stage one first (`nodemesh ca stage-root`)")]
+    NothingStaged {
+        /// Where a staged root certificate would be.
+        staged: PathBuf,
+    },
+    /// A new root cannot be added while the bundle still holds the previous one.
+    #[error(
+        "{bundle}: still holds the previous root {root}; retire it first (`nodemesh ca retire-root`) so the bundle keeps at most two roots"
+    )]
+    PreviousRootInBundle {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The previous root (common name and fingerprint).
+        root: String,
+    },
+    /// Retiring a root now would break leaves it issued that may still be valid.
+    #[error(
+        "root {root} may have issued leaves valid until {until} (recorded in {ledger}); retiring it now would make them fail verification. Retry after {until}, once every workload has renewed from the new root, or pass --force if you know no such leaf is in use"
+    )]
+    RootStillLive {
+        /// The root (common name and fingerprint).
+        root: String,
+        /// When its last recorded leaf expires (RFC 3339).
+        until: String,
+        /// The ledger file.
+        ledger: PathBuf,
+    },
+    /// The ledger has no record of a root to retire, so its leaves' lifetime is unknown.
+    #[error(
+        "root {root} has no record in {ledger} (the CA ran without one, or the state directory was lost), so leaves it issued may still be valid for up to the CA's --max-lifetime after the signing root changed at {changed}; pass --force once that has passed"
+    )]
+    RootUnrecorded {
+        /// The root (common name and fingerprint).
+        root: String,
+        /// The ledger file.
+        ledger: PathBuf,
+        /// When the signing root last changed (RFC 3339).
+        changed: String,
+    },
+    /// The signing root changed so recently that a running CA may still sign with the old one.
+    #[error(
+        "{cert}: the signing root changed at {changed}; a running CA may still sign with the previous root until it reloads. Retry after {until}"
+    )]
+    RecentlyActivated {
+        /// The signing root certificate.
+        cert: PathBuf,
+        /// When it changed (RFC 3339).
+        changed: String,
+        /// When retiring is possible (RFC 3339).
+        until: String,
+    },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_owned(),
         source,
@@ -177,41 +245,9 @@ impl RootSource {
         check_key_matches(&authority, &key_pem, &cert_path)?;
         Ok(authority)
     }
-
-    /// Makes a new root the signing root and keeps the previous one in the bundle (the bundle
-    /// holds at most [`BUNDLE_ROOTS`] roots). Not possible with a supplied root.
-    pub fn rotate_root(
-        &self,
-        trust_domain: &TrustDomain,
-        now: SystemTime,
-    ) -> Result<(), StateError> {
-        if let Some((cert, _)) = &self.supplied {
-            return Err(StateError::BadFile {
-                path: cert.clone(),
-                reason: "the root is supplied by the operator; rotate it by supplying a new one"
-                    .into(),
-            });
-        }
-        let (cert_path, key_path) = self.root_files();
-        let bundle_path = self.bundle_file();
-        // Refuse to rotate a state dir that does not load: never build on a broken root.
-        self.load(trust_domain)?;
-        let (cert_pem, key_pem) = generate_root(trust_domain, now)?;
-        let mut bundle = read_bundle_if_present(&bundle_path)?;
-        bundle.push(pem_cert(&cert_path, &cert_pem)?);
-        let keep_from = bundle.len().saturating_sub(BUNDLE_ROOTS);
-        write_atomic(
-            &bundle_path,
-            bundle_pem(&bundle[keep_from..]).as_bytes(),
-            0o644,
-        )?;
-        write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
-        write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;
-        Ok(())
-    }
 }
 
-fn check_key_matches(
+pub(crate) fn check_key_matches(
     authority: &Authority,
     key_pem: &str,
     cert_path: &Path,
@@ -242,7 +278,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
-fn read_private_key(path: &Path) -> Result<String, StateError> {
+pub(crate) fn read_private_key(path: &Path) -> Result<String, StateError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -254,19 +290,21 @@ fn read_private_key(path: &Path) -> Result<String, StateError> {
     fs::read_to_string(path).map_err(io_err(path))
 }
 
-fn read_cert(path: &Path) -> Result<CertificateDer<'static>, StateError> {
+pub(crate) fn read_cert(path: &Path) -> Result<CertificateDer<'static>, StateError> {
     let pem = fs::read_to_string(path).map_err(io_err(path))?;
     pem_cert(path, &pem)
 }
 
-fn pem_cert(path: &Path, pem: &str) -> Result<CertificateDer<'static>, StateError> {
+pub(crate) fn pem_cert(path: &Path, pem: &str) -> Result<CertificateDer<'static>, StateError> {
     CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| StateError::BadFile {
         path: path.to_owned(),
         reason: format!("not a PEM certificate: {e}"),
     })
 }
 
-fn read_bundle_if_present(path: &Path) -> Result<Vec<CertificateDer<'static>>, StateError> {
+pub(crate) fn read_bundle_if_present(
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, StateError> {
     match fs::read_to_string(path) {
         Ok(pem) => CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -279,13 +317,13 @@ fn read_bundle_if_present(path: &Path) -> Result<Vec<CertificateDer<'static>>, S
     }
 }
 
-fn bundle_pem(roots: &[CertificateDer<'_>]) -> String {
+pub(crate) fn bundle_pem(roots: &[CertificateDer<'_>]) -> String {
     roots.iter().map(|c| der_to_pem(c)).collect()
 }
 
 /// Writes `data` to `path` atomically with `mode`: a temporary file in the same directory, fsync,
 /// rename.
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

@@ -21,9 +21,20 @@ pub enum CaCommand {
     Serve(ServeArgs),
     /// Create the state directory and a ten-year root, unless one exists.
     Init(RootArgs),
-    /// Add a new root: new certificates come from it, the old root stays in the trust bundle
-    /// so certificates it signed keep verifying. A running server picks this up by itself.
+    /// Add a new root and sign with it at once (`stage-root` then `activate-root`): new
+    /// certificates come from it, the old root stays in the trust bundle so certificates it
+    /// signed keep verifying. A running server picks this up by itself.
     RotateRoot(RootArgs),
+    /// Add a new root to the trust bundle without signing with it yet, so every peer can trust
+    /// it before the first certificate it signs appears. Then wait for the bundle to reach every
+    /// node and run `activate-root`.
+    StageRoot(RootArgs),
+    /// Sign with the staged root; the previous root stays in the trust bundle until
+    /// `retire-root`. A running server picks this up by itself.
+    ActivateRoot(RootArgs),
+    /// Remove the previous root from the trust bundle. Refused while certificates it issued may
+    /// still be valid (the CA records, per root, when its last certificate expires).
+    RetireRoot(RetireArgs),
     /// Issue a certificate offline, straight from the state directory (for tests and bootstrap).
     /// Writes `cert-chain.pem`, `key.pem` (0600) and `root-cert.pem` (the trust bundle) to `--out`.
     Issue(IssueArgs),
@@ -79,9 +90,13 @@ pub struct ServeArgs {
     /// Longest leaf lifetime; longer requests are clamped.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     max_lifetime: Duration,
+    /// How long a gRPC client has, after TLS, to send the HTTP/2 preface and SETTINGS before
+    /// the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    preface_timeout: Duration,
 }
 
-/// Flags of `nodemesh ca init` and `rotate-root`.
+/// Flags of `nodemesh ca init`, `rotate-root`, `stage-root`, `activate-root`.
 #[derive(Debug, clap::Args)]
 pub struct RootArgs {
     /// State directory (root-cert.pem, root-key.pem, trust-bundle.pem).
@@ -90,6 +105,17 @@ pub struct RootArgs {
     /// Trust domain the root serves.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: TrustDomain,
+}
+
+/// Flags of `nodemesh ca retire-root`.
+#[derive(Debug, clap::Args)]
+pub struct RetireArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Retire even though certificates of the old root may still be valid (they stop
+    /// verifying once peers re-read the bundle).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Flags of `nodemesh ca issue`.
@@ -128,20 +154,63 @@ pub async fn run(cmd: CaCommand) -> Result<()> {
             RootSource::state_dir(&args.state_dir)
                 .rotate_root(&args.trust_domain, SystemTime::now())?;
             println!(
-                "rotated: new certificates come from the new root; {} holds the old and new roots",
-                args.state_dir
-                    .join(nodemesh_ca::state::TRUST_BUNDLE)
-                    .display()
+                "rotated: new certificates come from the new root; {} holds the old and new roots; run `nodemesh ca retire-root` once the old root's certificates have expired",
+                bundle_file(&args.state_dir).display()
             );
+            Ok(())
+        }
+        CaCommand::StageRoot(args) => {
+            let root = RootSource::state_dir(&args.state_dir)
+                .stage_root(&args.trust_domain, SystemTime::now())?;
+            println!(
+                "staged root {}: {} now holds it next to the signing root; once every node has this bundle, run `nodemesh ca activate-root`",
+                nodemesh_ca::rotation::describe_root(&root),
+                bundle_file(&args.state_dir).display()
+            );
+            Ok(())
+        }
+        CaCommand::ActivateRoot(args) => {
+            let root = RootSource::state_dir(&args.state_dir).activate_root(&args.trust_domain)?;
+            println!(
+                "activated root {}: new certificates come from it; once every workload has renewed and the previous root's certificates have expired, run `nodemesh ca retire-root`",
+                nodemesh_ca::rotation::describe_root(&root)
+            );
+            Ok(())
+        }
+        CaCommand::RetireRoot(args) => {
+            let retired = RootSource::state_dir(&args.root.state_dir).retire_root(
+                &args.root.trust_domain,
+                SystemTime::now(),
+                args.force,
+            )?;
+            if retired.is_empty() {
+                println!(
+                    "nothing to retire: the bundle holds no root but the signing (and staged) one"
+                );
+            }
+            for root in &retired {
+                println!(
+                    "retired root {} from {}",
+                    nodemesh_ca::rotation::describe_root(root),
+                    bundle_file(&args.root.state_dir).display()
+                );
+            }
             Ok(())
         }
         CaCommand::Issue(args) => issue(args),
     }
 }
 
+fn bundle_file(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join(nodemesh_ca::state::TRUST_BUNDLE)
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let lifetimes = LifetimePolicy::with_bounds(args.default_lifetime, args.max_lifetime)
         .context("--default-lifetime, --max-lifetime")?;
+    if args.preface_timeout.is_zero() {
+        bail!("--preface-timeout must be above zero");
+    }
     let (root, callers) = match (args.source, args.config, args.tokens) {
         (super::Source::File, Some(config_file), Some(tokens_file)) => (
             RootSource {
@@ -181,6 +250,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         serving_names: args.serving_names,
         lifetimes,
         reload_interval: Duration::from_secs(2),
+        preface_timeout: args.preface_timeout,
     };
     let ca = nodemesh_ca::start(opts, Arc::new(SystemClock)).await?;
     println!(

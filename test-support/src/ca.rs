@@ -18,7 +18,8 @@ pub fn node_token(node: &str) -> String {
 }
 
 /// Options of a CA on ephemeral loopback ports (gRPC and HTTP) whose serving certificate names
-/// `localhost` and `127.0.0.1`, with default lifetimes, checking its files every 100 ms.
+/// `localhost` and `127.0.0.1`, with default lifetimes and preface deadline, checking its files
+/// every 100 ms.
 pub fn loopback_options(root: RootSource, callers: Callers) -> ServeOptions {
     ServeOptions {
         root,
@@ -28,6 +29,7 @@ pub fn loopback_options(root: RootSource, callers: Callers) -> ServeOptions {
         serving_names: vec!["localhost".into(), "127.0.0.1".into()],
         lifetimes: LifetimePolicy::default(),
         reload_interval: Duration::from_millis(100),
+        preface_timeout: nodemesh_ca::server::PREFACE_TIMEOUT,
     }
 }
 

@@ -30,3 +30,37 @@ workloads:
 pub fn id(s: &str) -> SpiffeId {
     SpiffeId::new(s).unwrap()
 }
+
+/// The body of `GET /trust-bundle` on the CA's HTTP address.
+pub async fn served_bundle(http: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    tcp.write_all(b"GET /trust-bundle HTTP/1.1\r\nhost: ca\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+/// Polls `GET /trust-bundle` every 50 ms, for at most 10 s, until its roots satisfy `want`.
+pub async fn until_served(
+    http: std::net::SocketAddr,
+    what: &str,
+    want: impl Fn(&[rustls_pki_types::CertificateDer<'static>]) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let pem = served_bundle(http).await;
+        let roots = nodemesh_identity::TrustBundle::from_pem(&pem).unwrap();
+        if want(roots.roots()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
