@@ -32,7 +32,7 @@ use crate::state::{RootSource, StateError};
 /// Lifetime of the CA's own serving certificate; it is re-issued at half-life and on root change.
 pub const SERVING_CERT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 /// How long a client has, after TLS, to send the HTTP/2 preface and its first SETTINGS frame.
-pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PREFACE_TIMEOUT: Duration = nodemesh_net::timeouts::HTTP2_PREFACE;
 /// Largest gRPC message accepted (a CSR is capped far lower; see [`crate::csr::MAX_CSR_LEN`]).
 pub const MAX_MESSAGE_LEN: usize = 2 * 1024 * 1024;
 
