@@ -15,7 +15,7 @@ use nodemesh_net::timeouts::TLS_HANDSHAKE;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::Arrival;
+use super::{Arrival, preface};
 use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, Refused};
@@ -61,6 +61,13 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
             return refuse(&ctx, peer, local, RefusalReason::NoCertificate);
         }
     };
+    // From accept to the HTTP/2 preface, the connection holds one of the handshakes in progress.
+    let Some(handshake) = ctx.bounds.handshakes.try_acquire() else {
+        tracing::debug!(%peer, "HBONE refused: too many handshakes in progress");
+        crate::app::reset(tcp);
+        return refuse(&ctx, peer, local, RefusalReason::Overloaded);
+    };
+    let _tls_buffer = ctx.bounds.memory.charge(crate::hbone::TLS_READ_BUFFER);
     let accept = TlsAcceptor::from(config).accept(crate::hbone::buffered(tcp));
     let tls = match tokio::time::timeout(TLS_HANDSHAKE, accept).await {
         Ok(Ok(tls)) => tls,
@@ -76,6 +83,21 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
     let Some(peer_id) = peer_identity(tls.get_ref().1.peer_certificates()) else {
         return refuse(&ctx, peer, local, RefusalReason::TlsHandshake);
     };
+    // A peer that completed TLS has this long to start HTTP/2 (the server's own timers start
+    // only once it has).
+    let tls = match tokio::time::timeout(ctx.bounds.h2_preface_timeout, preface::read(tls)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %local, %error, "HBONE connection without an HTTP/2 preface");
+            return refuse(&ctx, peer, local, RefusalReason::BadRequest);
+        }
+        Err(_) => {
+            tracing::info!(%peer, %local, "HBONE HTTP/2 preface timed out");
+            return refuse(&ctx, peer, local, RefusalReason::BadRequest);
+        }
+    };
+    drop(handshake);
     let service_ctx = Arc::clone(&ctx);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&service_ctx);

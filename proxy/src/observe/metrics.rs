@@ -11,11 +11,12 @@ use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use super::labels::{ConnectionLabels, RefusalReason, ResponseFlags};
+use crate::bounds::MemoryBudget;
 
 const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";
 const CONNECTIONS_CLOSED: &str = "istio_tcp_connections_closed_total";
@@ -28,6 +29,8 @@ const CONNECTIONS_REFUSED: &str = "nodemesh_connections_refused_total";
 const POLICY_COMPILE_ERRORS: &str = "nodemesh_policy_compile_errors";
 const FLOW_LOG_DROPPED: &str = "nodemesh_flow_log_dropped_total";
 const IPV6_DROPPED: &str = "nodemesh_ipv6_dropped_packets_total";
+const BUFFER_BYTES: &str = "nodemesh_buffer_bytes";
+const BUFFER_BUDGET: &str = "nodemesh_buffer_budget_bytes";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -47,6 +50,8 @@ struct Inner {
     ipv6_dropped: Counter,
     /// Kept out of the recorder because the recorder cannot forget a series; rendered by hand.
     certificate_expiry: ArcSwap<BTreeMap<String, f64>>,
+    /// The buffer budget whose accounted bytes are rendered, read when rendering.
+    buffers: ArcSwapOption<MemoryBudget>,
 }
 
 impl Default for Metrics {
@@ -90,6 +95,7 @@ impl Metrics {
                 flow_log_dropped,
                 ipv6_dropped,
                 certificate_expiry: ArcSwap::from_pointee(BTreeMap::new()),
+                buffers: ArcSwapOption::empty(),
             }),
         }
     }
@@ -178,9 +184,34 @@ impl Metrics {
         self.inner.ipv6_dropped.clone()
     }
 
+    /// Renders `budget`'s accounted bytes (`nodemesh_buffer_bytes`) and its limit
+    /// (`nodemesh_buffer_budget_bytes`), read at each render.
+    pub fn watch_buffers(&self, budget: Arc<MemoryBudget>) {
+        self.inner.buffers.store(Some(budget));
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = self.inner.handle.render();
+        if let Some(budget) = self.inner.buffers.load_full() {
+            let gauges = [
+                (
+                    BUFFER_BYTES,
+                    "Buffer bytes the proxy accounts for (relay and HBONE TLS read buffers).",
+                    budget.used(),
+                ),
+                (
+                    BUFFER_BUDGET,
+                    "The buffer budget: past it, new connections are refused (overloaded).",
+                    budget.limit(),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                let _ = writeln!(out, "{name} {value}\n");
+            }
+        }
         let expiry = self.inner.certificate_expiry.load();
         if !expiry.is_empty() {
             let _ = writeln!(
