@@ -190,8 +190,10 @@ async fn handshakes_in_progress_are_bounded_apart() {
     eventually("two handshakes in progress", || b.bounds().handshakes.held() == 2).await;
     // ...so a third is reset at once (not after the TLS handshake timeout).
     let started = Instant::now();
-    let mut third = TcpStream::connect(hbone).await.unwrap();
-    closed_within(&mut third, Duration::from_secs(3)).await;
+    // On loopback the reset may come before the connect's completion is seen.
+    if let Ok(mut third) = TcpStream::connect(hbone).await {
+        closed_within(&mut third, Duration::from_secs(3)).await;
+    }
     assert!(started.elapsed() < Duration::from_secs(3));
     overloaded(logs.path(), b, "node-b", 1).await;
     // Established connections go on, and a slot given back serves a new handshake.
