@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+pub use crate::relay::{Charge, MemoryBudget};
+
 /// The bounds a proxy is configured with ([`ProxyOptions::bounds`](crate::ProxyOptions)).
 /// [`Default`] suits a node: far above what its pods use in normal operation, far below what
 /// exhausts its descriptors or memory.
@@ -201,7 +203,10 @@ impl PerSource {
 
     /// Connections `ip` holds now.
     pub fn held(&self, ip: IpAddr) -> usize {
-        let map = self.shard(ip).read().unwrap_or_else(PoisonError::into_inner);
+        let map = self
+            .shard(ip)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         map.get(&ip).map_or(0, |c| c.load(Ordering::Acquire))
     }
 
@@ -240,91 +245,6 @@ pub struct SourcePermit {
 impl Drop for SourcePermit {
     fn drop(&mut self) {
         self.map.release(self.ip);
-    }
-}
-
-/// The buffer bytes one proxy accounts for, against a budget. Charges are unconditional (a
-/// connection let in gets its first buffers); growing is allowed only within the budget; new
-/// connections are refused while the budget is used up ([`MemoryBudget::exhausted`]).
-#[derive(Debug)]
-pub struct MemoryBudget {
-    limit: usize,
-    used: AtomicUsize,
-}
-
-impl MemoryBudget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self {
-            limit,
-            used: AtomicUsize::new(0),
-        })
-    }
-
-    /// A budget nothing exhausts (relays outside a proxy).
-    pub fn unlimited() -> Arc<Self> {
-        Self::new(usize::MAX)
-    }
-
-    /// Accounts for `bytes` whatever the budget: the returned charge gives them back on drop.
-    pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
-        self.used.fetch_add(bytes, Ordering::AcqRel);
-        Charge {
-            budget: Arc::clone(self),
-            bytes,
-        }
-    }
-
-    /// Whether the budget is used up: new connections are refused.
-    pub fn exhausted(&self) -> bool {
-        self.used() >= self.limit
-    }
-
-    /// Bytes accounted for now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-
-    /// The budget.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-}
-
-/// Bytes accounted against a [`MemoryBudget`], given back on drop.
-#[derive(Debug)]
-#[must_use = "dropping the charge gives the bytes back"]
-pub struct Charge {
-    budget: Arc<MemoryBudget>,
-    bytes: usize,
-}
-
-impl Charge {
-    /// Accounts for `more` bytes, if the budget has room for them.
-    pub fn try_grow(&mut self, more: usize) -> bool {
-        let limit = self.budget.limit;
-        let grown = self
-            .budget
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                n.checked_add(more).filter(|&m| m <= limit)
-            })
-            .is_ok();
-        if grown {
-            self.bytes += more;
-        }
-        grown
-    }
-
-    /// Bytes this charge holds.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -445,7 +365,11 @@ mod tests {
         drop(a1);
         assert!(map.try_acquire(ip(1)).is_some());
         drop((a2, b));
-        assert_eq!(map.sources(), 0, "no entry stays for an IP without connections");
+        assert_eq!(
+            map.sources(),
+            0,
+            "no entry stays for an IP without connections"
+        );
     }
 
     #[test]
@@ -464,22 +388,6 @@ mod tests {
             }
         });
         assert_eq!((map.held(ip(7)), map.sources()), (0, 0));
-    }
-
-    #[test]
-    fn budget_charges_always_grows_within_and_gives_back() {
-        let budget = MemoryBudget::new(100);
-        let mut a = budget.charge(60);
-        assert!(!budget.exhausted());
-        assert!(!a.try_grow(50), "growth past the budget is refused");
-        assert!(a.try_grow(40));
-        assert!(budget.exhausted());
-        let b = budget.charge(10);
-        assert_eq!((budget.used(), a.bytes(), b.bytes()), (110, 100, 10));
-        drop(a);
-        assert_eq!(budget.used(), 10);
-        drop(b);
-        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -1,17 +1,17 @@
 //! Bidirectional byte relay: half-close passed on both ways, one buffer per direction reused for
 //! every chunk. Buffers start small ([`INITIAL_BUFFER`], so an idle connection costs little) and
 //! grow once to [`RELAY_BUFFER`] when a read fills them (large reads for throughput), if the
-//! proxy's [`MemoryBudget`] has room; every byte of them is accounted there.
+//! proxy's [`MemoryBudget`] (its buffer bytes, relays' and others') has room; every byte of them
+//! is accounted there.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use crate::bounds::{Charge, MemoryBudget};
 
 /// Largest buffer per direction: large enough for TLS records and big TCP reads.
 pub const RELAY_BUFFER: usize = 64 * 1024;
@@ -26,6 +26,91 @@ pub struct Transferred {
     pub downstream_to_upstream: u64,
     /// From the upstream side to the downstream side.
     pub upstream_to_downstream: u64,
+}
+
+/// The buffer bytes one proxy accounts for, against a budget. Charges are unconditional (a
+/// connection let in gets its first buffers); growing is allowed only within the budget; new
+/// connections are refused while the budget is used up ([`MemoryBudget::exhausted`]).
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// A budget nothing exhausts (relays outside a proxy).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX)
+    }
+
+    /// Accounts for `bytes` whatever the budget: the returned charge gives them back on drop.
+    pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Charge {
+            budget: Arc::clone(self),
+            bytes,
+        }
+    }
+
+    /// Whether the budget is used up: new connections are refused.
+    pub fn exhausted(&self) -> bool {
+        self.used() >= self.limit
+    }
+
+    /// Bytes accounted for now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The budget.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// Bytes accounted against a [`MemoryBudget`], given back on drop.
+#[derive(Debug)]
+#[must_use = "dropping the charge gives the bytes back"]
+pub struct Charge {
+    budget: Arc<MemoryBudget>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Accounts for `more` bytes, if the budget has room for them.
+    pub fn try_grow(&mut self, more: usize) -> bool {
+        let limit = self.budget.limit;
+        let grown = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                n.checked_add(more).filter(|&m| m <= limit)
+            })
+            .is_ok();
+        if grown {
+            self.bytes += more;
+        }
+        grown
+    }
+
+    /// Bytes this charge holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// One direction: read into the buffer, write it all out, again; at EOF, flush and shut the
@@ -145,8 +230,18 @@ where
     let mut charge = budget.charge(2 * INITIAL_BUFFER);
     let (mut down, mut up) = (Pipe::new(), Pipe::new());
     poll_fn(|cx| {
-        let d = down.poll_copy(cx, &mut charge, Pin::new(&mut *downstream), Pin::new(&mut *upstream))?;
-        let u = up.poll_copy(cx, &mut charge, Pin::new(&mut *upstream), Pin::new(&mut *downstream))?;
+        let d = down.poll_copy(
+            cx,
+            &mut charge,
+            Pin::new(&mut *downstream),
+            Pin::new(&mut *upstream),
+        )?;
+        let u = up.poll_copy(
+            cx,
+            &mut charge,
+            Pin::new(&mut *upstream),
+            Pin::new(&mut *downstream),
+        )?;
         match (d, u) {
             (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok::<(), io::Error>(())),
             _ => Poll::Pending,
@@ -201,6 +296,22 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    #[test]
+    fn budget_charges_always_grows_within_and_gives_back() {
+        let budget = MemoryBudget::new(100);
+        let mut a = budget.charge(60);
+        assert!(!budget.exhausted());
+        assert!(!a.try_grow(50), "growth past the budget is refused");
+        assert!(a.try_grow(40));
+        assert!(budget.exhausted());
+        let b = budget.charge(10);
+        assert_eq!((budget.used(), a.bytes(), b.bytes()), (110, 100, 10));
+        drop(a);
+        assert_eq!(budget.used(), 10);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
     #[tokio::test]
     async fn buffers_start_small_and_grow_when_reads_fill_them() {
         let budget = MemoryBudget::new(1024 * 1024);
@@ -230,7 +341,10 @@ mod tests {
         let mut client = writer.await.unwrap();
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"bye", "the reverse direction flows after the half-close");
+        assert_eq!(
+            back, b"bye",
+            "the reverse direction flows after the half-close"
+        );
         let moved = relay.await.unwrap();
         assert_eq!(
             (moved.downstream_to_upstream, moved.upstream_to_downstream),
@@ -255,7 +369,11 @@ mod tests {
         });
         let mut all = Vec::new();
         server.read_to_end(&mut all).await.unwrap();
-        assert_eq!(all.len(), 256 * 1024, "the connection goes on with small buffers");
+        assert_eq!(
+            all.len(),
+            256 * 1024,
+            "the connection goes on with small buffers"
+        );
         assert_eq!(budget.used(), 2 * INITIAL_BUFFER);
         server.shutdown().await.unwrap();
         writer.await.unwrap();

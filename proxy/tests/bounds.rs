@@ -187,7 +187,10 @@ async fn handshakes_in_progress_are_bounded_apart() {
     for _ in 0..2 {
         silent.push(TcpStream::connect(hbone).await.unwrap());
     }
-    eventually("two handshakes in progress", || b.bounds().handshakes.held() == 2).await;
+    eventually("two handshakes in progress", || {
+        b.bounds().handshakes.held() == 2
+    })
+    .await;
     // ...so a third is reset at once (not after the TLS handshake timeout).
     let started = Instant::now();
     // On loopback the reset may come before the connect's completion is seen.

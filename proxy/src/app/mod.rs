@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::addr::{ClientAddr, OrigDstAddr};
-use crate::bounds::{Bounds, ConnPermit, Listener};
 use crate::admin::{self, AdminError, AdminServer, ProxyAdmin};
+use crate::bounds::{Bounds, ConnPermit, Listener};
 use crate::certs::{CaSettings, CertManager};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, FlowSink, Refused};
@@ -157,7 +157,9 @@ impl ProxyHandle {
             conns,
             bounds: Bounds::new(&opts.bounds),
         });
-        ctx.metrics().watch_buffers(Arc::clone(&ctx.bounds.memory));
+        let memory = Arc::clone(&ctx.bounds.memory);
+        ctx.metrics()
+            .watch_buffers(move || (memory.used(), memory.limit()));
         tasks::reconcile(&ctx).await;
 
         let mut running = Vec::new();
@@ -265,7 +267,7 @@ impl ProxyHandle {
     fn enter(&self, side: Listener, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
         let Ok(peer) = stream.peer_addr() else { return };
         let Some(permit) = bound(&self.ctx, side, &stream, peer, Some(orig_dst)) else {
-            return reset(stream);
+            return inbound::reset(stream);
         };
         let ctx = Arc::clone(&self.ctx);
         let guard = ctx.drain.guard();
@@ -298,7 +300,6 @@ fn per_bind(addr: SocketAddr, binds: &[IpAddr]) -> Vec<SocketAddr> {
     }
 }
 
-
 async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, side: Listener) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -313,7 +314,7 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, side: Listener) {
             () = ctx.drain.signaled() => return,
         };
         let Some(permit) = bound(&ctx, side, &stream, peer, None) else {
-            reset(stream);
+            inbound::reset(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -340,7 +341,9 @@ fn bound(
         Err(overload) => overload,
     };
     tracing::debug!(?side, %peer, %overload, "connection refused");
-    let local = orig_dst.or_else(|| stream.local_addr().ok()).unwrap_or(peer);
+    let local = orig_dst
+        .or_else(|| stream.local_addr().ok())
+        .unwrap_or(peer);
     let direction = match side {
         Listener::Outbound => Direction::Outbound,
         Listener::Hbone | Listener::Plaintext => Direction::Inbound,
@@ -349,13 +352,6 @@ fn bound(
         .start(Flow::new(direction, ClientAddr(peer), OrigDstAddr(local)))
         .finish(Err(Refused::new(RefusalReason::Overloaded)));
     None
-}
-
-/// Closes a refused connection at once with a reset (`SO_LINGER` 0): no FIN handshake, no
-/// `TIME_WAIT` kept for it, and the client learns at once.
-pub(crate) fn reset(stream: tokio::net::TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
 }
 
 /// Hands an accepted connection to its side. Under TPROXY the original destination is the

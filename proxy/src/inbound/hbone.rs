@@ -64,7 +64,7 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
     // From accept to the HTTP/2 preface, the connection holds one of the handshakes in progress.
     let Some(handshake) = ctx.bounds.handshakes.try_acquire() else {
         tracing::debug!(%peer, "HBONE refused: too many handshakes in progress");
-        crate::app::reset(tcp);
+        super::reset(tcp);
         return refuse(&ctx, peer, local, RefusalReason::Overloaded);
     };
     let _tls_buffer = ctx.bounds.memory.charge(crate::hbone::TLS_READ_BUFFER);
@@ -85,8 +85,7 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
     };
     // A peer that completed TLS has this long to start HTTP/2 (the server's own timers start
     // only once it has).
-    let tls = match tokio::time::timeout(ctx.bounds.h2_preface_timeout, preface::read(tls)).await
-    {
+    let tls = match tokio::time::timeout(ctx.bounds.h2_preface_timeout, preface::read(tls)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::info!(%peer, %local, %error, "HBONE connection without an HTTP/2 preface");

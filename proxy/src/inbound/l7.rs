@@ -94,7 +94,11 @@ where
             })?;
             ctx.conns
                 .open(&now, on)
-                .run(relay_logged_in(&ctx.bounds.memory, &mut downstream, &mut upstream))
+                .run(relay_logged_in(
+                    &ctx.bounds.memory,
+                    &mut downstream,
+                    &mut upstream,
+                ))
                 .await
         }
         Err(error) => {

@@ -137,12 +137,23 @@ impl Admitted {
             Some(mut upstream) => {
                 ctx.conns
                     .open(&state, on)
-                    .run(relay_logged_in(&ctx.bounds.memory, &mut downstream, &mut upstream))
+                    .run(relay_logged_in(
+                        &ctx.bounds.memory,
+                        &mut downstream,
+                        &mut upstream,
+                    ))
                     .await
             }
         };
         guard.finish(result);
     }
+}
+
+/// Closes a refused connection at once with a reset (`SO_LINGER` 0): no FIN handshake, no
+/// `TIME_WAIT` kept for it, and the client learns at once.
+pub(crate) fn reset(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
 }
 
 /// Admits and serves a connection that needs no answer before its bytes flow (inbound

@@ -16,7 +16,6 @@ use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use super::labels::{ConnectionLabels, RefusalReason, ResponseFlags};
-use crate::bounds::MemoryBudget;
 
 const CONNECTIONS_OPENED: &str = "istio_tcp_connections_opened_total";
 const CONNECTIONS_CLOSED: &str = "istio_tcp_connections_closed_total";
@@ -50,8 +49,8 @@ struct Inner {
     ipv6_dropped: Counter,
     /// Kept out of the recorder because the recorder cannot forget a series; rendered by hand.
     certificate_expiry: ArcSwap<BTreeMap<String, f64>>,
-    /// The buffer budget whose accounted bytes are rendered, read when rendering.
-    buffers: ArcSwapOption<MemoryBudget>,
+    /// Reads the accounted buffer bytes and the budget, when rendering.
+    buffers: ArcSwapOption<BufferGauge>,
 }
 
 impl Default for Metrics {
@@ -184,26 +183,29 @@ impl Metrics {
         self.inner.ipv6_dropped.clone()
     }
 
-    /// Renders `budget`'s accounted bytes (`nodemesh_buffer_bytes`) and its limit
-    /// (`nodemesh_buffer_budget_bytes`), read at each render.
-    pub fn watch_buffers(&self, budget: Arc<MemoryBudget>) {
-        self.inner.buffers.store(Some(budget));
+    /// Renders the accounted buffer bytes (`nodemesh_buffer_bytes`) and the budget
+    /// (`nodemesh_buffer_budget_bytes`), as `read` returns them at each render.
+    pub fn watch_buffers(&self, read: impl Fn() -> (usize, usize) + Send + Sync + 'static) {
+        self.inner
+            .buffers
+            .store(Some(Arc::new(BufferGauge(Box::new(read)))));
     }
 
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = self.inner.handle.render();
-        if let Some(budget) = self.inner.buffers.load_full() {
+        if let Some(gauge) = self.inner.buffers.load_full() {
+            let (used, limit) = (gauge.0)();
             let gauges = [
                 (
                     BUFFER_BYTES,
                     "Buffer bytes the proxy accounts for (relay and HBONE TLS read buffers).",
-                    budget.used(),
+                    used,
                 ),
                 (
                     BUFFER_BUDGET,
                     "The buffer budget: past it, new connections are refused (overloaded).",
-                    budget.limit(),
+                    limit,
                 ),
             ];
             for (name, help, value) in gauges {
@@ -262,6 +264,11 @@ fn describe(recorder: &PrometheusRecorder) {
         "Policies that failed to compile in the current state.".into(),
     );
 }
+
+/// Reads (accounted buffer bytes, budget).
+type ReadBuffers = Box<dyn Fn() -> (usize, usize) + Send + Sync>;
+
+struct BufferGauge(ReadBuffers);
 
 /// Escapes a Prometheus label value (backslash, double quote, newline).
 fn escape_label_value(value: &str) -> String {
