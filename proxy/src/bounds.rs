@@ -7,7 +7,7 @@
 //! locked for one map operation when a connection is accepted or closed, never across IO.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -164,9 +164,7 @@ impl PerSource {
     }
 
     fn shard(&self, ip: IpAddr) -> &RwLock<HashMap<IpAddr, Arc<AtomicUsize>>> {
-        let mut h = self.hasher.build_hasher();
-        ip.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
     }
 
     fn take(&self, count: &AtomicUsize) -> bool {
