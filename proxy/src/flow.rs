@@ -64,6 +64,16 @@ impl Refused {
         }
     }
 
+    /// A connect upstream that failed: `connect_timeout` when it ran out of time, else
+    /// `upstream_connect`.
+    pub fn connect_failed(error: &std::io::Error) -> Self {
+        Self::new(if crate::socket::is_timeout(error) {
+            RefusalReason::ConnectTimeout
+        } else {
+            RefusalReason::UpstreamConnect
+        })
+    }
+
     /// A refusal by policy (`policy` is the deciding one, when one decided).
     pub fn by_policy(policy: Option<String>) -> Self {
         Self {

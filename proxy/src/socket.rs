@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -30,15 +31,43 @@ pub fn listen(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
 }
 
 /// How outgoing connections are made.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions {
     /// Set `SO_MARK` to this value (needs CAP_NET_ADMIN; skipped with a debug log otherwise).
     pub mark: Option<u32>,
+    /// How long a TCP connect may take before it fails with [`io::ErrorKind::TimedOut`]:
+    /// without it a peer that drops SYNs holds the caller for the kernel's two minutes of
+    /// retries.
+    pub timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            mark: None,
+            timeout: nodemesh_net::timeouts::CONNECT,
+        }
+    }
+}
+
+/// Whether `error` is a connect that ran out of time (refused as `connect_timeout`, not
+/// `upstream_connect`).
+pub fn is_timeout(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::TimedOut
+}
+
+/// Closes `stream` with a TCP RST instead of a FIN (`SO_LINGER` 0), so a refused client fails at
+/// once rather than reading an orderly end it could take for an empty answer.
+pub fn reset(stream: TcpStream) {
+    if let Err(error) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(%error, "cannot set SO_LINGER 0; closing with FIN");
+    }
+    drop(stream);
 }
 
 impl ConnectOptions {
     /// Connects to `addr`, optionally from `source` (bound transparently, for source-IP
-    /// preservation).
+    /// preservation), within [`ConnectOptions::timeout`].
     pub async fn connect(&self, addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -55,7 +84,13 @@ impl ConnectOptions {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
         socket.set_nodelay(true)?;
-        socket.connect(addr).await
+        match tokio::time::timeout(self.timeout, socket.connect(addr)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out after {:?}", self.timeout),
+            )),
+        }
     }
 }
 

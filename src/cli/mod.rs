@@ -4,6 +4,7 @@ pub mod ca;
 pub mod capture;
 pub mod cni;
 pub mod config;
+pub mod deadlines;
 pub mod demo;
 pub mod ipv6_guard;
 pub mod kube;

@@ -115,6 +115,8 @@ pub struct ProxyArgs {
     /// it, new connections are refused `overloaded` and open ones keep their small buffers.
     #[arg(long, value_name = "MIB", default_value_t = BoundsConfig::default().memory_budget >> 20)]
     memory_budget_mib: usize,
+    #[command(flatten)]
+    deadlines: super::deadlines::DeadlineArgs,
     /// Data-plane worker threads [default: one per core].
     #[arg(long)]
     worker_threads: Option<usize>,
@@ -279,7 +281,8 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         inbound_plaintext_addr: args.inbound_plaintext_addr,
         inbound_binds: args.inbound_bind,
         hbone_port: nodemesh_proxy::hbone::HBONE_PORT,
-        l7_limits: Default::default(),
+        connect_timeout: args.deadlines.connect_timeout(),
+        l7_limits: args.deadlines.l7_limits(),
         drain_timeout: args.drain_timeout,
         flow_log: args.flow_log,
         preserve_source_ip: args.preserve_source_ip,

@@ -128,6 +128,7 @@ impl ProxyHandle {
         drop(state);
         let connect = ConnectOptions {
             mark: opts.mark_sockets.then_some(marks::PROXY.value),
+            timeout: opts.connect_timeout,
         };
         let metrics = Arc::new(Metrics::new());
         let flow_log = FlowLog::start(&opts.flow_log, &metrics)?;

@@ -64,6 +64,9 @@ pub struct ProxyOptions {
     pub reload_interval: Duration,
     /// Renewal backoff.
     pub backoff: Backoff,
+    /// How long a TCP connect may take (HBONE to peers, plain TCP to pods and outside the
+    /// mesh); past it the client's connection is reset and counted `connect_timeout`.
+    pub connect_timeout: Duration,
     /// Timeouts and size limits of connections under L7 enforcement.
     pub l7_limits: L7Limits,
     /// Captured pod addresses the state does not know yet (the CNI plugin's), kept current by
@@ -96,6 +99,7 @@ impl Default for ProxyOptions {
             mark_sockets: true,
             reload_interval: Duration::from_secs(1),
             backoff: Backoff::default(),
+            connect_timeout: nodemesh_net::timeouts::CONNECT,
             l7_limits: L7Limits::default(),
             pending_pods: PendingPods::default(),
             bounds: BoundsConfig::default(),

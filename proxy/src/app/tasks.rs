@@ -23,6 +23,15 @@ pub(super) async fn reconcile(ctx: &Ctx) {
         .policy_compile_errors(state.policy_problems().len());
     ctx.certs.reconcile(&wanted).await;
     ctx.tls.retain(|id| wanted.contains(id));
+    prune_pool(ctx);
+}
+
+/// Lets go of pooled HBONE connections nobody uses to pods that are gone, and of idle or
+/// closed ones (the pool itself only evicts when a key is used again).
+fn prune_pool(ctx: &Ctx) {
+    let state = ctx.store.load();
+    ctx.hbone
+        .prune(|key| state.workload(key.addr.ip()).is_some());
 }
 
 /// Reacts to state changes and re-reads the trust bundle.
@@ -35,7 +44,10 @@ pub(super) async fn follow_state(ctx: Arc<Ctx>, interval: Duration) {
                 if changed.is_err() { return; }
                 reconcile(&ctx).await;
             }
-            _ = tick.tick() => reload_files(&ctx),
+            _ = tick.tick() => {
+                reload_files(&ctx);
+                prune_pool(&ctx);
+            }
         }
     }
 }

@@ -1,27 +1,32 @@
 //! The HBONE client: a pool of HTTP/2-over-mTLS connections keyed by (source identity,
-//! destination identity, HBONE address), many CONNECT streams per connection, one handshake at a
-//! time per key (no herd). Which connection a stream takes and which ones go is [`super::pool`]'s
+//! destination identity, HBONE address), many CONNECT streams per connection, callers that
+//! arrive while a dial is young share it (no herd). Which connection a stream takes and which ones go is [`super::pool`]'s
 //! decision; this file does the I/O.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+// One short lock per new tunnel (a list scan, never I/O), none per byte: see `Slot`.
+#[allow(clippy::disallowed_types)]
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use nodemesh_identity::{Credentials, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 
 use super::HboneError;
 use super::conn::{Conn, dial};
 use super::pool::{self, ConnView, PoolLimits};
 use super::request::{Caller, connect_request};
+use crate::observe::{ErrorChain, RefusalReason};
 use crate::socket::ConnectOptions;
 use crate::tls::TlsConfigs;
 
@@ -40,9 +45,87 @@ pub struct PoolKey {
     pub source_ip: Option<IpAddr>,
 }
 
+/// The connections of one key, and the dial under way for it, if any.
 #[derive(Default)]
 struct Slot {
-    conns: tokio::sync::Mutex<Vec<Conn>>,
+    // Held only to look at or change the list, never across I/O, once per new tunnel: the
+    // data path (bytes of open tunnels) never takes it.
+    #[allow(clippy::disallowed_types)]
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    conns: Vec<Conn>,
+    /// The latest dial in progress and when it started: callers that find no usable
+    /// connection while [`pool::joins`] it wait for its outcome instead of
+    /// starting their own (no herd), and are woken when it ends either way.
+    dialing: Option<(Instant, watch::Receiver<Option<DialOutcome>>)>,
+}
+
+/// How a dial that others waited for ended: `Err` carries what the waiters report.
+type DialOutcome = Result<(), (RefusalReason, Arc<str>)>;
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // A panic while holding the lock leaves a list that is still valid.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The right to dial for a slot. Dropped unfinished (the caller gave up: its client left),
+/// it clears the slot's dial so a waiter starts a new one.
+struct DialTicket {
+    slot: Arc<Slot>,
+    outcome: watch::Sender<Option<DialOutcome>>,
+}
+
+impl DialTicket {
+    /// Ends the dial: `conn` joins the pool, and the waiters learn the outcome.
+    fn finish(self, conn: Result<Conn, &HboneError>) {
+        let outcome = {
+            let mut state = self.slot.lock();
+            self.clear(&mut state);
+            match conn {
+                Ok(conn) => {
+                    state.conns.push(conn);
+                    Ok(())
+                }
+                Err(error) => Err((error.refusal(), Arc::from(ErrorChain(error).to_string()))),
+            }
+        };
+        self.outcome.send_replace(Some(outcome));
+    }
+}
+
+impl DialTicket {
+    /// Forgets this dial as the slot's latest, unless a newer one replaced it.
+    fn clear(&self, state: &mut SlotState) {
+        if state
+            .dialing
+            .as_ref()
+            .is_some_and(|(_, rx)| rx.same_channel(&self.outcome.subscribe()))
+        {
+            state.dialing = None;
+        }
+    }
+}
+
+impl Drop for DialTicket {
+    fn drop(&mut self) {
+        let slot = Arc::clone(&self.slot);
+        self.clear(&mut slot.lock());
+    }
+}
+
+/// What a caller does after looking at its slot.
+enum Next {
+    /// Take this connection: (sender, streams, last used).
+    Use(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>, Arc<AtomicU64>),
+    /// Dial a new connection.
+    Dial(DialTicket, Option<Arc<Credentials>>),
+    /// Wait for another caller's dial.
+    Wait(watch::Receiver<Option<DialOutcome>>),
 }
 
 /// The HBONE connection pool.
@@ -141,9 +224,36 @@ impl HboneClient {
 
     /// Number of live pooled connections for `key` (for tests and the admin API).
     pub async fn connections(&self, key: &PoolKey) -> usize {
-        let slot = self.slot(key);
-        let conns = slot.conns.lock().await;
-        conns.iter().filter(|c| !c.sender.is_closed()).count()
+        let Some(slot) = self.slots.read().ok().and_then(|m| m.get(key).cloned()) else {
+            return 0;
+        };
+        let state = slot.lock();
+        state.conns.iter().filter(|c| !c.sender.is_closed()).count()
+    }
+
+    /// Keys the pool holds a slot for (connections or a dial under way).
+    pub fn slots(&self) -> usize {
+        self.slots.read().map_or(0, |m| m.len())
+    }
+
+    /// Evicts what [`pool::keep`] would not keep, and every idle connection whose key is not
+    /// `wanted` (its destination pod is gone); slots left empty go. Called on every change of
+    /// the state and periodically, so the pool does not grow with pod churn.
+    pub fn prune(&self, wanted: impl Fn(&PoolKey) -> bool) {
+        let Ok(mut slots) = self.slots.write() else {
+            return;
+        };
+        let now = millis(self.epoch.elapsed());
+        slots.retain(|key, slot| {
+            let wanted = wanted(key);
+            let current = self.tls.current_credentials(&key.source);
+            let mut state = slot.lock();
+            state.conns.retain(|c| {
+                let view = self.view(c, current.as_ref(), now);
+                pool::keep(&view, &self.limits) && (wanted || view.streams > 0)
+            });
+            !state.conns.is_empty() || state.dialing.is_some()
+        });
     }
 
     /// How `conn` looks to the pool's rules now.
@@ -162,6 +272,45 @@ impl HboneClient {
         }
     }
 
+    /// Looks at the slot once, under its lock: evicts, then picks a connection, the dial to
+    /// wait for, or the right to dial.
+    fn next(&self, slot: &Arc<Slot>, key: &PoolKey) -> Next {
+        let mut state = slot.lock();
+        let current = self.tls.current_credentials(&key.source);
+        let now = millis(self.epoch.elapsed());
+        state
+            .conns
+            .retain(|c| pool::keep(&self.view(c, current.as_ref(), now), &self.limits));
+        let views = state
+            .conns
+            .iter()
+            .map(|c| self.view(c, current.as_ref(), now));
+        if let Some(index) = pool::choose(views, &self.limits) {
+            let conn = &state.conns[index];
+            conn.streams.fetch_add(1, Ordering::AcqRel);
+            conn.last_used.store(now, Ordering::Relaxed);
+            return Next::Use(
+                conn.sender.clone(),
+                Arc::clone(&conn.streams),
+                Arc::clone(&conn.last_used),
+            );
+        }
+        if let Some((started, dialing)) = &state.dialing
+            && pool::joins(started.elapsed())
+        {
+            return Next::Wait(dialing.clone());
+        }
+        let (outcome, waiters) = watch::channel(None);
+        state.dialing = Some((Instant::now(), waiters));
+        Next::Dial(
+            DialTicket {
+                slot: Arc::clone(slot),
+                outcome,
+            },
+            current,
+        )
+    }
+
     /// Opens a CONNECT tunnel to `target` (`<pod ip>:<port>`) over a pooled connection.
     pub async fn open(
         &self,
@@ -173,30 +322,35 @@ impl HboneClient {
             .map_err(HboneError::Request)?
             .map(|()| Empty::<Bytes>::new());
         let slot = self.slot(key);
-        let (mut sender, streams, last_used) = {
-            // Holding the slot's lock while connecting makes concurrent callers for the same key
-            // wait for this one handshake instead of each starting their own.
-            let mut conns = slot.conns.lock().await;
-            let current = self.tls.current_credentials(&key.source);
-            let now = millis(self.epoch.elapsed());
-            conns.retain(|c| pool::keep(&self.view(c, current.as_ref(), now), &self.limits));
-            let views = conns.iter().map(|c| self.view(c, current.as_ref(), now));
-            let index = match pool::choose(views, &self.limits) {
-                Some(i) => i,
-                None => {
-                    let conn = dial(&self.tls, self.connect, key, current.clone(), now).await?;
-                    conns.push(conn);
-                    conns.len() - 1
+        let (mut sender, streams, last_used) = loop {
+            match self.next(&slot, key) {
+                Next::Use(sender, streams, last_used) => break (sender, streams, last_used),
+                Next::Dial(ticket, creds) => {
+                    // No lock is held here: other keys, and callers of this key that find a
+                    // usable connection, go on while this dial runs (bounded by the connect
+                    // and handshake deadlines). Dropping this future abandons the dial.
+                    let now = millis(self.epoch.elapsed());
+                    match dial(&self.tls, self.connect, key, creds, now).await {
+                        Ok(conn) => ticket.finish(Ok(conn)),
+                        Err(error) => {
+                            ticket.finish(Err(&error));
+                            return Err(error);
+                        }
+                    }
                 }
-            };
-            let conn = &conns[index];
-            conn.streams.fetch_add(1, Ordering::AcqRel);
-            conn.last_used.store(now, Ordering::Relaxed);
-            (
-                conn.sender.clone(),
-                Arc::clone(&conn.streams),
-                Arc::clone(&conn.last_used),
-            )
+                Next::Wait(mut outcome) => {
+                    // Err: the dialer gave up (its client left); look again, maybe dial.
+                    if let Ok(done) = outcome.wait_for(Option::is_some).await
+                        && let Some(Err((reason, cause))) = done.as_ref()
+                    {
+                        return Err(HboneError::Shared {
+                            addr: key.addr,
+                            reason: *reason,
+                            cause: Arc::clone(cause),
+                        });
+                    }
+                }
+            }
         };
         let guard = StreamGuard {
             streams,

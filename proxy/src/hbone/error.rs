@@ -46,6 +46,16 @@ pub enum HboneError {
         /// The deadline.
         after: Duration,
     },
+    /// The dial this tunnel waited for (another tunnel's, to the same peer) failed.
+    #[error("the dial to {addr} this tunnel waited for failed: {cause}")]
+    Shared {
+        /// The HBONE address.
+        addr: SocketAddr,
+        /// The refusal the dial counted as.
+        reason: RefusalReason,
+        /// The dial's error chain.
+        cause: std::sync::Arc<str>,
+    },
     /// HTTP/2 failed.
     #[error("HTTP/2")]
     Http(#[from] hyper::Error),
@@ -60,6 +70,10 @@ impl HboneError {
         match self {
             HboneError::Tls(_) => RefusalReason::NoCertificate,
             HboneError::Request(_) => RefusalReason::Internal,
+            HboneError::Shared { reason, .. } => *reason,
+            HboneError::Connect { source, .. } if crate::socket::is_timeout(source) => {
+                RefusalReason::ConnectTimeout
+            }
             HboneError::Connect { .. } | HboneError::Http(_) => RefusalReason::UpstreamConnect,
             HboneError::Handshake { .. } | HboneError::HandshakeTimeout { .. } => {
                 RefusalReason::TlsHandshake
@@ -98,6 +112,23 @@ mod tests {
         );
         assert_eq!(
             HboneError::Status(StatusCode::SERVICE_UNAVAILABLE).refusal(),
+            RefusalReason::UpstreamConnect
+        );
+    }
+
+    #[test]
+    fn a_connect_that_ran_out_of_time_is_told_from_one_that_was_refused() {
+        let addr = SocketAddr::from(([10, 0, 0, 1], 15008));
+        let connect = |kind| HboneError::Connect {
+            addr,
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(
+            connect(std::io::ErrorKind::TimedOut).refusal(),
+            RefusalReason::ConnectTimeout
+        );
+        assert_eq!(
+            connect(std::io::ErrorKind::ConnectionRefused).refusal(),
             RefusalReason::UpstreamConnect
         );
     }

@@ -52,6 +52,18 @@ pub fn choose(conns: impl IntoIterator<Item = ConnView>, limits: &PoolLimits) ->
     })
 }
 
+/// How long after a dial starts new callers join it instead of dialing themselves.
+pub const JOIN_WINDOW: Duration = Duration::from_secs(1);
+
+/// Whether a caller that finds no usable connection waits for the dial under way, started
+/// `age` ago, rather than dialing itself. Only a young dial is joined: one older than
+/// [`JOIN_WINDOW`] has lost its first SYN (the kernel retransmits a second later, then ever
+/// less often), so a caller arriving after the peer restarted would inherit a stale attempt and
+/// fail with it at the deadline; it dials afresh instead.
+pub fn joins(age: Duration) -> bool {
+    age < JOIN_WINDOW
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +81,14 @@ mod tests {
             idle: Duration::ZERO,
             current_cert: true,
         }
+    }
+
+    #[test]
+    fn only_a_young_dial_is_joined() {
+        assert!(joins(Duration::ZERO));
+        assert!(joins(Duration::from_millis(999)));
+        assert!(!joins(JOIN_WINDOW));
+        assert!(!joins(Duration::from_secs(4)));
     }
 
     #[test]

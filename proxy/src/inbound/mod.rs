@@ -97,7 +97,7 @@ pub(crate) async fn admit(
             Ok(stream) => Some(stream),
             Err(error) => {
                 tracing::debug!(%target, %error, "connect to pod failed");
-                let refused = Refused::new(RefusalReason::UpstreamConnect);
+                let refused = Refused::connect_failed(&error);
                 let code = status(refused.reason);
                 guard.finish(Err(refused));
                 return Err(code);
@@ -157,13 +157,22 @@ pub(crate) fn reset(stream: tokio::net::TcpStream) {
 }
 
 /// Admits and serves a connection that needs no answer before its bytes flow (inbound
-/// plaintext, same-node calls).
-pub(crate) async fn serve<S>(ctx: &Ctx, state: Arc<MeshState>, arrival: Arrival, stream: S)
+/// plaintext, same-node calls). A refused connection is handed back (to be reset).
+pub(crate) async fn serve<S>(
+    ctx: &Ctx,
+    state: Arc<MeshState>,
+    arrival: Arrival,
+    stream: S,
+) -> Option<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if let Ok(admitted) = admit(ctx, state, arrival).await {
-        admitted.serve(ctx, stream).await;
+    match admit(ctx, state, arrival).await {
+        Ok(admitted) => {
+            admitted.serve(ctx, stream).await;
+            None
+        }
+        Err(_) => Some(stream),
     }
 }
 

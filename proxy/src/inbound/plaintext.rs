@@ -1,5 +1,6 @@
 //! The inbound plaintext listener (15006): traffic to a local pod that did not come through
-//! HBONE. STRICT namespaces refuse it; PERMISSIVE ones apply policy with no principal.
+//! HBONE. STRICT namespaces refuse it; PERMISSIVE ones apply policy with no principal. A
+//! refused connection is reset.
 
 use tokio::net::TcpStream;
 
@@ -14,5 +15,7 @@ pub(crate) async fn serve(ctx: &Ctx, stream: TcpStream, peer: ClientAddr, target
         src: peer,
         target,
     };
-    super::serve(ctx, ctx.store.load(), arrival, stream).await;
+    if let Some(refused) = super::serve(ctx, ctx.store.load(), arrival, stream).await {
+        crate::socket::reset(refused);
+    }
 }

@@ -52,6 +52,12 @@ pub struct L7Limits {
     pub idle_timeout: Duration,
     /// h2: concurrent streams per connection.
     pub max_concurrent_streams: u32,
+    /// How long the pod may take to send a response's head; past it the client gets 504 with
+    /// response flag `UT`.
+    pub upstream_timeout: Duration,
+    /// Longest pause the client may make inside a request body; past it the request is
+    /// abandoned (408, response flag `SI`, when no response was sent yet).
+    pub body_timeout: Duration,
 }
 
 impl Default for L7Limits {
@@ -62,6 +68,8 @@ impl Default for L7Limits {
             max_header_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(300),
             max_concurrent_streams: 200,
+            upstream_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -21,6 +21,7 @@ mod context;
 mod headers;
 mod server;
 mod sniff;
+mod timed;
 mod upstream;
 
 pub use context::{

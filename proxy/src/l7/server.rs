@@ -26,7 +26,7 @@ use super::headers::{
     is_websocket_upgrade, raw_path, request_authority, strip_hop_by_hop, to_upstream,
 };
 use super::sniff::{HttpProtocol, Rewind, sniff};
-use super::upstream::{ConnectFuture, Upstream, UpstreamError};
+use super::upstream::{ConnectFuture, Upstream};
 use crate::observe::ResponseFlags;
 
 /// The body of a request denied by policy, as Istio's proxies send it.
@@ -340,24 +340,11 @@ where
         return shared.local(StatusCode::BAD_REQUEST, "bad request", finish);
     };
 
-    let mut resp = match shared.upstream.send(upstream_req).await {
+    let mut resp = match shared.upstream.forward(upstream_req, &ctx.limits).await {
         Ok(resp) => resp,
-        Err(e) => {
-            tracing::debug!(error = %e, "forwarding a request to the pod failed");
-            let (status, flags, body) = match e {
-                UpstreamError::Connect(_) | UpstreamError::Handshake(_) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ResponseFlags::UpstreamConnectFailure,
-                    "upstream connect error",
-                ),
-                UpstreamError::Request(_) => (
-                    StatusCode::BAD_GATEWAY,
-                    ResponseFlags::UpstreamConnectionTermination,
-                    "upstream request failed",
-                ),
-            };
-            finish.record.response_flags = flags;
-            return shared.local(status, body, finish);
+        Err(failure) => {
+            finish.record.response_flags = failure.flags;
+            return shared.local(failure.status, failure.body, finish);
         }
     };
 

@@ -3,7 +3,10 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use http::StatusCode;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -11,7 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+use super::context::L7Limits;
 use super::sniff::HttpProtocol;
+use super::timed::TimedBody;
+use crate::observe::ResponseFlags;
 
 /// What a connector returns: a TCP connection to the destination pod.
 pub type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
@@ -30,9 +36,43 @@ pub(crate) enum UpstreamError {
     Request(#[source] hyper::Error),
 }
 
+/// A request the pod did not answer, as the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// The local answer's status.
+    pub(crate) status: StatusCode,
+    /// Its response flag.
+    pub(crate) flags: ResponseFlags,
+    /// Its body.
+    pub(crate) body: &'static str,
+}
+
+impl Failure {
+    const CONNECT: Failure = Failure {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        flags: ResponseFlags::UpstreamConnectFailure,
+        body: "upstream connect error",
+    };
+    const TERMINATED: Failure = Failure {
+        status: StatusCode::BAD_GATEWAY,
+        flags: ResponseFlags::UpstreamConnectionTermination,
+        body: "upstream request failed",
+    };
+    const TIMEOUT: Failure = Failure {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        flags: ResponseFlags::UpstreamRequestTimeout,
+        body: "upstream request timeout",
+    };
+    const BODY_STALLED: Failure = Failure {
+        status: StatusCode::REQUEST_TIMEOUT,
+        flags: ResponseFlags::StreamIdleTimeout,
+        body: "request body timeout",
+    };
+}
+
 enum Sender {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<TimedBody>),
+    H2(http2::SendRequest<TimedBody>),
 }
 
 impl Sender {
@@ -99,10 +139,7 @@ where
     /// Sends `req` on the shared connection, opening it first if needed. A request the
     /// connection refused before writing it (the pod had just closed) is retried once on a
     /// new connection.
-    pub(crate) async fn send(
-        &self,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send(&self, mut req: Request<TimedBody>) -> Result<Response<Incoming>, UpstreamError> {
         let mut retried = false;
         loop {
             let mut slot = self.slot.lock().await;
@@ -136,6 +173,38 @@ where
                     }
                     _ => return Err(UpstreamError::Request(e.into_error())),
                 },
+            }
+        }
+    }
+
+    /// Forwards `req` under the deadlines of `limits`: the pod has `upstream_timeout` to send
+    /// the response head (else 504 `UT`), and the client may pause at most `body_timeout`
+    /// inside the request body (else 408 `SI`).
+    pub(crate) async fn forward(
+        &self,
+        req: Request<Incoming>,
+        limits: &L7Limits,
+    ) -> Result<Response<Incoming>, Failure> {
+        let stalled = Arc::new(AtomicBool::new(false));
+        let req = req.map(|body| TimedBody::new(body, limits.body_timeout, Arc::clone(&stalled)));
+        match tokio::time::timeout(limits.upstream_timeout, self.send(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            // The pod connection is mid-request: no later request may queue behind it.
+            Err(_elapsed) => {
+                tracing::debug!(after = ?limits.upstream_timeout, "the pod did not answer in time");
+                self.forget().await;
+                Err(Failure::TIMEOUT)
+            }
+            Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+                self.forget().await;
+                Err(Failure::BODY_STALLED)
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "forwarding a request to the pod failed");
+                Err(match error {
+                    UpstreamError::Connect(_) | UpstreamError::Handshake(_) => Failure::CONNECT,
+                    UpstreamError::Request(_) => Failure::TERMINATED,
+                })
             }
         }
     }

@@ -89,10 +89,12 @@ pub enum ResponseFlags {
     DownstreamConnectionTermination,
     /// L7: the pod did not answer within the upstream timeout (answered 504): `UT`.
     UpstreamRequestTimeout,
+    /// L7: the client paused inside its request body past the body timeout: `SI`.
+    StreamIdleTimeout,
 }
 
 impl ResponseFlags {
-    /// The label value: `"-"`, `"DENY"`, `"CONNECT"`, `"UF"`, `"UC"`, `"UPE"`, `"DC"` or `"UT"`.
+    /// The label value: `"-"`, `"DENY"`, `"CONNECT"`, `"UF"`, `"UC"`, `"UPE"`, `"DC"`, `"UT"` or `"SI"`.
     pub fn as_str(self) -> &'static str {
         match self {
             ResponseFlags::None => "-",
@@ -103,6 +105,7 @@ impl ResponseFlags {
             ResponseFlags::UpstreamProtocolError => "UPE",
             ResponseFlags::DownstreamConnectionTermination => "DC",
             ResponseFlags::UpstreamRequestTimeout => "UT",
+            ResponseFlags::StreamIdleTimeout => "SI",
         }
     }
 }

@@ -5,12 +5,14 @@
 //!   vocabulary ([`labels`]) is shared by metrics and flow log.
 //! - [`FlowLog`]: one JSON line ([`FlowRecord`]) per connection and per HTTP request; never
 //!   blocks the data path.
+//! - [`LogLimit`]: log lines an attacker can trigger, rate-limited with counts.
 //! - [`drain`]: a trigger, watchers and guards for SIGTERM and `/quitquitquit`.
 
 pub mod drain;
 pub mod flowlog;
 pub mod labels;
 pub mod metrics;
+pub mod ratelimit;
 pub mod record;
 
 pub use drain::{DrainGuard, DrainOutcome, DrainTrigger, DrainWatch};
@@ -19,6 +21,7 @@ pub use labels::{
     ConnectionLabels, RefusalReason, Reporter, RequestProtocol, ResponseFlags, SecurityPolicy,
 };
 pub use metrics::{ConnectionMetrics, Metrics};
+pub use ratelimit::LogLimit;
 pub use record::{Direction, FlowEndpoint, FlowRecord, FlowVerdict, HttpFlow, rfc3339_millis};
 
 /// An error with its sources, `a: b: c`, for one log field.

@@ -3,13 +3,14 @@
 //! and the relay. One [`FlowGuard`](crate::flow::FlowGuard) reports each connection.
 
 mod classify;
+mod gone;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use nodemesh_identity::SpiffeId;
 use nodemesh_state::MeshState;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 pub use classify::{Route, Routed, classify};
 
@@ -19,15 +20,20 @@ use crate::flow::{Flow, FlowGuard, Party, Refused};
 use crate::hbone::PoolKey;
 use crate::hbone::request::Caller;
 use crate::inbound::{self, Arrival};
-use crate::observe::{Direction, ErrorChain, RefusalReason, Reporter};
+use crate::observe::{Direction, ErrorChain, LogLimit, RefusalReason, Reporter};
 use crate::relay::{Transferred, relay_logged};
+use crate::socket;
+use gone::{ClientGone, unless_client_resets, was_reset};
 
 /// Handles one captured outbound connection from `src` whose original destination was
-/// `orig_dst` (the listener's accepted local address; tests pass it directly).
-pub(crate) async fn handle<S>(ctx: Arc<Ctx>, mut client: S, src: ClientAddr, orig_dst: OrigDstAddr)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+/// `orig_dst` (the listener's accepted local address; tests pass it directly). A refused
+/// client is reset (RST), so it fails at once instead of reading an empty answer.
+pub(crate) async fn handle(
+    ctx: Arc<Ctx>,
+    mut client: TcpStream,
+    src: ClientAddr,
+    orig_dst: OrigDstAddr,
+) {
     let state = ctx.store.load();
     let mut guard = ctx
         .flows
@@ -37,7 +43,8 @@ where
         Ok(routed) => routed,
         Err(reason) => {
             guard.flow().dst = Party::at(&state, orig_dst.0, None);
-            return guard.finish(Err(reason.into()));
+            guard.finish(Err(reason.into()));
+            return socket::reset(client);
         }
     };
     guard.flow().service = routed.service;
@@ -48,7 +55,8 @@ where
             if ctx.certs.credentials(&source).is_none() {
                 tracing::warn!(identity = %source, "same-node call refused: no valid certificate");
                 guard.flow().dst = Party::at(&state, target, None);
-                return guard.finish(Err(Refused::new(RefusalReason::NoCertificate)));
+                guard.finish(Err(Refused::new(RefusalReason::NoCertificate)));
+                return socket::reset(client);
             }
             guard.hand_over();
             let arrival = Arrival {
@@ -56,7 +64,10 @@ where
                 src,
                 target: OrigDstAddr(target),
             };
-            return inbound::serve(&ctx, state, arrival, client).await;
+            if let Some(refused) = inbound::serve(&ctx, state, arrival, client).await {
+                socket::reset(refused);
+            }
+            return;
         }
         Route::Passthrough { target } => {
             passthrough(&ctx, &state, &mut guard, &mut client, src, target).await
@@ -74,31 +85,62 @@ where
             hbone(&ctx, &state, &mut guard, &mut client, src, hop).await
         }
     };
-    guard.finish(result);
+    match result {
+        Ok(transferred) => guard.finish(Ok(transferred)),
+        // The client left while the proxy was still connecting: nothing was sent for it.
+        Err(Outcome::ClientGone) => guard.finish(Ok(Transferred::default())),
+        Err(Outcome::Refused(refused)) => {
+            guard.finish(Err(refused));
+            socket::reset(client);
+        }
+    }
+}
+
+/// How a connection that never reached its relay ended.
+enum Outcome {
+    /// Refused by the proxy (or the dial failed): the client is reset.
+    Refused(Refused),
+    /// The client reset its connection first.
+    ClientGone,
+}
+
+impl From<Refused> for Outcome {
+    fn from(refused: Refused) -> Self {
+        Outcome::Refused(refused)
+    }
+}
+
+impl From<ClientGone> for Outcome {
+    fn from(ClientGone: ClientGone) -> Self {
+        Outcome::ClientGone
+    }
 }
 
 /// Plain TCP to a destination outside the mesh, from the client pod's IP (so a metadata
 /// server or a host firewall sees the pod, not the node).
-async fn passthrough<C>(
+async fn passthrough(
     ctx: &Ctx,
     state: &MeshState,
     guard: &mut FlowGuard,
-    client: &mut C,
+    client: &mut TcpStream,
     src: ClientAddr,
     target: SocketAddr,
-) -> Result<Transferred, Refused>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Result<Transferred, Outcome> {
     guard.flow().mtls = false;
     guard.flow().dst = Party::at(state, target, None);
     let source = ctx
         .outbound_source(src)
         .filter(|_| !crate::socket::is_local(target.ip()));
-    let mut upstream = ctx.connect.connect(target, source).await.map_err(|error| {
-        tracing::debug!(%target, %error, "passthrough connect failed");
-        Refused::new(RefusalReason::UpstreamConnect)
-    })?;
+    let connect = ctx.connect.connect(target, source);
+    let mut upstream = unless_client_resets(client, connect)
+        .await?
+        .map_err(|error| {
+            tracing::debug!(%target, %error, "passthrough connect failed");
+            Refused::connect_failed(&error)
+        })?;
+    if was_reset(client) {
+        return Err(Outcome::ClientGone);
+    }
     guard.opened(Reporter::Source);
     Ok(relay_logged(client, &mut upstream).await)
 }
@@ -110,20 +152,17 @@ struct Hop {
     target: SocketAddr,
 }
 
-async fn hbone<C>(
+async fn hbone(
     ctx: &Ctx,
     state: &MeshState,
     guard: &mut FlowGuard,
-    client: &mut C,
+    client: &mut TcpStream,
     src: ClientAddr,
     hop: Hop,
-) -> Result<Transferred, Refused>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Result<Transferred, Outcome> {
     if ctx.certs.credentials(&hop.source).is_none() {
         tracing::warn!(identity = %hop.source, "outbound refused: no valid certificate");
-        return Err(Refused::new(RefusalReason::NoCertificate));
+        return Err(Refused::new(RefusalReason::NoCertificate).into());
     }
     let flow = guard.flow();
     flow.dst = Party::at(state, hop.target, Some(hop.destination.clone()));
@@ -144,14 +183,19 @@ where
         addr: SocketAddr::new(hop.target.ip(), ctx.hbone_port),
         source_ip: ctx.outbound_source(src),
     };
-    let mut tunnel = ctx
-        .hbone
-        .open(&key, hop.target, &caller)
-        .await
+    let open = ctx.hbone.open(&key, hop.target, &caller);
+    let mut tunnel = unless_client_resets(client, open)
+        .await?
         .map_err(|error| {
-            tracing::info!(%src, target = %hop.target, error = %ErrorChain(&error), "HBONE tunnel refused");
+            static LOG: LogLimit = LogLimit::per_second();
+            if let Some(suppressed) = LOG.admit() {
+                tracing::info!(%src, target = %hop.target, error = %ErrorChain(&error), suppressed, "HBONE tunnel refused");
+            }
             Refused::new(error.refusal())
         })?;
+    if was_reset(client) {
+        return Err(Outcome::ClientGone);
+    }
     guard.opened(Reporter::Source);
     Ok(relay_logged(client, &mut tunnel).await)
 }
