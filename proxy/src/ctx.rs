@@ -6,6 +6,7 @@ use std::sync::Arc;
 use nodemesh_state::MeshStore;
 
 use crate::addr::ClientAddr;
+use crate::bounds::Bounds;
 use crate::certs::CertManager;
 use crate::conns::Conns;
 use crate::flow::FlowSink;
@@ -47,6 +48,8 @@ pub(crate) struct Ctx {
     pub(crate) pending: PendingPods,
     /// The destination side's open connections, re-decided on every change of the state.
     pub(crate) conns: Conns,
+    /// Connection caps, handshakes in progress and the buffer budget.
+    pub(crate) bounds: Bounds,
 }
 
 impl Ctx {

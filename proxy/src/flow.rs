@@ -13,7 +13,7 @@ use nodemesh_state::MeshState;
 use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::observe::{
     ConnectionLabels, ConnectionMetrics, Direction, FlowEndpoint, FlowLog, FlowRecord, FlowVerdict,
-    Metrics, RefusalReason, Reporter, SecurityPolicy,
+    LogLimit, Metrics, RefusalReason, Reporter, SecurityPolicy,
 };
 use crate::relay::Transferred;
 
@@ -312,13 +312,19 @@ impl Drop for FlowGuard {
             return;
         }
         if let Some(refused) = self.refused.take() {
-            tracing::info!(
-                direction = ?self.flow.direction,
-                src = %self.flow.src_addr,
-                dst = %self.flow.dst_addr,
-                reason = refused.reason.as_str(),
-                "connection refused"
-            );
+            // Every refusal is counted and flow-logged; the log line is rate-limited, since a
+            // flood of refusals is what an attacker makes.
+            static LOG: LogLimit = LogLimit::per_second();
+            if let Some(suppressed) = LOG.admit() {
+                tracing::info!(
+                    direction = ?self.flow.direction,
+                    src = %self.flow.src_addr,
+                    dst = %self.flow.dst_addr,
+                    reason = refused.reason.as_str(),
+                    suppressed,
+                    "connection refused"
+                );
+            }
             self.sink.metrics.refused(refused.reason);
             self.flow.deny(refused);
         }

@@ -18,6 +18,7 @@
 //!  ctx            what every connection shares (state, certificates, pool, flows, conns:
 //!                 the open connections, re-decided on every change of the state)
 //!  flow           one FlowGuard per connection: metrics + one flow-log line, on drop
+//!  bounds         connection caps, handshakes in progress, the buffer budget (sans IO)
 //!  hbone/ l7/ observe/ tls certs socket relay addr   the parts below
 //! ```
 //!
@@ -28,6 +29,7 @@
 pub mod addr;
 pub mod admin;
 mod app;
+pub mod bounds;
 pub mod certs;
 pub mod conns;
 mod ctx;

@@ -1,10 +1,23 @@
-//! Bidirectional byte relay: half-close passed on both ways, one pair of buffers per connection
-//! reused for every chunk, large reads for throughput.
+//! Bidirectional byte relay: half-close passed on both ways, one buffer per direction reused for
+//! every chunk. Buffers start small ([`INITIAL_BUFFER`], so an idle connection costs little) and
+//! grow once to [`RELAY_BUFFER`] when a read fills them (large reads for throughput), if the
+//! proxy's [`MemoryBudget`] (its buffer bytes, relays' and others') has room; every byte of them
+//! is accounted there.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 
-/// Buffer size per direction: large enough for TLS records and big TCP reads.
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Largest buffer per direction: large enough for TLS records and big TCP reads.
 pub const RELAY_BUFFER: usize = 64 * 1024;
+
+/// First buffer per direction: what an idle connection costs.
+pub const INITIAL_BUFFER: usize = 4 * 1024;
 
 /// Bytes moved by a finished relay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -15,31 +28,356 @@ pub struct Transferred {
     pub upstream_to_downstream: u64,
 }
 
+/// The buffer bytes one proxy accounts for, against a budget. Charges are unconditional (a
+/// connection let in gets its first buffers); growing is allowed only within the budget; new
+/// connections are refused while the budget is used up ([`MemoryBudget::exhausted`]).
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// A budget nothing exhausts (relays outside a proxy).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX)
+    }
+
+    /// Accounts for `bytes` whatever the budget: the returned charge gives them back on drop.
+    pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Charge {
+            budget: Arc::clone(self),
+            bytes,
+        }
+    }
+
+    /// Whether the budget is used up: new connections are refused.
+    pub fn exhausted(&self) -> bool {
+        self.used() >= self.limit
+    }
+
+    /// Bytes accounted for now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The budget.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// Bytes accounted against a [`MemoryBudget`], given back on drop.
+#[derive(Debug)]
+#[must_use = "dropping the charge gives the bytes back"]
+pub struct Charge {
+    budget: Arc<MemoryBudget>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Accounts for `more` bytes, if the budget has room for them.
+    pub fn try_grow(&mut self, more: usize) -> bool {
+        let limit = self.budget.limit;
+        let grown = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                n.checked_add(more).filter(|&m| m <= limit)
+            })
+            .is_ok();
+        if grown {
+            self.bytes += more;
+        }
+        grown
+    }
+
+    /// Bytes this charge holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// One direction: read into the buffer, write it all out, again; at EOF, flush and shut the
+/// writer down (half-close).
+#[derive(Debug)]
+struct Pipe {
+    buf: Vec<u8>,
+    /// Bytes `pos..end` of `buf` are read and not written yet.
+    pos: usize,
+    end: usize,
+    /// The last read filled the buffer: grow it before the next one.
+    filled: bool,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+    moved: u64,
+}
+
+impl Pipe {
+    fn new() -> Self {
+        Self {
+            buf: vec![0; INITIAL_BUFFER],
+            pos: 0,
+            end: 0,
+            filled: false,
+            read_done: false,
+            need_flush: false,
+            done: false,
+            moved: 0,
+        }
+    }
+
+    /// Grows the (empty) buffer to [`RELAY_BUFFER`] if the budget allows; zeroes the new part
+    /// once, never per chunk.
+    fn grow(&mut self, charge: &mut Charge) {
+        let more = RELAY_BUFFER - self.buf.len();
+        if more > 0 && charge.try_grow(more) {
+            self.buf.resize(RELAY_BUFFER, 0);
+        }
+        self.filled = false;
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        charge: &mut Charge,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.pos == self.end && !self.read_done {
+                if self.filled {
+                    self.grow(charge);
+                }
+                let mut read = ReadBuf::new(&mut self.buf);
+                match reader.as_mut().poll_read(cx, &mut read) {
+                    Poll::Pending => {
+                        // Nothing more to read now: push out what was written.
+                        if self.need_flush {
+                            ready!(writer.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(result) => result?,
+                }
+                let n = read.filled().len();
+                if n == 0 {
+                    self.read_done = true;
+                } else {
+                    (self.pos, self.end) = (0, n);
+                    self.filled = n == self.buf.len();
+                }
+            }
+            while self.pos < self.end {
+                let n = ready!(
+                    writer
+                        .as_mut()
+                        .poll_write(cx, &self.buf[self.pos..self.end])
+                )?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.moved += n as u64;
+                self.need_flush = true;
+            }
+            if self.read_done {
+                ready!(writer.as_mut().poll_flush(cx))?;
+                ready!(writer.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
 /// Copies both ways until both directions are closed. When one side finishes writing, the other
-/// side's write half is shut down (half-close), and the reverse direction keeps flowing.
-pub async fn relay<D, U>(downstream: &mut D, upstream: &mut U) -> std::io::Result<Transferred>
+/// side's write half is shut down (half-close), and the reverse direction keeps flowing. The
+/// buffers are accounted against `budget` while the relay runs.
+pub async fn relay_in<D, U>(
+    budget: &Arc<MemoryBudget>,
+    downstream: &mut D,
+    upstream: &mut U,
+) -> io::Result<Transferred>
 where
     D: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (down, up) =
-        tokio::io::copy_bidirectional_with_sizes(downstream, upstream, RELAY_BUFFER, RELAY_BUFFER)
-            .await?;
+    let mut charge = budget.charge(2 * INITIAL_BUFFER);
+    let (mut down, mut up) = (Pipe::new(), Pipe::new());
+    poll_fn(|cx| {
+        let d = down.poll_copy(
+            cx,
+            &mut charge,
+            Pin::new(&mut *downstream),
+            Pin::new(&mut *upstream),
+        )?;
+        let u = up.poll_copy(
+            cx,
+            &mut charge,
+            Pin::new(&mut *upstream),
+            Pin::new(&mut *downstream),
+        )?;
+        match (d, u) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok::<(), io::Error>(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await?;
     Ok(Transferred {
-        downstream_to_upstream: down,
-        upstream_to_downstream: up,
+        downstream_to_upstream: down.moved,
+        upstream_to_downstream: up.moved,
     })
 }
 
-/// [`relay`], for callers that only count: a relay that ends with an error is logged and counts
-/// as nothing moved.
+/// [`relay_in`] with buffers no proxy accounts for.
+pub async fn relay<D, U>(downstream: &mut D, upstream: &mut U) -> io::Result<Transferred>
+where
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    relay_in(&MemoryBudget::unlimited(), downstream, upstream).await
+}
+
+/// [`relay_in`], for callers that only count: a relay that ends with an error is logged and
+/// counts as nothing moved.
+pub async fn relay_logged_in<D, U>(
+    budget: &Arc<MemoryBudget>,
+    downstream: &mut D,
+    upstream: &mut U,
+) -> Transferred
+where
+    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    relay_in(budget, downstream, upstream)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::debug!(%error, "relay ended with an error");
+            Transferred::default()
+        })
+}
+
+/// [`relay_logged_in`] with buffers no proxy accounts for.
 pub async fn relay_logged<D, U>(downstream: &mut D, upstream: &mut U) -> Transferred
 where
     D: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    relay(downstream, upstream).await.unwrap_or_else(|error| {
-        tracing::debug!(%error, "relay ended with an error");
-        Transferred::default()
-    })
+    relay_logged_in(&MemoryBudget::unlimited(), downstream, upstream).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn budget_charges_always_grows_within_and_gives_back() {
+        let budget = MemoryBudget::new(100);
+        let mut a = budget.charge(60);
+        assert!(!budget.exhausted());
+        assert!(!a.try_grow(50), "growth past the budget is refused");
+        assert!(a.try_grow(40));
+        assert!(budget.exhausted());
+        let b = budget.charge(10);
+        assert_eq!((budget.used(), a.bytes(), b.bytes()), (110, 100, 10));
+        drop(a);
+        assert_eq!(budget.used(), 10);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn buffers_start_small_and_grow_when_reads_fill_them() {
+        let budget = MemoryBudget::new(1024 * 1024);
+        let (mut client, mut down) = tokio::io::duplex(256 * 1024);
+        let (mut up, mut server) = tokio::io::duplex(256 * 1024);
+        let relay = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { relay_in(&budget, &mut down, &mut up).await.unwrap() }
+        });
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(budget.used(), 2 * INITIAL_BUFFER, "idle: two small buffers");
+        // A burst fills the small buffer: the client-to-server one grows, the other does not.
+        let burst = vec![7u8; 512 * 1024];
+        let writer = tokio::spawn(async move {
+            client.write_all(&burst).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut all = Vec::new();
+        server.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 512 * 1024, "half-close passed on after the data");
+        assert_eq!(budget.used(), RELAY_BUFFER + INITIAL_BUFFER);
+        server.write_all(b"bye").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut client = writer.await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(
+            back, b"bye",
+            "the reverse direction flows after the half-close"
+        );
+        let moved = relay.await.unwrap();
+        assert_eq!(
+            (moved.downstream_to_upstream, moved.upstream_to_downstream),
+            (4 + 512 * 1024, 3)
+        );
+        assert_eq!(budget.used(), 0, "a finished relay gives its bytes back");
+    }
+
+    #[tokio::test]
+    async fn buffers_stay_small_when_the_budget_has_no_room() {
+        let budget = MemoryBudget::new(2 * INITIAL_BUFFER);
+        let (mut client, mut down) = tokio::io::duplex(256 * 1024);
+        let (mut up, mut server) = tokio::io::duplex(256 * 1024);
+        let relay = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { relay_in(&budget, &mut down, &mut up).await.unwrap() }
+        });
+        let burst = vec![7u8; 256 * 1024];
+        let writer = tokio::spawn(async move {
+            client.write_all(&burst).await.unwrap();
+            client.shutdown().await.unwrap();
+        });
+        let mut all = Vec::new();
+        server.read_to_end(&mut all).await.unwrap();
+        assert_eq!(
+            all.len(),
+            256 * 1024,
+            "the connection goes on with small buffers"
+        );
+        assert_eq!(budget.used(), 2 * INITIAL_BUFFER);
+        server.shutdown().await.unwrap();
+        writer.await.unwrap();
+        relay.await.unwrap();
+        assert_eq!(budget.used(), 0);
+    }
 }

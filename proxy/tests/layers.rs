@@ -15,6 +15,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("pending", 0),
     ("relay", 0),
     ("socket", 0),
+    // Connection caps and handshakes in progress (the buffer budget is relay's).
+    ("bounds", 1),
     ("flow", 1),
     ("l7", 1),
     ("tls", 1),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nodemesh_identity::Backoff;
+use nodemesh_proxy::bounds::BoundsConfig;
 use nodemesh_proxy::observe::FlowLogTarget;
 use nodemesh_proxy::{ProxyHandle, ProxyOptions, StateSource};
 
@@ -91,6 +92,29 @@ pub struct ProxyArgs {
     /// How long an admin, metrics or readiness connection is kept before it is closed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     admin_idle_timeout: Duration,
+    /// Connections the outbound listener (15001) holds open at once; past it, new ones are
+    /// reset and counted refused `overloaded`.
+    #[arg(long, value_name = "N", default_value_t = BoundsConfig::default().outbound_connections)]
+    max_outbound_connections: usize,
+    /// Connections the HBONE listener (15008) holds open at once (peers pool their tunnels).
+    #[arg(long, value_name = "N", default_value_t = BoundsConfig::default().hbone_connections)]
+    max_hbone_connections: usize,
+    /// Connections the inbound plaintext listener (15006) holds open at once.
+    #[arg(long, value_name = "N", default_value_t = BoundsConfig::default().plaintext_connections)]
+    max_plaintext_connections: usize,
+    /// Connections one source IP holds open on one listener at once.
+    #[arg(long, value_name = "N", default_value_t = BoundsConfig::default().connections_per_source)]
+    max_connections_per_source: usize,
+    /// HBONE connections between accept and their HTTP/2 preface (TLS included) at once.
+    #[arg(long, value_name = "N", default_value_t = BoundsConfig::default().hbone_handshakes)]
+    max_hbone_handshakes: usize,
+    /// How long an HBONE client has after TLS to send the HTTP/2 preface and SETTINGS.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    h2_preface_timeout: Duration,
+    /// Buffer memory the proxy accounts for (relay and HBONE TLS read buffers), in MiB; past
+    /// it, new connections are refused `overloaded` and open ones keep their small buffers.
+    #[arg(long, value_name = "MIB", default_value_t = BoundsConfig::default().memory_budget >> 20)]
+    memory_budget_mib: usize,
     #[command(flatten)]
     deadlines: super::deadlines::DeadlineArgs,
     /// Data-plane worker threads [default: one per core].
@@ -268,6 +292,15 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         reload_interval: Duration::from_secs(1),
         backoff: Backoff::default(),
         pending_pods: pending_pods.clone(),
+        bounds: BoundsConfig {
+            outbound_connections: args.max_outbound_connections,
+            hbone_connections: args.max_hbone_connections,
+            plaintext_connections: args.max_plaintext_connections,
+            connections_per_source: args.max_connections_per_source,
+            hbone_handshakes: args.max_hbone_handshakes,
+            h2_preface_timeout: args.h2_preface_timeout,
+            memory_budget: args.memory_budget_mib.saturating_mul(1 << 20),
+        },
     };
     let proxy = ProxyHandle::start(opts).await?;
     if args.manage_redirect {

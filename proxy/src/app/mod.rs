@@ -19,11 +19,12 @@ use tokio::task::JoinHandle;
 
 use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::admin::{self, AdminError, AdminServer, ProxyAdmin};
+use crate::bounds::{Bounds, ConnPermit, Listener};
 use crate::certs::{CaSettings, CertManager};
 use crate::ctx::Ctx;
-use crate::flow::FlowSink;
+use crate::flow::{Flow, FlowSink, Refused};
 use crate::hbone::HboneClient;
-use crate::observe::{DrainOutcome, DrainTrigger, FlowLog, Metrics};
+use crate::observe::{Direction, DrainOutcome, DrainTrigger, FlowLog, Metrics, RefusalReason};
 use crate::socket::{self, ConnectOptions};
 use crate::tls::TlsConfigs;
 use crate::{inbound, outbound};
@@ -155,19 +156,23 @@ impl ProxyHandle {
             own_listeners,
             pending: opts.pending_pods.clone(),
             conns,
+            bounds: Bounds::new(&opts.bounds),
         });
+        let memory = Arc::clone(&ctx.bounds.memory);
+        ctx.metrics()
+            .watch_buffers(move || (memory.used(), memory.limit()));
         tasks::reconcile(&ctx).await;
 
         let mut running = Vec::new();
         let mut accept = |listener, side| {
             running.push(tokio::spawn(accept_loop(Arc::clone(&ctx), listener, side)));
         };
-        accept(listeners.outbound, Side::Outbound);
+        accept(listeners.outbound, Listener::Outbound);
         for l in listeners.hbone {
-            accept(l, Side::Hbone);
+            accept(l, Listener::Hbone);
         }
         for l in listeners.plaintext {
-            accept(l, Side::Plaintext);
+            accept(l, Listener::Plaintext);
         }
         if let Some(source) = file_source {
             running.push(tokio::spawn(
@@ -212,6 +217,11 @@ impl ProxyHandle {
         &self.ctx.certs
     }
 
+    /// The proxy's bounds and what they hold now.
+    pub fn bounds(&self) -> &Bounds {
+        &self.ctx.bounds
+    }
+
     /// The HBONE connection pool.
     pub fn hbone(&self) -> &HboneClient {
         &self.ctx.hbone
@@ -246,22 +256,25 @@ impl ProxyHandle {
     /// Handles an outbound connection whose original destination is `orig_dst`: the path the
     /// outbound listener takes after accept (tests without capture enter here).
     pub fn outbound_entry(&self, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
-        self.enter(Side::Outbound, stream, orig_dst);
+        self.enter(Listener::Outbound, stream, orig_dst);
     }
 
     /// Handles a plaintext connection to a local pod whose original destination is `orig_dst`:
     /// the path the inbound plaintext listener takes after accept.
     pub fn inbound_plaintext_entry(&self, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
-        self.enter(Side::Plaintext, stream, orig_dst);
+        self.enter(Listener::Plaintext, stream, orig_dst);
     }
 
-    fn enter(&self, side: Side, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
+    fn enter(&self, side: Listener, stream: tokio::net::TcpStream, orig_dst: SocketAddr) {
         let Ok(peer) = stream.peer_addr() else { return };
+        let Some(permit) = bound(&self.ctx, side, &stream, peer, Some(orig_dst)) else {
+            return inbound::reset(stream);
+        };
         let ctx = Arc::clone(&self.ctx);
         let guard = ctx.drain.guard();
         tokio::spawn(async move {
             dispatch(ctx, side, stream, peer, Some(orig_dst)).await;
-            drop(guard);
+            drop((permit, guard));
         });
     }
 
@@ -288,15 +301,7 @@ fn per_bind(addr: SocketAddr, binds: &[IpAddr]) -> Vec<SocketAddr> {
     }
 }
 
-/// Which listener a connection arrived on.
-#[derive(Debug, Clone, Copy)]
-enum Side {
-    Outbound,
-    Hbone,
-    Plaintext,
-}
-
-async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, side: Side) {
+async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, side: Listener) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -309,21 +314,52 @@ async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, side: Side) {
             },
             () = ctx.drain.signaled() => return,
         };
+        let Some(permit) = bound(&ctx, side, &stream, peer, None) else {
+            inbound::reset(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
         let guard = ctx.drain.guard();
         tokio::spawn(async move {
             dispatch(ctx, side, stream, peer, None).await;
-            drop(guard);
+            drop((permit, guard));
         });
     }
+}
+
+/// Lets a connection in under its listener's bounds (its share goes back when the permit
+/// drops), or reports it refused `overloaded`; the caller then resets it.
+fn bound(
+    ctx: &Ctx,
+    side: Listener,
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+) -> Option<ConnPermit> {
+    let overload = match ctx.bounds.admit(side, peer.ip()) {
+        Ok(permit) => return Some(permit),
+        Err(overload) => overload,
+    };
+    tracing::debug!(?side, %peer, %overload, "connection refused");
+    let local = orig_dst
+        .or_else(|| stream.local_addr().ok())
+        .unwrap_or(peer);
+    let direction = match side {
+        Listener::Outbound => Direction::Outbound,
+        Listener::Hbone | Listener::Plaintext => Direction::Inbound,
+    };
+    ctx.flows
+        .start(Flow::new(direction, ClientAddr(peer), OrigDstAddr(local)))
+        .finish(Err(Refused::new(RefusalReason::Overloaded)));
+    None
 }
 
 /// Hands an accepted connection to its side. Under TPROXY the original destination is the
 /// accepted socket's local address; tests without capture pass it in.
 async fn dispatch(
     ctx: Arc<Ctx>,
-    side: Side,
+    side: Listener,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     orig_dst: Option<SocketAddr>,
@@ -334,8 +370,8 @@ async fn dispatch(
         Err(error) => return tracing::debug!(%error, "no original destination"),
     };
     match side {
-        Side::Outbound => outbound::handle(ctx, stream, peer, orig_dst).await,
-        Side::Hbone => inbound::hbone::serve_connection(ctx, stream, peer.0).await,
-        Side::Plaintext => inbound::plaintext::serve(&ctx, stream, peer, orig_dst).await,
+        Listener::Outbound => outbound::handle(ctx, stream, peer, orig_dst).await,
+        Listener::Hbone => inbound::hbone::serve_connection(ctx, stream, peer.0).await,
+        Listener::Plaintext => inbound::plaintext::serve(&ctx, stream, peer, orig_dst).await,
     }
 }

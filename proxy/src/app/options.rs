@@ -9,6 +9,7 @@ use nodemesh_identity::Backoff;
 use nodemesh_net::ports;
 use nodemesh_state::{MeshStore, StateError};
 
+use crate::bounds::BoundsConfig;
 use crate::l7::L7Limits;
 use crate::observe::FlowLogTarget;
 use crate::pending::PendingPods;
@@ -71,6 +72,9 @@ pub struct ProxyOptions {
     /// Captured pod addresses the state does not know yet (the CNI plugin's), kept current by
     /// the caller; connections from or to them are refused.
     pub pending_pods: PendingPods,
+    /// Connection caps per listener and source, handshakes in progress, the HTTP/2 preface
+    /// deadline and the buffer budget; past a cap, connections are refused `overloaded`.
+    pub bounds: BoundsConfig,
 }
 
 impl Default for ProxyOptions {
@@ -98,6 +102,7 @@ impl Default for ProxyOptions {
             connect_timeout: nodemesh_net::timeouts::CONNECT,
             l7_limits: L7Limits::default(),
             pending_pods: PendingPods::default(),
+            bounds: BoundsConfig::default(),
         }
     }
 }

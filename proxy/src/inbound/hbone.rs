@@ -15,13 +15,13 @@ use nodemesh_net::timeouts::TLS_HANDSHAKE;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::Arrival;
+use super::{Arrival, preface};
 use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, Refused};
 use crate::hbone::request::{check_connect, forwarded_for};
 use crate::hbone::settings::*;
-use crate::observe::{Direction, RefusalReason};
+use crate::observe::{Direction, LogLimit, RefusalReason};
 
 fn status(code: StatusCode) -> Response<Empty<Bytes>> {
     let mut r = Response::new(Empty::new());
@@ -35,6 +35,10 @@ fn refuse(ctx: &Ctx, peer: ClientAddr, local: OrigDstAddr, reason: RefusalReason
         .start(Flow::new(Direction::Inbound, peer, local))
         .finish(Err(Refused::new(reason)));
 }
+
+/// The log lines a peer can trigger at will: failed handshakes, missing prefaces, refused
+/// CONNECTs (each also counted in metrics and the flow log).
+static REFUSALS_LOG: LogLimit = LogLimit::per_second();
 
 /// Serves one accepted HBONE connection until it closes or the proxy drains.
 pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) {
@@ -61,21 +65,50 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
             return refuse(&ctx, peer, local, RefusalReason::NoCertificate);
         }
     };
+    // From accept to the HTTP/2 preface, the connection holds one of the handshakes in progress.
+    let Some(handshake) = ctx.bounds.handshakes.try_acquire() else {
+        tracing::debug!(%peer, "HBONE refused: too many handshakes in progress");
+        super::reset(tcp);
+        return refuse(&ctx, peer, local, RefusalReason::Overloaded);
+    };
+    let _tls_buffer = ctx.bounds.memory.charge(crate::hbone::TLS_READ_BUFFER);
     let accept = TlsAcceptor::from(config).accept(crate::hbone::buffered(tcp));
     let tls = match tokio::time::timeout(TLS_HANDSHAKE, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
-            tracing::info!(%peer, %local, %error, "HBONE TLS handshake failed");
+            if let Some(suppressed) = REFUSALS_LOG.admit() {
+                tracing::info!(%peer, %local, %error, suppressed, "HBONE TLS handshake failed");
+            }
             return refuse(&ctx, peer, local, RefusalReason::TlsHandshake);
         }
         Err(_) => {
-            tracing::info!(%peer, %local, "HBONE TLS handshake timed out");
+            if let Some(suppressed) = REFUSALS_LOG.admit() {
+                tracing::info!(%peer, %local, suppressed, "HBONE TLS handshake timed out");
+            }
             return refuse(&ctx, peer, local, RefusalReason::TlsHandshake);
         }
     };
     let Some(peer_id) = peer_identity(tls.get_ref().1.peer_certificates()) else {
         return refuse(&ctx, peer, local, RefusalReason::TlsHandshake);
     };
+    // A peer that completed TLS has this long to start HTTP/2 (the server's own timers start
+    // only once it has).
+    let tls = match tokio::time::timeout(ctx.bounds.h2_preface_timeout, preface::read(tls)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            if let Some(suppressed) = REFUSALS_LOG.admit() {
+                tracing::info!(%peer, %local, %error, suppressed, "HBONE connection without an HTTP/2 preface");
+            }
+            return refuse(&ctx, peer, local, RefusalReason::BadRequest);
+        }
+        Err(_) => {
+            if let Some(suppressed) = REFUSALS_LOG.admit() {
+                tracing::info!(%peer, %local, suppressed, "HBONE HTTP/2 preface timed out");
+            }
+            return refuse(&ctx, peer, local, RefusalReason::BadRequest);
+        }
+    };
+    drop(handshake);
     let service_ctx = Arc::clone(&ctx);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&service_ctx);
@@ -119,7 +152,9 @@ async fn handle_stream(
     let target = match check_connect(&req, local.ip()) {
         Ok(t) => OrigDstAddr(t),
         Err(error) => {
-            tracing::info!(peer = %peer_id, %error, "HBONE request refused");
+            if let Some(suppressed) = REFUSALS_LOG.admit() {
+                tracing::info!(peer = %peer_id, %error, suppressed, "HBONE request refused");
+            }
             refuse(&ctx, peer, local, RefusalReason::BadRequest);
             return status(error.status());
         }

@@ -19,7 +19,7 @@ use crate::observe::{
     ConnectionLabels, FlowLog, FlowVerdict, HttpFlow, Metrics, RefusalReason, Reporter,
     RequestProtocol,
 };
-use crate::relay::{Transferred, relay_logged};
+use crate::relay::{Transferred, relay_logged_in};
 
 /// Serves a tunnel to a destination that needs L7 authorization, admitted on `state`: each
 /// request is decided against the policies in force when it arrives, and the connection is
@@ -94,7 +94,11 @@ where
             })?;
             ctx.conns
                 .open(&now, on)
-                .run(relay_logged(&mut downstream, &mut upstream))
+                .run(relay_logged_in(
+                    &ctx.bounds.memory,
+                    &mut downstream,
+                    &mut upstream,
+                ))
                 .await
         }
         Err(error) => {

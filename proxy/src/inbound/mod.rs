@@ -7,6 +7,7 @@ mod admit;
 pub(crate) mod hbone;
 mod l7;
 pub(crate) mod plaintext;
+pub mod preface;
 mod source;
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::conns::{AdmittedOn, Carried, Table};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, FlowGuard, Party, Refused};
 use crate::observe::{Direction, RefusalReason, Reporter};
-use crate::relay::relay_logged;
+use crate::relay::relay_logged_in;
 
 /// The HBONE answer to a refused CONNECT (ztunnel's: 401 for policy and STRICT, 400 for a
 /// malformed request, 503 for everything the client cannot fix).
@@ -58,6 +59,13 @@ pub(crate) async fn admit(
     flow.mtls = arrival.peer.is_some();
     flow.src = Party::at(&state, arrival.src.0, arrival.peer.clone());
     flow.dst = Party::at(&state, arrival.target.0, None);
+    if ctx.bounds.memory.exhausted() {
+        // Open connections keep going; new ones wait for buffers to be given back.
+        let refused = Refused::new(RefusalReason::Overloaded);
+        let code = status(refused.reason);
+        guard.finish(Err(refused));
+        return Err(code);
+    }
     let admission = match decide(&state, &arrival, &ctx.pending, |id| {
         ctx.certs.credentials(id).is_some()
     }) {
@@ -129,12 +137,23 @@ impl Admitted {
             Some(mut upstream) => {
                 ctx.conns
                     .open(&state, on)
-                    .run(relay_logged(&mut downstream, &mut upstream))
+                    .run(relay_logged_in(
+                        &ctx.bounds.memory,
+                        &mut downstream,
+                        &mut upstream,
+                    ))
                     .await
             }
         };
         guard.finish(result);
     }
+}
+
+/// Closes a refused connection at once with a reset (`SO_LINGER` 0): no FIN handshake, no
+/// `TIME_WAIT` kept for it, and the client learns at once.
+pub(crate) fn reset(stream: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
 }
 
 /// Admits and serves a connection that needs no answer before its bytes flow (inbound

@@ -15,7 +15,7 @@ use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -28,6 +28,8 @@ const CONNECTIONS_REFUSED: &str = "nodemesh_connections_refused_total";
 const POLICY_COMPILE_ERRORS: &str = "nodemesh_policy_compile_errors";
 const FLOW_LOG_DROPPED: &str = "nodemesh_flow_log_dropped_total";
 const IPV6_DROPPED: &str = "nodemesh_ipv6_dropped_packets_total";
+const BUFFER_BYTES: &str = "nodemesh_buffer_bytes";
+const BUFFER_BUDGET: &str = "nodemesh_buffer_budget_bytes";
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
@@ -49,6 +51,8 @@ struct Inner {
     certificate_expiry: ArcSwap<BTreeMap<String, f64>>,
     /// The per-connection and per-request Istio series; rendered by hand, pruned.
     series: SeriesTable,
+    /// Reads the accounted buffer bytes and the budget, when rendering.
+    buffers: ArcSwapOption<BufferGauge>,
 }
 
 impl Default for Metrics {
@@ -93,6 +97,7 @@ impl Metrics {
                 ipv6_dropped,
                 certificate_expiry: ArcSwap::from_pointee(BTreeMap::new()),
                 series: SeriesTable::default(),
+                buffers: ArcSwapOption::empty(),
             }),
         }
     }
@@ -183,10 +188,38 @@ impl Metrics {
         self.inner.ipv6_dropped.clone()
     }
 
+    /// Renders the accounted buffer bytes (`nodemesh_buffer_bytes`) and the budget
+    /// (`nodemesh_buffer_budget_bytes`), as `read` returns them at each render.
+    pub fn watch_buffers(&self, read: impl Fn() -> (usize, usize) + Send + Sync + 'static) {
+        self.inner
+            .buffers
+            .store(Some(Arc::new(BufferGauge(Box::new(read)))));
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = self.inner.handle.render();
         self.inner.series.render(&mut out);
+        if let Some(gauge) = self.inner.buffers.load_full() {
+            let (used, limit) = (gauge.0)();
+            let gauges = [
+                (
+                    BUFFER_BYTES,
+                    "Buffer bytes the proxy accounts for (relay and HBONE TLS read buffers).",
+                    used,
+                ),
+                (
+                    BUFFER_BUDGET,
+                    "The buffer budget: past it, new connections are refused (overloaded).",
+                    limit,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                let _ = writeln!(out, "{name} {value}\n");
+            }
+        }
         let expiry = self.inner.certificate_expiry.load();
         if !expiry.is_empty() {
             let _ = writeln!(
@@ -229,6 +262,11 @@ fn describe(recorder: &PrometheusRecorder) {
         "Policies that failed to compile in the current state.".into(),
     );
 }
+
+/// Reads (accounted buffer bytes, budget).
+type ReadBuffers = Box<dyn Fn() -> (usize, usize) + Send + Sync>;
+
+struct BufferGauge(ReadBuffers);
 
 /// The counters of one open connection. Bumping them is an atomic add: no look-up, no allocation.
 /// Dropping it counts the connection as closed.

@@ -21,7 +21,7 @@ use crate::hbone::PoolKey;
 use crate::hbone::request::Caller;
 use crate::inbound::{self, Arrival};
 use crate::observe::{Direction, ErrorChain, LogLimit, RefusalReason, Reporter};
-use crate::relay::{Transferred, relay_logged};
+use crate::relay::{Transferred, relay_logged_in};
 use crate::socket;
 use gone::{ClientGone, unless_client_resets, was_reset};
 
@@ -142,7 +142,7 @@ async fn passthrough(
         return Err(Outcome::ClientGone);
     }
     guard.opened(Reporter::Source);
-    Ok(relay_logged(client, &mut upstream).await)
+    Ok(relay_logged_in(&ctx.bounds.memory, client, &mut upstream).await)
 }
 
 /// The HBONE hop to a mesh pod on another node.
@@ -197,5 +197,5 @@ async fn hbone(
         return Err(Outcome::ClientGone);
     }
     guard.opened(Reporter::Source);
-    Ok(relay_logged(client, &mut tunnel).await)
+    Ok(relay_logged_in(&ctx.bounds.memory, client, &mut tunnel).await)
 }
