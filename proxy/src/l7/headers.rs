@@ -4,14 +4,13 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Version};
-use hyper::body::Incoming;
 use nodemesh_policy::path::normalize;
 
 use super::context::L7Context;
 use super::sniff::HttpProtocol;
 
 /// The request target's path and query as sent (empty for authority-form).
-pub(super) fn raw_path(uri: &Uri) -> &str {
+pub fn raw_path(uri: &Uri) -> &str {
     uri.path_and_query().map_or("", PathAndQuery::as_str)
 }
 
@@ -19,7 +18,7 @@ pub(super) fn raw_path(uri: &Uri) -> &str {
 /// of the `400`): an HTTP/1.1 request without `Host` (RFC 9112 §3.2), several `Host` headers, an
 /// unreadable one, or one that differs from the authority (the policy and the pod would then
 /// read different hosts).
-pub(super) fn request_authority<B>(req: &Request<B>) -> Result<String, &'static str> {
+pub fn request_authority<B>(req: &Request<B>) -> Result<String, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -54,13 +53,13 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 
 /// An HTTP/1 WebSocket upgrade request. Other upgrades (h2c above all, which would carry
 /// requests past policy) are not honoured: their headers are stripped.
-pub(super) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     has_token(headers, header::CONNECTION, "upgrade")
         && has_token(headers, header::UPGRADE, "websocket")
 }
 
 /// Removes hop-by-hop headers; with `keep_upgrade`, keeps what a WebSocket upgrade needs.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -94,14 +93,14 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// The request as sent to the pod: the normalized path (so the pod acts on what the policy
 /// decided on), hop-by-hop headers removed, origin-form for HTTP/1 and absolute for h2.
-pub(super) fn to_upstream(
-    req: Request<Incoming>,
+pub fn to_upstream<B>(
+    req: Request<B>,
     protocol: HttpProtocol,
     websocket: bool,
     authority: &str,
     ctx: &L7Context,
     path_options: nodemesh_policy::PathOptions,
-) -> Option<Request<Incoming>> {
+) -> Option<Request<B>> {
     let (mut parts, body) = req.into_parts();
     let normalized = normalize(raw_path(&parts.uri), path_options).ok()?;
     let path_and_query = if normalized == parts.uri.path() {
