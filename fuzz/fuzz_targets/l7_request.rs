@@ -141,6 +141,8 @@ fn serve(req: Request<()>, protocol: HttpProtocol) {
     if !authority.is_empty() {
         assert!(up_authority.eq_ignore_ascii_case(&authority), "{up_authority} vs {authority}");
         assert_eq!(decide(&up, &up_authority), decision, "{up:?}");
+    } else if protocol == HttpProtocol::H2c {
+        assert_eq!(up_authority, "10.0.2.2:8080", "the pod's address stands in");
     }
     let h = up.headers();
     for name in [header::TRANSFER_ENCODING, HeaderName::from_static("keep-alive"), HeaderName::from_static("proxy-connection")] {

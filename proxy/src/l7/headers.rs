@@ -128,6 +128,9 @@ pub fn to_upstream<B>(
                 Some(a) => a.clone(),
                 None if !authority.is_empty() => Authority::try_from(authority).ok()?,
                 None => {
+                    // No authority and an empty (or no) Host: the pod's address stands in, and
+                    // an empty Host would contradict it.
+                    parts.headers.remove(header::HOST);
                     let d = &ctx.destination;
                     Authority::try_from(std::net::SocketAddr::new(d.ip, d.port).to_string()).ok()?
                 }
@@ -229,6 +232,37 @@ mod tests {
             request_authority(&request("http://a/x", &["b"])),
             Err("bad request: Host differs from the request target's authority")
         );
+    }
+
+    fn context() -> L7Context {
+        let set = std::sync::Arc::new(nodemesh_policy::PolicySet::new(
+            Vec::new(),
+            nodemesh_policy::EngineOptions::default(),
+        ));
+        let destination = super::super::L7Destination {
+            namespace: "shop".into(),
+            labels: std::collections::BTreeMap::new(),
+            ip: std::net::Ipv4Addr::new(10, 0, 2, 2).into(),
+            port: 8080,
+        };
+        let source = super::super::L7Source {
+            principal: None,
+            ip: std::net::Ipv4Addr::new(10, 0, 1, 1).into(),
+        };
+        L7Context::new(set, destination, source)
+    }
+
+    /// Found by the `l7_request` fuzz target: an h2c request with an empty `Host` and no
+    /// `:authority` reached the pod with the pod's address as `:authority` and `Host: ""`.
+    #[test]
+    fn h2c_without_authority_sends_the_pod_one_authority() {
+        let req = request_in(Version::HTTP_2, "/chat", &[""]);
+        assert_eq!(request_authority(&req).as_deref(), Ok(""));
+        let up = to_upstream(req, HttpProtocol::H2c, false, "", &context(), Default::default())
+            .expect("forwarded");
+        assert_eq!(up.uri().to_string(), "http://10.0.2.2:8080/chat");
+        assert!(!up.headers().contains_key(header::HOST));
+        assert_eq!(request_authority(&up).as_deref(), Ok("10.0.2.2:8080"));
     }
 
     #[test]
