@@ -103,7 +103,9 @@ pub fn to_upstream<B>(
 ) -> Option<Request<B>> {
     let (mut parts, body) = req.into_parts();
     let normalized = normalize(raw_path(&parts.uri), path_options).ok()?;
-    let path_and_query = if normalized == parts.uri.path() {
+    // Reused only in origin-form: an absolute-form target without a path keeps an empty path,
+    // which an origin-form URI would write as an empty request target.
+    let path_and_query = if normalized == parts.uri.path() && parts.uri.scheme().is_none() {
         parts.uri.path_and_query().cloned()?
     } else {
         let rebuilt = match parts.uri.query() {
@@ -258,11 +260,35 @@ mod tests {
     fn h2c_without_authority_sends_the_pod_one_authority() {
         let req = request_in(Version::HTTP_2, "/chat", &[""]);
         assert_eq!(request_authority(&req).as_deref(), Ok(""));
-        let up = to_upstream(req, HttpProtocol::H2c, false, "", &context(), Default::default())
-            .expect("forwarded");
+        let up = to_upstream(
+            req,
+            HttpProtocol::H2c,
+            false,
+            "",
+            &context(),
+            Default::default(),
+        )
+        .expect("forwarded");
         assert_eq!(up.uri().to_string(), "http://10.0.2.2:8080/chat");
         assert!(!up.headers().contains_key(header::HOST));
         assert_eq!(request_authority(&up).as_deref(), Ok("10.0.2.2:8080"));
+    }
+
+    /// Found by the `l7_request` fuzz target: `GET http://web.shop HTTP/1.1` (no path) was
+    /// decided as `/` but sent to the pod with an empty request target.
+    #[test]
+    fn absolute_form_without_a_path_is_sent_as_slash() {
+        let req = request("http://web.shop", &["web.shop"]);
+        let up = to_upstream(
+            req,
+            HttpProtocol::Http1,
+            false,
+            "web.shop",
+            &context(),
+            Default::default(),
+        )
+        .expect("forwarded");
+        assert_eq!(up.uri().to_string(), "/");
     }
 
     #[test]
