@@ -35,7 +35,11 @@ fn node() -> (NodeCache, Vec<PodRecord>) {
         version: CACHE_VERSION,
         node: "node-a".into(),
         backend: nodemesh_redirect::Backend::Iptables,
-        namespaces: [("shop".to_owned(), entry(true)), ("legacy".to_owned(), entry(false))].into(),
+        namespaces: [
+            ("shop".to_owned(), entry(true)),
+            ("legacy".to_owned(), entry(false)),
+        ]
+        .into(),
     };
     let stale = PodRecord {
         container_id: "old".into(),
@@ -49,7 +53,10 @@ fn node() -> (NodeCache, Vec<PodRecord>) {
 
 fn check_error(e: &CniError, version: &str) {
     let code = e.code();
-    assert!(matches!(code, 1 | 4..=7 | 11 | 100 | 101), "code {code} for {e}");
+    assert!(
+        matches!(code, 1 | 4..=7 | 11 | 100 | 101),
+        "code {code} for {e}"
+    );
     let json = e.to_json(version);
     assert_eq!(json["code"], code);
     assert!(json["msg"].as_str().is_some_and(|m| !m.is_empty()));
@@ -71,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
     {
         let dir = StateDir::new("/s");
         let record = dir.record_path(&inv.container_id);
-        assert_eq!(record.parent(), Some(dir.pods_dir().as_path()), "{record:?}");
+        assert_eq!(
+            record.parent(),
+            Some(dir.pods_dir().as_path()),
+            "{record:?}"
+        );
         assert!(!inv.container_id.is_empty() && !inv.ifname.is_empty());
     }
     let conf = NetConf::parse(stdin);
@@ -81,9 +92,18 @@ fuzz_target!(|data: &[u8]| {
     }
     if let (Ok(inv), Ok(conf)) = (&inv, &conf) {
         let (cache, records) = node();
-        match plan_add(inv, conf, &cache, Path::new("/s/cni/namespaces.json"), &records) {
+        match plan_add(
+            inv,
+            conf,
+            &cache,
+            Path::new("/s/cni/namespaces.json"),
+            &records,
+        ) {
             Ok(plan) => {
-                assert_eq!(plan.result["cniVersion"].as_str(), Some(conf.cni_version.as_str()));
+                assert_eq!(
+                    plan.result["cniVersion"].as_str(),
+                    Some(conf.cni_version.as_str())
+                );
                 let ip = pod_ipv4(&plan.result).expect("a planned result has readable addresses");
                 if let Some(rec) = &plan.capture {
                     assert_eq!(Some(rec.ip), ip);
@@ -109,10 +129,23 @@ fuzz_target!(|data: &[u8]| {
         let ours = conflist::entry(Path::new("/var/lib/nodemesh"));
         if let Ok(inserted) = conflist::insert("f", &list, &ours) {
             let with = inserted.unwrap_or_else(|| list.clone());
-            assert_eq!(with["plugins"].as_array().and_then(|p| p.last()), Some(&ours));
-            assert_eq!(conflist::insert("f", &with, &ours), Ok(None), "insert is idempotent");
-            let without = conflist::remove("f", &with).expect("it has plugins").expect("and ours");
-            assert_eq!(conflist::remove("f", &without), Ok(None), "remove leaves none of ours");
+            assert_eq!(
+                with["plugins"].as_array().and_then(|p| p.last()),
+                Some(&ours)
+            );
+            assert_eq!(
+                conflist::insert("f", &with, &ours),
+                Ok(None),
+                "insert is idempotent"
+            );
+            let without = conflist::remove("f", &with)
+                .expect("it has plugins")
+                .expect("and ours");
+            assert_eq!(
+                conflist::remove("f", &without),
+                Ok(None),
+                "remove leaves none of ours"
+            );
         }
     }
 });

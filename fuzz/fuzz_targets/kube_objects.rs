@@ -20,8 +20,8 @@ use nodemesh_config::Ca;
 use nodemesh_identity::TrustDomain;
 use nodemesh_kube::convert::{self, object_key};
 use nodemesh_kube::mesh::{Kind, MeshSettings, MeshView, Object};
-use nodemesh_kube::policy::{self, PolicyApi};
 use nodemesh_kube::pod;
+use nodemesh_kube::policy::{self, PolicyApi};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -36,13 +36,21 @@ fn convert(v: &Value, td: &TrustDomain) -> Option<(Kind, String, Option<Object>)
             let p: Pod = parse(v)?;
             let c = pod::claim(&p, td);
             assert_eq!(c, pod::claim(&p, td));
-            (Kind::Pods, object_key(&p.metadata), c.map(|c| Object::Pod(Box::new(c))))
+            (
+                Kind::Pods,
+                object_key(&p.metadata),
+                c.map(|c| Object::Pod(Box::new(c))),
+            )
         }
         "Namespace" => {
             let n: Namespace = parse(v)?;
             let c = convert::namespace(&n);
             assert_eq!(c, convert::namespace(&n));
-            (Kind::Namespaces, object_key(&n.metadata), c.map(Object::Namespace))
+            (
+                Kind::Namespaces,
+                object_key(&n.metadata),
+                c.map(Object::Namespace),
+            )
         }
         "Node" => {
             let n: Node = parse(v)?;
@@ -54,13 +62,21 @@ fn convert(v: &Value, td: &TrustDomain) -> Option<(Kind, String, Option<Object>)
             let s: Service = parse(v)?;
             let c = convert::service(&s);
             assert_eq!(c, convert::service(&s));
-            (Kind::Services, object_key(&s.metadata), c.map(Object::Service))
+            (
+                Kind::Services,
+                object_key(&s.metadata),
+                c.map(Object::Service),
+            )
         }
         "EndpointSlice" => {
             let s: EndpointSlice = parse(v)?;
             let c = convert::endpoint_slice(&s);
             assert_eq!(c, convert::endpoint_slice(&s));
-            (Kind::EndpointSlices, object_key(&s.metadata), c.map(Object::Slice))
+            (
+                Kind::EndpointSlices,
+                object_key(&s.metadata),
+                c.map(Object::Slice),
+            )
         }
         "AuthorizationPolicy" => {
             let api = match v.get("apiVersion").and_then(Value::as_str) {
@@ -74,13 +90,20 @@ fn convert(v: &Value, td: &TrustDomain) -> Option<(Kind, String, Option<Object>)
                 let failed = e.problem.is_some();
                 if let Some(update) = &e.status_update {
                     assert_eq!(api, PolicyApi::Nodemesh, "status written on a foreign API");
-                    assert_eq!(update.condition.status, if failed { "False" } else { "True" });
+                    assert_eq!(
+                        update.condition.status,
+                        if failed { "False" } else { "True" }
+                    );
                 }
                 if let Some(p) = &e.problem {
                     assert!(!p.errors.is_empty());
                 }
             }
-            (Kind::Policies(api), object_key(&o.metadata), entry.map(|e| Object::Policy(Box::new(e))))
+            (
+                Kind::Policies(api),
+                object_key(&o.metadata),
+                entry.map(|e| Object::Policy(Box::new(e))),
+            )
         }
         _ => return None,
     };
@@ -96,7 +119,10 @@ fuzz_target!(|data: &[u8]| {
         node: "node-a".into(),
         trust_domain: td.clone(),
         root_namespace: "nodemesh-system".into(),
-        ca: Ca::new("https://10.0.0.1:15012".parse().expect("a URL"), "/ca.pem".into()),
+        ca: Ca::new(
+            "https://10.0.0.1:15012".parse().expect("a URL"),
+            "/ca.pem".into(),
+        ),
         default_permissive: false,
         pod_cidr_check: true,
     };
@@ -119,8 +145,14 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let cidr = state.config().node(&w.node).and_then(|n| n.pod_cidr);
-        assert!(cidr.is_some_and(|net| net.contains(&w.ip)), "{w:?} outside {cidr:?}");
-        let id = format!("spiffe://cluster.local/ns/{}/sa/{}", w.namespace, w.service_account);
+        assert!(
+            cidr.is_some_and(|net| net.contains(&w.ip)),
+            "{w:?} outside {cidr:?}"
+        );
+        let id = format!(
+            "spiffe://cluster.local/ns/{}/sa/{}",
+            w.namespace, w.service_account
+        );
         assert_eq!(w.identity.as_str(), id);
     }
 });

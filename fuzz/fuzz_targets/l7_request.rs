@@ -78,9 +78,16 @@ fn parse_h1(data: &[u8]) -> Option<Request<()>> {
     let mut b = Request::builder()
         .method(Method::from_bytes(req.method?.as_bytes()).ok()?)
         .uri(Uri::try_from(req.path?).ok()?)
-        .version(if req.version? == 1 { Version::HTTP_11 } else { Version::HTTP_10 });
+        .version(if req.version? == 1 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        });
     for h in req.headers.iter() {
-        b = b.header(HeaderName::from_bytes(h.name.as_bytes()).ok()?, HeaderValue::from_bytes(h.value).ok()?);
+        b = b.header(
+            HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(h.value).ok()?,
+        );
     }
     b.body(()).ok()
 }
@@ -88,7 +95,11 @@ fn parse_h1(data: &[u8]) -> Option<Request<()>> {
 /// The same request as an h2c client would send it: `:authority` from `Host`.
 fn as_h2(mut req: Request<()>) -> Request<()> {
     *req.version_mut() = Version::HTTP_2;
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
     if let Some(host) = host
         && req.uri().authority().is_none()
         && let Ok(uri) = Uri::try_from(format!("http://{host}{}", raw_path(req.uri())))
@@ -136,19 +147,33 @@ fn serve(req: Request<()>, protocol: HttpProtocol) {
         return;
     };
     let sent = raw_path(up.uri());
-    assert_eq!(normalize(sent, decision.path).as_deref(), Ok(up.uri().path()), "{sent}");
+    assert_eq!(
+        normalize(sent, decision.path).as_deref(),
+        Ok(up.uri().path()),
+        "{sent}"
+    );
     let up_authority = request_authority(&up).expect("the upstream request is well-formed");
     if !authority.is_empty() {
-        assert!(up_authority.eq_ignore_ascii_case(&authority), "{up_authority} vs {authority}");
+        assert!(
+            up_authority.eq_ignore_ascii_case(&authority),
+            "{up_authority} vs {authority}"
+        );
         assert_eq!(decide(&up, &up_authority), decision, "{up:?}");
     } else if protocol == HttpProtocol::H2c {
         assert_eq!(up_authority, "10.0.2.2:8080", "the pod's address stands in");
     }
     let h = up.headers();
-    for name in [header::TRANSFER_ENCODING, HeaderName::from_static("keep-alive"), HeaderName::from_static("proxy-connection")] {
+    for name in [
+        header::TRANSFER_ENCODING,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
         assert!(!h.contains_key(&name), "{name} reaches the pod");
     }
-    assert!(h.get(header::TE).is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")));
+    assert!(
+        h.get(header::TE)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    );
     if websocket {
         assert_eq!(h.get_all(header::CONNECTION).iter().count(), 1);
         assert!(h.contains_key(header::UPGRADE));
@@ -157,7 +182,10 @@ fn serve(req: Request<()>, protocol: HttpProtocol) {
     }
     for name in named {
         let kept = websocket && (name == header::UPGRADE || name == header::CONNECTION);
-        assert!(kept || !h.contains_key(&name), "{name}, named in Connection, reaches the pod");
+        assert!(
+            kept || !h.contains_key(&name),
+            "{name}, named in Connection, reaches the pod"
+        );
     }
 }
 
@@ -165,7 +193,10 @@ fuzz_target!(|data: &[u8]| {
     let sniffed = classify(data);
     for n in 0..data.len().min(64) {
         let early = classify(&data[..n]);
-        assert!(early == Sniffed::NeedMore || early == sniffed, "{early:?} at {n}, then {sniffed:?}");
+        assert!(
+            early == Sniffed::NeedMore || early == sniffed,
+            "{early:?} at {n}, then {sniffed:?}"
+        );
     }
     let Some(req) = parse_h1(data) else {
         return;
