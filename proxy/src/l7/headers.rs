@@ -274,11 +274,11 @@ mod tests {
         assert_eq!(request_authority(&up).as_deref(), Ok("10.0.2.2:8080"));
     }
 
-    /// Found by the `l7_request` fuzz target: `GET http://web.shop HTTP/1.1` (no path) was
-    /// decided as `/` but sent to the pod with an empty request target.
+    /// Found by the `l7_request` fuzz target: `GET http://web.shop#top HTTP/1.1` (no path,
+    /// only a fragment) was decided as `/` but sent to the pod with an empty request target.
     #[test]
     fn absolute_form_without_a_path_is_sent_as_slash() {
-        let req = request("http://web.shop", &["web.shop"]);
+        let req = request("http://web.shop#top", &["web.shop"]);
         let up = to_upstream(
             req,
             HttpProtocol::Http1,
