@@ -4,14 +4,13 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Version};
-use hyper::body::Incoming;
 use nodemesh_policy::path::normalize;
 
 use super::context::L7Context;
 use super::sniff::HttpProtocol;
 
 /// The request target's path and query as sent (empty for authority-form).
-pub(super) fn raw_path(uri: &Uri) -> &str {
+pub fn raw_path(uri: &Uri) -> &str {
     uri.path_and_query().map_or("", PathAndQuery::as_str)
 }
 
@@ -19,7 +18,7 @@ pub(super) fn raw_path(uri: &Uri) -> &str {
 /// of the `400`): an HTTP/1.1 request without `Host` (RFC 9112 §3.2), several `Host` headers, an
 /// unreadable one, or one that differs from the authority (the policy and the pod would then
 /// read different hosts).
-pub(super) fn request_authority<B>(req: &Request<B>) -> Result<String, &'static str> {
+pub fn request_authority<B>(req: &Request<B>) -> Result<String, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -54,13 +53,13 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 
 /// An HTTP/1 WebSocket upgrade request. Other upgrades (h2c above all, which would carry
 /// requests past policy) are not honoured: their headers are stripped.
-pub(super) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     has_token(headers, header::CONNECTION, "upgrade")
         && has_token(headers, header::UPGRADE, "websocket")
 }
 
 /// Removes hop-by-hop headers; with `keep_upgrade`, keeps what a WebSocket upgrade needs.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -94,17 +93,19 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// The request as sent to the pod: the normalized path (so the pod acts on what the policy
 /// decided on), hop-by-hop headers removed, origin-form for HTTP/1 and absolute for h2.
-pub(super) fn to_upstream(
-    req: Request<Incoming>,
+pub fn to_upstream<B>(
+    req: Request<B>,
     protocol: HttpProtocol,
     websocket: bool,
     authority: &str,
     ctx: &L7Context,
     path_options: nodemesh_policy::PathOptions,
-) -> Option<Request<Incoming>> {
+) -> Option<Request<B>> {
     let (mut parts, body) = req.into_parts();
     let normalized = normalize(raw_path(&parts.uri), path_options).ok()?;
-    let path_and_query = if normalized == parts.uri.path() {
+    // Reused only in origin-form: an absolute-form target without a path keeps an empty path,
+    // which an origin-form URI would write as an empty request target.
+    let path_and_query = if normalized == parts.uri.path() && parts.uri.scheme().is_none() {
         parts.uri.path_and_query().cloned()?
     } else {
         let rebuilt = match parts.uri.query() {
@@ -129,6 +130,9 @@ pub(super) fn to_upstream(
                 Some(a) => a.clone(),
                 None if !authority.is_empty() => Authority::try_from(authority).ok()?,
                 None => {
+                    // No authority and an empty (or no) Host: the pod's address stands in, and
+                    // an empty Host would contradict it.
+                    parts.headers.remove(header::HOST);
                     let d = &ctx.destination;
                     Authority::try_from(std::net::SocketAddr::new(d.ip, d.port).to_string()).ok()?
                 }
@@ -230,6 +234,61 @@ mod tests {
             request_authority(&request("http://a/x", &["b"])),
             Err("bad request: Host differs from the request target's authority")
         );
+    }
+
+    fn context() -> L7Context {
+        let set = std::sync::Arc::new(nodemesh_policy::PolicySet::new(
+            Vec::new(),
+            nodemesh_policy::EngineOptions::default(),
+        ));
+        let destination = super::super::L7Destination {
+            namespace: "shop".into(),
+            labels: std::collections::BTreeMap::new(),
+            ip: std::net::Ipv4Addr::new(10, 0, 2, 2).into(),
+            port: 8080,
+        };
+        let source = super::super::L7Source {
+            principal: None,
+            ip: std::net::Ipv4Addr::new(10, 0, 1, 1).into(),
+        };
+        L7Context::new(set, destination, source)
+    }
+
+    /// Found by the `l7_request` fuzz target: an h2c request with an empty `Host` and no
+    /// `:authority` reached the pod with the pod's address as `:authority` and `Host: ""`.
+    #[test]
+    fn h2c_without_authority_sends_the_pod_one_authority() {
+        let req = request_in(Version::HTTP_2, "/chat", &[""]);
+        assert_eq!(request_authority(&req).as_deref(), Ok(""));
+        let up = to_upstream(
+            req,
+            HttpProtocol::H2c,
+            false,
+            "",
+            &context(),
+            Default::default(),
+        )
+        .expect("forwarded");
+        assert_eq!(up.uri().to_string(), "http://10.0.2.2:8080/chat");
+        assert!(!up.headers().contains_key(header::HOST));
+        assert_eq!(request_authority(&up).as_deref(), Ok("10.0.2.2:8080"));
+    }
+
+    /// Found by the `l7_request` fuzz target: `GET http://web.shop#top HTTP/1.1` (no path,
+    /// only a fragment) was decided as `/` but sent to the pod with an empty request target.
+    #[test]
+    fn absolute_form_without_a_path_is_sent_as_slash() {
+        let req = request("http://web.shop#top", &["web.shop"]);
+        let up = to_upstream(
+            req,
+            HttpProtocol::Http1,
+            false,
+            "web.shop",
+            &context(),
+            Default::default(),
+        )
+        .expect("forwarded");
+        assert_eq!(up.uri().to_string(), "/");
     }
 
     #[test]

@@ -33,3 +33,11 @@ pub use server::{
 };
 pub use sniff::{H2_PREFACE, HttpProtocol, MAX_METHOD_LEN, Rewind, Sniffed, classify, sniff};
 pub use upstream::ConnectFuture;
+
+/// The request path's pure steps, for the fuzz targets in `fuzz/` only: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::headers::{
+        is_websocket_upgrade, raw_path, request_authority, strip_hop_by_hop, to_upstream,
+    };
+}
