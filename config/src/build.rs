@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use nodemesh_identity::{SpiffeId, SpiffeIdError, TrustDomain};
 
 use crate::model::{
-    Ca, Labels, Namespace, Node, Protocol, Service, ServicePort, WireguardPublicKey, Workload,
+    Ca, ContainerPort, Labels, Namespace, Node, Protocol, Service, ServicePort, WireguardPublicKey, Workload,
 };
 
 impl Ca {
@@ -31,7 +31,14 @@ impl Node {
             address,
             pod_cidr,
             wireguard_public_key,
+            labels: Labels::new(),
         }
+    }
+
+    /// The node with its labels.
+    pub fn with_labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
+        self
     }
 }
 
@@ -62,6 +69,8 @@ pub struct WorkloadFields {
     pub node: String,
     /// Pod labels.
     pub labels: Labels,
+    /// The pod's container ports.
+    pub ports: Vec<ContainerPort>,
 }
 
 impl Workload {
@@ -82,6 +91,7 @@ impl Workload {
             ipv6: f.ipv6,
             node: f.node,
             labels: f.labels,
+            ports: f.ports,
             identity,
         })
     }

@@ -38,6 +38,10 @@ pub struct Config {
     services: Vec<Service>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     policies: Vec<RawPolicy>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    network_policies: Vec<RawPolicy>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cluster_network_policies: Vec<RawPolicy>,
     /// Workload index by IP (IPs are unique).
     #[serde(skip)]
     by_ip: BTreeMap<Ipv4Addr, usize>,
@@ -61,8 +65,12 @@ pub struct Parts {
     pub workloads: Vec<Workload>,
     /// The Services.
     pub services: Vec<Service>,
-    /// The policy documents.
+    /// The AuthorizationPolicy documents.
     pub policies: Vec<RawPolicy>,
+    /// The Kubernetes NetworkPolicy documents (`networking.k8s.io/v1`).
+    pub network_policies: Vec<RawPolicy>,
+    /// The ClusterNetworkPolicy documents (`policy.networking.k8s.io/v1alpha2`).
+    pub cluster_network_policies: Vec<RawPolicy>,
 }
 
 /// A node with everything `--wireguard` needs (see [`Config::require_wireguard`]).
@@ -100,6 +108,8 @@ impl Config {
             workloads: p.workloads,
             services: p.services,
             policies: p.policies,
+            network_policies: p.network_policies,
+            cluster_network_policies: p.cluster_network_policies,
             by_ip,
         }
     }
@@ -214,6 +224,16 @@ impl Config {
     /// The AuthorizationPolicy documents, in file order, uncompiled.
     pub fn policies(&self) -> &[RawPolicy] {
         &self.policies
+    }
+
+    /// The NetworkPolicy documents, in file order, uncompiled.
+    pub fn network_policies(&self) -> &[RawPolicy] {
+        &self.network_policies
+    }
+
+    /// The ClusterNetworkPolicy documents, in file order, uncompiled.
+    pub fn cluster_network_policies(&self) -> &[RawPolicy] {
+        &self.cluster_network_policies
     }
 
     /// The node called `name`.

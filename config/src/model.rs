@@ -52,6 +52,9 @@ pub struct Node {
     /// The node's WireGuard public key. Required by `--wireguard`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wireguard_public_key: Option<WireguardPublicKey>,
+    /// The node's labels (ClusterNetworkPolicy `nodes` peers select by them).
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 /// A namespace with its labels (`namespaces[]`). A namespace not listed has no labels.
@@ -87,6 +90,9 @@ pub struct Workload {
     /// The pod's labels.
     #[serde(skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// The pod's container ports (`ports`): what NetworkPolicy named ports resolve to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
     /// The pod's SPIFFE ID, `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
     #[serde(skip)]
     pub identity: SpiffeId,
@@ -112,6 +118,31 @@ pub struct Service {
     /// server and hostNetwork pods are not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<Ipv4Addr>>,
+}
+
+/// A port a pod's container declares (`workloads[].ports[]`), by which NetworkPolicies may name
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ContainerPort {
+    /// The port's name (an IANA service name), unique in the pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port number.
+    pub port: u16,
+    /// The transport protocol (default TCP).
+    pub protocol: Protocol,
+}
+
+impl ContainerPort {
+    /// A container port.
+    pub fn new(name: Option<String>, port: u16, protocol: Protocol) -> Self {
+        Self {
+            name,
+            port,
+            protocol,
+        }
+    }
 }
 
 /// One port of a [`Service`].
@@ -161,7 +192,8 @@ impl Endpoint<'_> {
     }
 }
 
-/// A Service port's transport protocol. Only TCP for now.
+/// A port's transport protocol, as Kubernetes writes it. Service ports are TCP only for now;
+/// container ports may be any of the three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[non_exhaustive]
 pub enum Protocol {
@@ -169,18 +201,34 @@ pub enum Protocol {
     #[default]
     #[serde(rename = "TCP")]
     Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+    /// SCTP.
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl Protocol {
+    /// The name as Kubernetes writes it: `TCP`, `UDP`, `SCTP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-        })
+        f.write_str(self.as_str())
     }
 }
 
-/// An AuthorizationPolicy document as written in the file (`policies[]`), kept raw: the policy
-/// engine compiles it. Always a mapping.
+/// A policy document as written in the file (`policies[]`: AuthorizationPolicy;
+/// `networkPolicies[]`, `clusterNetworkPolicies[]`), kept raw: the policy engine compiles it.
+/// Always a mapping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct RawPolicy(serde_json::Value);

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::config::{Config, Parts};
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{
-    Ca, DEFAULT_SERVICE_ACCOUNT, Labels, MESH_LABEL, MTLS_MODE_LABEL, Namespace, Node, Protocol,
+    Ca, ContainerPort, DEFAULT_SERVICE_ACCOUNT, Labels, MESH_LABEL, MTLS_MODE_LABEL, Namespace, Node, Protocol,
     RawPolicy, Service, ServicePort, Workload,
 };
 use crate::names::{dns1035_label, dns1123_label, dns1123_subdomain, port_name};
@@ -29,9 +29,11 @@ const TOP_KEYS: &[&str] = &[
     "workloads",
     "services",
     "policies",
+    "networkPolicies",
+    "clusterNetworkPolicies",
 ];
 const CA_KEYS: &[&str] = &["address", "rootCert"];
-const NODE_KEYS: &[&str] = &["name", "address", "podCIDR", "wireguardPublicKey"];
+const NODE_KEYS: &[&str] = &["name", "address", "podCIDR", "wireguardPublicKey", "labels"];
 const NAMESPACE_KEYS: &[&str] = &["name", "labels"];
 const WORKLOAD_KEYS: &[&str] = &[
     "name",
@@ -41,7 +43,9 @@ const WORKLOAD_KEYS: &[&str] = &[
     "ipv6",
     "node",
     "labels",
+    "ports",
 ];
+const CONTAINER_PORT_KEYS: &[&str] = &["name", "port", "protocol"];
 const SERVICE_KEYS: &[&str] = &["name", "namespace", "vip", "ports", "selector", "endpoints"];
 const PORT_KEYS: &[&str] = &["port", "targetPort", "nodePort", "name", "protocol"];
 
@@ -102,7 +106,17 @@ fn document(errs: &mut Errors, value: &Value, base_dir: &Path) -> Option<Parts> 
     let services = f.optional(errs, "services", |e, p, v| {
         each(e, p, v, |e, p, v| service(e, p, v, &mut checks))
     });
-    let policies = f.optional(errs, "policies", |e, p, v| each(e, p, v, policy));
+    let policies = f.optional(errs, "policies", |e, p, v| {
+        each(e, p, v, |e, p, v| document_of(e, p, v, "an AuthorizationPolicy"))
+    });
+    let network_policies = f.optional(errs, "networkPolicies", |e, p, v| {
+        each(e, p, v, |e, p, v| document_of(e, p, v, "a NetworkPolicy"))
+    });
+    let cluster_network_policies = f.optional(errs, "clusterNetworkPolicies", |e, p, v| {
+        each(e, p, v, |e, p, v| {
+            document_of(e, p, v, "a ClusterNetworkPolicy")
+        })
+    });
     Some(Parts {
         trust_domain,
         root_namespace,
@@ -112,6 +126,8 @@ fn document(errs: &mut Errors, value: &Value, base_dir: &Path) -> Option<Parts> 
         workloads: workloads?,
         services: services.unwrap_or_default(),
         policies: policies.unwrap_or_default(),
+        network_policies: network_policies.unwrap_or_default(),
+        cluster_network_policies: cluster_network_policies.unwrap_or_default(),
     })
 }
 
@@ -150,6 +166,7 @@ fn node(errs: &mut Errors, at: &str, value: &Value, checks: &mut Checks) -> Opti
     let address = f.required(errs, "address", values::ipv4);
     let pod_cidr = f.optional(errs, "podCIDR", values::ipv4_net);
     let wireguard_public_key = f.optional(errs, "wireguardPublicKey", values::wireguard_key);
+    let labels = f.optional(errs, "labels", values::labels);
     // Register the name as written even when it is invalid, so that references to it do not
     // add a second error.
     match f.peek_str("name") {
@@ -161,6 +178,7 @@ fn node(errs: &mut Errors, at: &str, value: &Value, checks: &mut Checks) -> Opti
         address: address?,
         pod_cidr,
         wireguard_public_key,
+        labels: labels.unwrap_or_default(),
     })
 }
 
@@ -196,6 +214,7 @@ fn workload(
     let labels = f.optional(errs, "labels", |e, p, v| {
         our_labels(e, p, v, WORKLOAD_LABELS)
     });
+    let ports = f.optional(errs, "ports", container_ports);
     checks.workload(
         errs,
         at,
@@ -218,6 +237,7 @@ fn workload(
         ipv6,
         node: node?,
         labels: labels.unwrap_or_default(),
+        ports: ports.unwrap_or_default(),
         identity,
     })
 }
@@ -326,6 +346,54 @@ fn service_ports(errs: &mut Errors, at: &str, value: &Value) -> Option<Vec<(Stri
     Some(ports)
 }
 
+/// Reads a pod's container ports: names unique, each `(port, protocol)` once.
+fn container_ports(errs: &mut Errors, at: &str, value: &Value) -> Option<Vec<ContainerPort>> {
+    let items = reader::list(errs, at, value)?;
+    let mut ports: Vec<ContainerPort> = Vec::new();
+    for (path, value) in items {
+        let Some(f) = Fields::open(errs, &path, value, CONTAINER_PORT_KEYS) else {
+            continue;
+        };
+        let name = f.optional(errs, "name", k8s_name(port_name));
+        let port = f.required(errs, "port", values::port);
+        let protocol = f
+            .optional(errs, "protocol", any_protocol)
+            .unwrap_or_default();
+        let Some(port) = port else { continue };
+        if let Some(name) = &name
+            && ports.iter().any(|p| p.name.as_ref() == Some(name))
+        {
+            errs.push(&f.path("name"), format!("duplicate port name {name:?}"));
+            continue;
+        }
+        if ports
+            .iter()
+            .any(|p| p.port == port && p.protocol == protocol)
+        {
+            errs.push(&f.path("port"), format!("duplicate port {port}/{protocol}"));
+            continue;
+        }
+        ports.push(ContainerPort::new(name, port, protocol));
+    }
+    Some(ports)
+}
+
+/// Reads a container port's protocol: `TCP`, `UDP` or `SCTP`.
+fn any_protocol(errs: &mut Errors, path: &str, value: &Value) -> Option<Protocol> {
+    match reader::string(errs, path, value)?.as_str() {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        other => {
+            errs.push(
+                path,
+                format!("protocol {other:?} is not one of: TCP, UDP, SCTP"),
+            );
+            None
+        }
+    }
+}
+
 fn protocol(errs: &mut Errors, path: &str, value: &Value) -> Option<Protocol> {
     match reader::string(errs, path, value)?.as_str() {
         "TCP" => Some(Protocol::Tcp),
@@ -360,14 +428,15 @@ fn our_labels(
     Some(labels)
 }
 
-fn policy(errs: &mut Errors, path: &str, value: &Value) -> Option<RawPolicy> {
+/// Keeps a policy document raw (the policy engine compiles it); it must be a mapping.
+fn document_of(errs: &mut Errors, path: &str, value: &Value, what: &str) -> Option<RawPolicy> {
     if value.is_object() {
         Some(RawPolicy::new(value.clone()))
     } else {
         errs.push(
             path,
             format!(
-                "expected a mapping (an AuthorizationPolicy document), found {}",
+                "expected a mapping ({what} document), found {}",
                 reader::kind(value)
             ),
         );

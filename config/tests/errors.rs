@@ -138,9 +138,9 @@ services: [{name: s, namespace: shop, vip: 10.96.0.1, type: ClusterIP, ports: [{
     assert_errors(
         yaml,
         &[
-            "colour: unknown key (expected one of: trustDomain, rootNamespace, ca, nodes, namespaces, workloads, services, policies)",
+            "colour: unknown key (expected one of: trustDomain, rootNamespace, ca, nodes, namespaces, workloads, services, policies, networkPolicies, clusterNetworkPolicies)",
             "ca.token: unknown key (expected one of: address, rootCert)",
-            "nodes[0].zone: unknown key (expected one of: name, address, podCIDR, wireguardPublicKey)",
+            "nodes[0].zone: unknown key (expected one of: name, address, podCIDR, wireguardPublicKey, labels)",
             "namespaces[0].annotations: unknown key (expected one of: name, labels)",
             r#"workloads[0].service_account: unknown key (did you mean "serviceAccount"?)"#,
             "services[0].type: unknown key (expected one of: name, namespace, vip, ports, selector, endpoints)",
@@ -536,5 +536,29 @@ fn require_ca_and_wireguard_name_their_paths() {
             "nodes[1].podCIDR: required by --wireguard",
             "nodes[1].wireguardPublicKey: required by --wireguard",
         ]
+    );
+}
+
+#[test]
+fn container_ports_are_checked() {
+    assert_errors(
+        "nodes: [{name: node-a, address: 10.200.0.1}]\nworkloads: [{name: w, namespace: shop, ip: 10.1.1.9, node: node-a, ports: [{name: http, port: 80}, {name: http, port: 81}, {port: 80, protocol: TCP}, {port: 53, protocol: ICMP}, {name: x, port: 0}]}]",
+        &[
+            r#"workloads[0].ports[1].name: duplicate port name "http""#,
+            "workloads[0].ports[2].port: duplicate port 80/TCP",
+            r#"workloads[0].ports[3].protocol: protocol "ICMP" is not one of: TCP, UDP, SCTP"#,
+            "workloads[0].ports[4].port: port 0 is out of range 1..=65535",
+        ],
+    );
+}
+
+#[test]
+fn network_policies_must_be_mappings() {
+    assert_errors(
+        &with("networkPolicies: [x]\nclusterNetworkPolicies: [[]]"),
+        &[
+            "networkPolicies[0]: expected a mapping (a NetworkPolicy document), found a string",
+            "clusterNetworkPolicies[0]: expected a mapping (a ClusterNetworkPolicy document), found a list",
+        ],
     );
 }

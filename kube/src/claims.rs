@@ -185,6 +185,7 @@ mod tests {
             ipv6: None,
             node: node.into(),
             labels: Default::default(),
+            ports: Vec::new(),
         };
         PodClaim {
             pod: format!("shop/{name}"),

@@ -163,6 +163,8 @@ impl MeshView {
             workloads,
             services,
             policies: raw,
+            network_policies: Vec::new(),
+            cluster_network_policies: Vec::new(),
         });
         MeshState::with_policies(config, &settings.node, compiled, problems)
     }

@@ -12,7 +12,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use nodemesh_config::{Workload, WorkloadFields};
+use nodemesh_config::{ContainerPort, Protocol, Workload, WorkloadFields};
 use nodemesh_identity::TrustDomain;
 
 use crate::convert::object_key;
@@ -116,6 +116,7 @@ pub fn claim(pod: &Pod, trust_domain: &TrustDomain) -> Option<PodClaim> {
             ipv6: ipv6(status),
             node: node.clone(),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ports: container_ports(spec),
         };
         Workload::new(trust_domain, fields).map_err(|e| NoIdentity::InvalidIdentity(e.to_string()))
     });
@@ -126,6 +127,31 @@ pub fn claim(pod: &Pod, trust_domain: &TrustDomain) -> Option<PodClaim> {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         workload,
     })
+}
+
+/// The container ports of a pod's containers, by which NetworkPolicies name ports; a port that
+/// is out of range or repeats a name or `(port, protocol)` is skipped.
+pub fn container_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<ContainerPort> {
+    let mut ports: Vec<ContainerPort> = Vec::new();
+    for p in spec.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
+        let Ok(number) = u16::try_from(p.container_port) else {
+            continue;
+        };
+        let protocol = match p.protocol.as_deref() {
+            None | Some("TCP") => Protocol::Tcp,
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            Some(_) => continue,
+        };
+        let taken = ports.iter().any(|q| {
+            (q.port == number && q.protocol == protocol)
+                || (p.name.is_some() && q.name == p.name)
+        });
+        if number != 0 && !taken {
+            ports.push(ContainerPort::new(p.name.clone(), number, protocol));
+        }
+    }
+    ports
 }
 
 #[cfg(test)]
