@@ -181,7 +181,7 @@ fn invalid_file_names_the_file_and_every_error() {
             assert_eq!(
                 got,
                 [
-                    "extra: unknown key (expected one of: trustDomain, rootNamespace, ca, nodes, namespaces, workloads, services, policies)",
+                    "extra: unknown key (expected one of: trustDomain, rootNamespace, ca, nodes, namespaces, workloads, services, policies, networkPolicies, clusterNetworkPolicies)",
                     "nodes: expected a list, found a number",
                 ]
             );
