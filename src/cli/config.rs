@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(
             report,
             format!(
-                "{f}: extra: unknown key (expected one of: trustDomain, rootNamespace, ca, nodes, namespaces, workloads, services, policies)\n{f}: workloads[0].node: no node \"z\"\n"
+                "{f}: extra: unknown key (expected one of: trustDomain, rootNamespace, ca, nodes, namespaces, workloads, services, policies, networkPolicies, clusterNetworkPolicies)\n{f}: workloads[0].node: no node \"z\"\n"
             )
         );
     }
