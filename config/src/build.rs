@@ -8,7 +8,8 @@ use ipnet::Ipv4Net;
 use nodemesh_identity::{SpiffeId, SpiffeIdError, TrustDomain};
 
 use crate::model::{
-    Ca, ContainerPort, Labels, Namespace, Node, Protocol, Service, ServicePort, WireguardPublicKey, Workload,
+    Ca, ContainerPort, Labels, Namespace, Node, Protocol, Service, ServicePort, WireguardPublicKey,
+    Workload,
 };
 
 impl Ca {

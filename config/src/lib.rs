@@ -32,8 +32,9 @@ pub use build::WorkloadFields;
 pub use config::{Config, Parts, WireguardNode};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use model::{
-    Ca, ContainerPort, DEFAULT_SERVICE_ACCOUNT, Endpoint, Labels, MESH_LABEL, MTLS_MODE_LABEL, Namespace, Node,
-    Protocol, RawPolicy, Service, ServicePort, WireguardKeyError, WireguardPublicKey, Workload,
+    Ca, ContainerPort, DEFAULT_SERVICE_ACCOUNT, Endpoint, Labels, MESH_LABEL, MTLS_MODE_LABEL,
+    Namespace, Node, Protocol, RawPolicy, Service, ServicePort, WireguardKeyError,
+    WireguardPublicKey, Workload,
 };
 /// The default of `rootNamespace`: the policy engine's root namespace.
 pub use nodemesh_policy::DEFAULT_ROOT_NAMESPACE;

@@ -12,8 +12,8 @@ use serde_json::Value;
 use crate::config::{Config, Parts};
 use crate::error::{ConfigError, ConfigErrors};
 use crate::model::{
-    Ca, ContainerPort, DEFAULT_SERVICE_ACCOUNT, Labels, MESH_LABEL, MTLS_MODE_LABEL, Namespace, Node, Protocol,
-    RawPolicy, Service, ServicePort, Workload,
+    Ca, ContainerPort, DEFAULT_SERVICE_ACCOUNT, Labels, MESH_LABEL, MTLS_MODE_LABEL, Namespace,
+    Node, Protocol, RawPolicy, Service, ServicePort, Workload,
 };
 use crate::names::{dns1035_label, dns1123_label, dns1123_subdomain, port_name};
 use crate::reader::{self, Errors, Fields, field};
@@ -107,7 +107,9 @@ fn document(errs: &mut Errors, value: &Value, base_dir: &Path) -> Option<Parts> 
         each(e, p, v, |e, p, v| service(e, p, v, &mut checks))
     });
     let policies = f.optional(errs, "policies", |e, p, v| {
-        each(e, p, v, |e, p, v| document_of(e, p, v, "an AuthorizationPolicy"))
+        each(e, p, v, |e, p, v| {
+            document_of(e, p, v, "an AuthorizationPolicy")
+        })
     });
     let network_policies = f.optional(errs, "networkPolicies", |e, p, v| {
         each(e, p, v, |e, p, v| document_of(e, p, v, "a NetworkPolicy"))

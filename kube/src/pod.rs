@@ -133,7 +133,11 @@ pub fn claim(pod: &Pod, trust_domain: &TrustDomain) -> Option<PodClaim> {
 /// is out of range or repeats a name or `(port, protocol)` is skipped.
 pub fn container_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<ContainerPort> {
     let mut ports: Vec<ContainerPort> = Vec::new();
-    for p in spec.containers.iter().flat_map(|c| c.ports.iter().flatten()) {
+    for p in spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+    {
         let Ok(number) = u16::try_from(p.container_port) else {
             continue;
         };
@@ -144,8 +148,7 @@ pub fn container_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<Contai
             Some(_) => continue,
         };
         let taken = ports.iter().any(|q| {
-            (q.port == number && q.protocol == protocol)
-                || (p.name.is_some() && q.name == p.name)
+            (q.port == number && q.protocol == protocol) || (p.name.is_some() && q.name == p.name)
         });
         if number != 0 && !taken {
             ports.push(ContainerPort::new(p.name.clone(), number, protocol));

@@ -23,6 +23,7 @@ pub mod lint;
 pub mod load;
 pub mod matcher;
 pub mod model;
+pub mod netpol;
 pub mod path;
 pub mod policy;
 pub mod query;
