@@ -74,6 +74,25 @@ impl Refused {
         })
     }
 
+    /// A refusal by a network policy: the direction that denied names the policy, and the
+    /// sentence that explains it goes to the debug log.
+    pub fn by_network_policy(
+        decision: &nodemesh_policy::netpol::NetDecision<'_>,
+        port: u16,
+    ) -> Self {
+        let denied = decision.denied();
+        if let Some(d) = denied {
+            tracing::debug!(
+                reason = %d.describe(nodemesh_policy::netpol::Protocol::Tcp, port),
+                "refused by network policy"
+            );
+        }
+        Self {
+            reason: RefusalReason::NetworkPolicy,
+            policy: denied.and_then(|d| d.policy_name()),
+        }
+    }
+
     /// A refusal by policy (`policy` is the deciding one, when one decided).
     pub fn by_policy(policy: Option<String>) -> Self {
         Self {

@@ -155,6 +155,21 @@ pub struct ProxyArgs {
     /// The tools `--manage-redirect` uses: `iptables` (with ipset) or `nftables`.
     #[arg(long, default_value = "iptables", requires = "manage_redirect")]
     capture_backend: nodemesh_redirect::Backend,
+    /// NetworkPolicies and ClusterNetworkPolicies: `enforce` them (mesh TCP in the proxy, on
+    /// the original port and the verified identity; everything else in the node firewall that
+    /// `--manage-redirect` installs), or leave them `off` to a CNI that enforces them (Calico,
+    /// Cilium: then allow port 15008 between pods there, see SECURITY.md).
+    #[arg(long, value_enum, default_value = "enforce")]
+    network_policy: NetworkPolicyMode,
+}
+
+/// Who enforces NetworkPolicies (`--network-policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NetworkPolicyMode {
+    /// nodemesh does.
+    Enforce,
+    /// Another component (the CNI) does.
+    Off,
 }
 
 /// How mesh namespaces treat plaintext from outside the mesh.
@@ -273,6 +288,7 @@ async fn serve(args: ProxyArgs) -> Result<()> {
     let pending_pods = nodemesh_proxy::PendingPods::default();
     let opts = ProxyOptions {
         source,
+        network_policy: args.network_policy == NetworkPolicyMode::Enforce,
         node: args.node,
         ca_token: token,
         ca_token_file: (args.source == super::Source::Kubernetes).then(|| token_file.clone()),

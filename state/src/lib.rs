@@ -5,12 +5,14 @@
 
 mod file;
 mod mesh;
+mod netpol;
 mod store;
 
 use std::net::{IpAddr, Ipv4Addr};
 
 pub use file::FileSource;
 pub use mesh::{MeshState, PolicyProblem, ServiceTarget, StateError};
+pub use netpol::{FlowSource, PodView};
 pub use store::{MeshStore, REFUSED_POD_REASONS, SourceHealth};
 
 /// The IPv4 address of `ip`, if it is one.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nodemesh_config::{Config, Endpoint, Service, Workload};
+use nodemesh_policy::netpol::NetworkPolicySet;
 use nodemesh_policy::{EngineOptions, Policy, PolicyDocument, PolicySet};
 
 /// A policy that did not compile: it fails closed, and is reported.
@@ -50,6 +51,7 @@ pub struct MeshState {
     config: Config,
     node: String,
     policies: Arc<PolicySet>,
+    pub(crate) network_policies: NetworkPolicySet,
     policy_problems: Vec<PolicyProblem>,
     /// Round-robin cursors, one per service (index into `config.services()`).
     cursors: Vec<AtomicUsize>,
@@ -104,7 +106,7 @@ impl MeshState {
         config: Config,
         node: &str,
         compiled: Vec<Policy>,
-        policy_problems: Vec<PolicyProblem>,
+        mut policy_problems: Vec<PolicyProblem>,
     ) -> Result<Self, StateError> {
         if config.node(node).is_none() {
             return Err(StateError::UnknownNode(node.to_owned()));
@@ -118,8 +120,10 @@ impl MeshState {
             .iter()
             .map(|_| AtomicUsize::new(0))
             .collect();
+        let network_policies = crate::netpol::compile(&config, &mut policy_problems);
         Ok(Self {
             policies: Arc::new(PolicySet::new(compiled, options)),
+            network_policies,
             config,
             node: node.to_owned(),
             policy_problems,
@@ -142,7 +146,27 @@ impl MeshState {
         &self.policies
     }
 
-    /// Policies that did not compile (they fail closed).
+    /// The state without its network policies (`--network-policy=off`: another component, the
+    /// CNI, enforces them).
+    pub fn without_network_policies(mut self) -> Self {
+        self.network_policies = NetworkPolicySet::default();
+        self
+    }
+
+    /// A copy of the state without its network policies.
+    pub fn stripped_of_network_policies(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            node: self.node.clone(),
+            policies: Arc::clone(&self.policies),
+            network_policies: NetworkPolicySet::default(),
+            policy_problems: self.policy_problems.clone(),
+            cursors: self.cursors.iter().map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Policies that did not compile (they fail closed): AuthorizationPolicies, and
+    /// NetworkPolicies / ClusterNetworkPolicies (named with their kind).
     pub fn policy_problems(&self) -> &[PolicyProblem] {
         &self.policy_problems
     }

@@ -1,7 +1,7 @@
 //! The current snapshot, swapped whole, and how fresh its source is.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -13,6 +13,8 @@ use crate::MeshState;
 #[derive(Debug)]
 pub struct MeshStore {
     current: ArcSwap<MeshState>,
+    /// Whether published states keep their network policies (`--network-policy`).
+    network_policies: AtomicBool,
     changed: watch::Sender<u64>,
     health: SourceHealth,
 }
@@ -21,6 +23,7 @@ impl MeshStore {
     /// A store holding `initial`.
     pub fn new(initial: MeshState) -> Self {
         Self {
+            network_policies: AtomicBool::new(true),
             current: ArcSwap::from_pointee(initial),
             changed: watch::Sender::new(0),
             health: SourceHealth::default(),
@@ -39,8 +42,23 @@ impl MeshStore {
 
     /// Replaces the state and wakes subscribers.
     pub fn publish(&self, state: MeshState) {
+        let state = if self.network_policies.load(Ordering::Relaxed) {
+            state
+        } else {
+            state.without_network_policies()
+        };
         self.current.store(Arc::new(state));
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Whether states keep their network policies (`--network-policy=enforce`, the default) or
+    /// are stripped of them from now on, the current one included (`off`: the CNI enforces
+    /// them). Authorization policies are kept either way.
+    pub fn enforce_network_policies(&self, enforce: bool) {
+        self.network_policies.store(enforce, Ordering::Relaxed);
+        if !enforce {
+            self.publish(self.load().stripped_of_network_policies());
+        }
     }
 
     /// A receiver that changes each time the state is replaced.

@@ -145,22 +145,33 @@ impl<'e> NetDecision<'e> {
     }
 }
 
-/// A flow, for messages: `TCP port 9090`.
-struct What<'a>(&'a Flow<'a>);
+/// A flow's protocol and port, for messages: `TCP port 9090`.
+struct What(Protocol, u16);
 
-impl fmt::Display for What<'_> {
+impl fmt::Display for What {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.protocol {
+        match self.0 {
             Protocol::Icmp => f.write_str("ICMP"),
-            p => write!(f, "{p} port {}", self.0.port),
+            p => write!(f, "{p} port {}", self.1),
         }
     }
 }
 
 impl DirectionDecision<'_> {
+    /// The policy that decided, as `NetworkPolicy/<ns>/<name>` or
+    /// `ClusterNetworkPolicy/<name>`; `None` when none did.
+    pub fn policy_name(&self) -> Option<String> {
+        match self.basis {
+            Basis::NoPod | Basis::NotSelected => None,
+            Basis::Cluster { policy, .. } => Some(format!("ClusterNetworkPolicy/{}", policy.name)),
+            Basis::Admitted { policy, .. } => Some(format!("NetworkPolicy/{policy}")),
+            Basis::Isolated { first, .. } => Some(format!("NetworkPolicy/{}", first.id)),
+        }
+    }
+
     /// A sentence for people: `denied by default-deny shop/deny-all (ingress): no rule admits
     /// TCP port 9090`.
-    pub fn describe(&self, flow: &Flow<'_>) -> String {
+    pub fn describe(&self, protocol: Protocol, port: u16) -> String {
         let dir = self.direction.as_str();
         let passed = self
             .passed
@@ -186,7 +197,7 @@ impl DirectionDecision<'_> {
                 format!("allowed by NetworkPolicy {policy} ({dir} rule {rule}){passed}")
             }
             Basis::Isolated { first, count } => {
-                let what = What(flow);
+                let what = What(protocol, port);
                 let kind = if first.failed {
                     "NetworkPolicy that does not compile (fails closed)"
                 } else if count == 1

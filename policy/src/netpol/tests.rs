@@ -113,7 +113,7 @@ fn a_pod_selected_for_ingress_is_default_deny_and_others_are_not() {
     assert_eq!(d.egress.verdict, Verdict::Allow, "egress is not isolated");
     let f = flow(&ya, &xa, Protocol::Tcp, 9090);
     assert_eq!(
-        set.decide(&f).ingress.describe(&f),
+        set.decide(&f).ingress.describe(f.protocol, f.port),
         "denied by default-deny x/deny-all (ingress): no rule admits TCP port 9090"
     );
     assert_eq!(

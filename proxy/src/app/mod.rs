@@ -104,6 +104,7 @@ impl ProxyHandle {
             }
             StateSource::Store(store) => (Arc::clone(store), None),
         };
+        store.enforce_network_policies(opts.network_policy);
         let state = store.load();
         let ca = state
             .config()

@@ -30,6 +30,9 @@ pub enum StateSource {
 pub struct ProxyOptions {
     /// Where the state comes from.
     pub source: StateSource,
+    /// Whether the proxy enforces NetworkPolicies and ClusterNetworkPolicies on the TCP it
+    /// sees (`--network-policy`; off when the CNI enforces them).
+    pub network_policy: bool,
     /// This node's name.
     pub node: String,
     /// This node's CA token.
@@ -83,6 +86,7 @@ impl Default for ProxyOptions {
         let loopback = |port| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         Self {
             source: StateSource::File(PathBuf::from("/etc/nodemesh/mesh.yaml")),
+            network_policy: true,
             node: String::new(),
             ca_token: String::new(),
             ca_token_file: None,

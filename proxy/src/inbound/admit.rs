@@ -1,8 +1,9 @@
 //! Whether a connection may reach a local pod, decided without I/O from one state snapshot.
 
 use nodemesh_identity::SpiffeId;
+use nodemesh_policy::netpol::Protocol;
 use nodemesh_policy::{Connection, Destination, Peer, PolicySet, Verdict};
-use nodemesh_state::MeshState;
+use nodemesh_state::{FlowSource, MeshState};
 
 use crate::conns::{AdmittedOn, Arrival, Carried};
 use crate::flow::Refused;
@@ -51,6 +52,7 @@ pub fn decide(
     if !certified(&dst.identity) {
         return Err(Refused::new(RefusalReason::NoCertificate));
     }
+    network_policy(state, arrival)?;
     let destination = Destination {
         namespace: &dst.namespace,
         labels: &dst.labels,
@@ -71,6 +73,27 @@ pub fn decide(
         needs_l7: false,
         policy,
     })
+}
+
+/// The network policies' decision on `arrival`, both directions (the source side decided
+/// egress too, but only this side knows a mesh source's verified identity, and a plaintext
+/// source on this node was seen by no one else). A mesh source is the pod at its address only
+/// if the pod has the identity its certificate proves.
+fn network_policy(state: &MeshState, arrival: &Arrival) -> Result<(), Refused> {
+    if state.network_policies().is_empty() {
+        return Ok(());
+    }
+    let ip = arrival.src.ip();
+    let source = match &arrival.peer {
+        Some(identity) => FlowSource::Verified { ip, identity },
+        None => FlowSource::Address(ip),
+    };
+    let port = arrival.target.port();
+    let decision = state.decide_network(source, arrival.target.ip(), Protocol::Tcp, port);
+    match decision.verdict {
+        Verdict::Allow => Ok(()),
+        Verdict::Deny => Err(Refused::by_network_policy(&decision, port)),
+    }
 }
 
 /// The L4 decision for `arrival` to `destination` (for a destination that needs L7: the one
@@ -393,5 +416,57 @@ policies:
             MeshState::new(Config::from_yaml_str(&deleted, "/").unwrap(), "node-a").unwrap();
         let refused = recheck(&deleted, &on, &none(), |_| true).unwrap_err();
         assert_eq!(refused.reason, RefusalReason::UnknownSource);
+    }
+
+    /// The state with a NetworkPolicy on web-1 (no AuthorizationPolicy selects it) admitting
+    /// only pods `app: db` on TCP 8080.
+    fn with_network_policy() -> MeshState {
+        let yaml = format!(
+            "{YAML}networkPolicies:\n  - {{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: web-8080, namespace: shop}}, spec: {{podSelector: {{matchLabels: {{app: web}}}}, ingress: [{{from: [{{podSelector: {{matchLabels: {{app: db}}}}}}], ports: [{{port: 8080}}]}}]}}}}\n"
+        );
+        MeshState::new(Config::from_yaml_str(&yaml, "/").unwrap(), "node-a").unwrap()
+    }
+
+    #[test]
+    fn network_policy_filters_the_original_port_and_names_the_policy() {
+        let state = with_network_policy();
+        let db = Some(id("db", "shop"));
+        assert!(
+            decide(
+                &state,
+                &arrival(db.clone(), "10.1.0.11:8080"),
+                &none(),
+                |_| true
+            )
+            .is_ok()
+        );
+        let refused =
+            decide(&state, &arrival(db, "10.1.0.11:9090"), &none(), |_| true).unwrap_err();
+        assert_eq!(refused.reason, RefusalReason::NetworkPolicy);
+        assert_eq!(
+            refused.policy.as_deref(),
+            Some("NetworkPolicy/shop/web-8080")
+        );
+        // Other pods are not selected.
+        let db = Some(id("db", "shop"));
+        assert!(decide(&state, &arrival(db, "10.1.0.31:9090"), &none(), |_| true).is_ok());
+    }
+
+    #[test]
+    fn a_mesh_source_is_matched_by_its_verified_identity_not_its_address() {
+        let state = with_network_policy();
+        // The address is db-2's, but the certificate says api: not the pod at that address.
+        let forged = arrival(Some(id("api", "shop")), "10.1.0.11:8080");
+        assert_eq!(
+            reason(decide(&state, &forged, &none(), |_| true)),
+            RefusalReason::NetworkPolicy
+        );
+    }
+
+    #[test]
+    fn network_policy_off_admits_what_it_would_deny() {
+        let state = with_network_policy().without_network_policies();
+        let db = Some(id("db", "shop"));
+        assert!(decide(&state, &arrival(db, "10.1.0.11:9090"), &none(), |_| true).is_ok());
     }
 }

@@ -30,7 +30,9 @@ use crate::relay::relay_logged_in;
 /// malformed request, 503 for everything the client cannot fix).
 pub fn status(reason: RefusalReason) -> StatusCode {
     match reason {
-        RefusalReason::Policy | RefusalReason::StrictMtls => StatusCode::UNAUTHORIZED,
+        RefusalReason::Policy | RefusalReason::NetworkPolicy | RefusalReason::StrictMtls => {
+            StatusCode::UNAUTHORIZED
+        }
         RefusalReason::BadRequest => StatusCode::BAD_REQUEST,
         _ => StatusCode::SERVICE_UNAVAILABLE,
     }

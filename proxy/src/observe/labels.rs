@@ -155,11 +155,13 @@ pub enum RefusalReason {
     ConnectTimeout,
     /// A connection cap (per listener, per source, handshakes, memory budget) was reached.
     Overloaded,
+    /// A NetworkPolicy or ClusterNetworkPolicy denied it.
+    NetworkPolicy,
 }
 
 impl RefusalReason {
     /// Every reason, in declaration order.
-    pub const ALL: [RefusalReason; 15] = [
+    pub const ALL: [RefusalReason; 16] = [
         RefusalReason::Policy,
         RefusalReason::StrictMtls,
         RefusalReason::NoCertificate,
@@ -175,6 +177,7 @@ impl RefusalReason {
         RefusalReason::PolicyChanged,
         RefusalReason::ConnectTimeout,
         RefusalReason::Overloaded,
+        RefusalReason::NetworkPolicy,
     ];
 
     /// The label value, for example `"strict_mtls"`.
@@ -195,6 +198,7 @@ impl RefusalReason {
             RefusalReason::PolicyChanged => "policy_changed",
             RefusalReason::ConnectTimeout => "connect_timeout",
             RefusalReason::Overloaded => "overloaded",
+            RefusalReason::NetworkPolicy => "network_policy",
         }
     }
 

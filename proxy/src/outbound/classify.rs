@@ -35,6 +35,17 @@ pub enum Route {
     },
 }
 
+impl Route {
+    /// The pod or address the connection goes to.
+    pub fn target(&self) -> SocketAddr {
+        match self {
+            Route::Hbone { target, .. }
+            | Route::Local { target, .. }
+            | Route::Passthrough { target } => *target,
+        }
+    }
+}
+
 /// A classified connection: its route and the Service it called, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use nodemesh_identity::SpiffeId;
-use nodemesh_state::MeshState;
+use nodemesh_policy::Verdict;
+use nodemesh_policy::netpol::Protocol;
+use nodemesh_state::{FlowSource, MeshState};
 use tokio::net::TcpStream;
 
 pub use classify::{Route, Routed, classify};
@@ -48,6 +50,11 @@ pub(crate) async fn handle(
         }
     };
     guard.flow().service = routed.service;
+    if let Some(refused) = network_policy(&state, src, &routed.route) {
+        guard.flow().dst = Party::at(&state, routed.route.target(), None);
+        guard.finish(Err(refused));
+        return socket::reset(client);
+    }
     let result = match routed.route {
         Route::Local { source, target } => {
             // Same node: the source needs a valid certificate, as over HBONE; then the inbound
@@ -198,4 +205,24 @@ async fn hbone(
     }
     guard.opened(Reporter::Source);
     Ok(relay_logged_in(&ctx.bounds.memory, client, &mut tunnel).await)
+}
+
+/// The network policies' decision on a connection from a local pod, for the routes this side
+/// completes (HBONE and passthrough; a same-node call is decided by the inbound side): egress
+/// at the source pod, and ingress at the destination (for a pod outside the mesh, no one else
+/// sees this connection). `Some` is the refusal. Decided on the chosen endpoint and its target
+/// port, never on a Service VIP.
+fn network_policy(state: &MeshState, src: ClientAddr, route: &Route) -> Option<Refused> {
+    if state.network_policies().is_empty() || matches!(route, Route::Local { .. }) {
+        return None;
+    }
+    let target = route.target();
+    let decision = state.decide_network(
+        FlowSource::Address(src.ip()),
+        target.ip(),
+        Protocol::Tcp,
+        target.port(),
+    );
+    (decision.verdict == Verdict::Deny)
+        .then(|| Refused::by_network_policy(&decision, target.port()))
 }
