@@ -45,7 +45,14 @@ pub struct Config {
     /// Workload index by IP (IPs are unique).
     #[serde(skip)]
     by_ip: BTreeMap<Ipv4Addr, usize>,
+    /// The labels of every namespace listed or holding a workload, with the label Kubernetes
+    /// sets on every namespace, `kubernetes.io/metadata.name: <name>`.
+    #[serde(skip)]
+    namespace_labels: BTreeMap<String, Labels>,
 }
+
+/// The label Kubernetes puts on every namespace, naming it (NetworkPolicies select by it).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// The sections of a config, typed: what the YAML parser produces, or what another source (the
 /// Kubernetes watchers) assembles with [`Config::assemble`].
@@ -99,7 +106,21 @@ impl Config {
             .enumerate()
             .map(|(i, w)| (w.ip, i))
             .collect();
+        let mut namespace_labels: BTreeMap<String, Labels> = p
+            .namespaces
+            .iter()
+            .map(|n| (n.name.clone(), n.labels.clone()))
+            .collect();
+        for w in &p.workloads {
+            namespace_labels.entry(w.namespace.clone()).or_default();
+        }
+        for (name, labels) in &mut namespace_labels {
+            labels
+                .entry(NAMESPACE_NAME_LABEL.to_owned())
+                .or_insert_with(|| name.clone());
+        }
         Self {
+            namespace_labels,
             trust_domain: p.trust_domain,
             root_namespace: p.root_namespace,
             ca: p.ca,
@@ -253,9 +274,10 @@ impl Config {
         self.namespaces.iter().find(|n| n.name == name)
     }
 
-    /// The labels of namespace `name`: none when it is not listed.
+    /// The labels of namespace `name` with `kubernetes.io/metadata.name` (as Kubernetes sets
+    /// it); none for a namespace neither listed nor holding a workload.
     pub fn namespace_labels(&self, name: &str) -> &Labels {
-        self.namespace(name).map_or(&NO_LABELS, |n| &n.labels)
+        self.namespace_labels.get(name).unwrap_or(&NO_LABELS)
     }
 
     /// The workload with IP `ip`.

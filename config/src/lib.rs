@@ -29,7 +29,7 @@ mod validate;
 mod values;
 
 pub use build::WorkloadFields;
-pub use config::{Config, Parts, WireguardNode};
+pub use config::{Config, NAMESPACE_NAME_LABEL, Parts, WireguardNode};
 pub use error::{ConfigError, ConfigErrors, LoadError};
 pub use model::{
     Ca, ContainerPort, DEFAULT_SERVICE_ACCOUNT, Endpoint, Labels, MESH_LABEL, MTLS_MODE_LABEL,

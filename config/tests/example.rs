@@ -138,6 +138,12 @@ fn lookups() {
     assert!(!c.is_permissive("shop"));
     assert!(!c.is_permissive("unlisted"));
     assert!(c.namespace_labels("unlisted").is_empty());
+    // Kubernetes names every namespace by a label; so does the config, for network policies.
+    assert_eq!(
+        c.namespace_labels("legacy")
+            .get("kubernetes.io/metadata.name"),
+        Some(&"legacy".to_owned())
+    );
 
     // Services: selector within the namespace; lookup by VIP and port.
     let web = &c.services()[0];

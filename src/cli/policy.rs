@@ -44,8 +44,17 @@ pub enum Output {
 #[derive(Debug, clap::Args)]
 pub struct TrafficArgs {
     /// Multi-document YAML of AuthorizationPolicy objects (repeat the flag for more files).
-    #[arg(long = "policies", value_name = "FILE", required = true)]
+    #[arg(
+        long = "policies",
+        value_name = "FILE",
+        required_unless_present = "config"
+    )]
     policies: Vec<PathBuf>,
+    /// A standalone mesh config: its NetworkPolicies and ClusterNetworkPolicies decide the
+    /// connection from --source-ip to --destination-ip with the pods' and namespaces' labels,
+    /// beside the AuthorizationPolicies (the config's own `policies` unless --policies is given).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Namespace of the destination workload.
     #[arg(long, value_name = "NS")]
     destination_namespace: String,
@@ -168,14 +177,24 @@ fn decide(args: &TrafficArgs, explain: bool) -> Outcome {
         Ok(q) => q,
         Err(e) => return Outcome::bad_input(format!("error: {e}\n")),
     };
-    let policies = match load_files(&args.policies) {
-        Ok(p) => p,
-        Err(problems) => {
-            let mut stderr = String::new();
-            for p in problems {
-                let _ = writeln!(stderr, "{p}");
+    let state = match args.config.as_deref().map(mesh_state).transpose() {
+        Ok(state) => state,
+        Err(message) => return Outcome::bad_input(message),
+    };
+    let policies = if args.policies.is_empty()
+        && let Some(state) = &state
+    {
+        state.policies().policies().to_vec()
+    } else {
+        match load_files(&args.policies) {
+            Ok(p) => p,
+            Err(problems) => {
+                let mut stderr = String::new();
+                for p in problems {
+                    let _ = writeln!(stderr, "{p}");
+                }
+                return Outcome::bad_input(stderr);
             }
-            return Outcome::bad_input(stderr);
         }
     };
     let mut options = EngineOptions {
@@ -185,8 +204,15 @@ fn decide(args: &TrafficArgs, explain: bool) -> Outcome {
     options.path.decode_escaped_slashes = args.decode_escaped_slashes;
     let set = PolicySet::new(policies, options);
     let conn = query.connection();
+    let network = match &state {
+        Some(state) => match network_decision(state, &conn) {
+            Ok(n) => Some(n),
+            Err(message) => return Outcome::bad_input(message),
+        },
+        None => None,
+    };
     let req = query.request();
-    let (verdict, stdout) = if explain {
+    let (verdict, mut stdout) = if explain {
         let e = set.explain(&conn, req.as_ref());
         let out = match args.output {
             Output::Text => e.to_string(),
@@ -204,6 +230,22 @@ fn decide(args: &TrafficArgs, explain: bool) -> Outcome {
         };
         (d.verdict, out)
     };
+    let mut verdict = verdict;
+    if let Some((net_verdict, text, json)) = network {
+        if net_verdict == Verdict::Deny {
+            verdict = Verdict::Deny;
+        }
+        stdout = match args.output {
+            Output::Text => format!("{text}authorization policy:\n{stdout}"),
+            Output::Json => {
+                let mut value: serde_json::Value =
+                    serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+                value["network"] = json;
+                value["verdict"] = verdict.as_str().into();
+                json_line(serde_json::to_string(&value))
+            }
+        };
+    }
     Outcome {
         stdout,
         stderr: String::new(),
@@ -212,6 +254,50 @@ fn decide(args: &TrafficArgs, explain: bool) -> Outcome {
             Verdict::Deny => 1,
         },
     }
+}
+
+/// The state of a standalone config, for its network policies (any node: their decisions do
+/// not depend on which node asks).
+fn mesh_state(path: &std::path::Path) -> Result<nodemesh_state::MeshState, String> {
+    let config = nodemesh_config::Config::from_file(path).map_err(|e| format!("{e}\n"))?;
+    let node = config
+        .nodes()
+        .first()
+        .map(|n| n.name.clone())
+        .ok_or_else(|| format!("{}: no nodes\n", path.display()))?;
+    nodemesh_state::MeshState::new(config, &node).map_err(|e| format!("{e}\n"))
+}
+
+/// The network policies' decision on `conn` (which must name both IPs), as (verdict, text,
+/// JSON).
+fn network_decision(
+    state: &nodemesh_state::MeshState,
+    conn: &nodemesh_policy::Connection<'_>,
+) -> Result<(Verdict, String, serde_json::Value), String> {
+    let (Some(ip), Some(destination)) = (conn.source.ip, conn.destination.ip) else {
+        return Err("error: --config needs --source-ip and --destination-ip\n".to_owned());
+    };
+    let identity = conn
+        .source
+        .principal
+        .map(|p| {
+            let p = p.strip_prefix("spiffe://").unwrap_or(p);
+            nodemesh_identity::SpiffeId::new(&format!("spiffe://{p}"))
+                .map_err(|e| format!("error: --source-principal: {e}\n"))
+        })
+        .transpose()?;
+    let source = match &identity {
+        Some(identity) => nodemesh_state::FlowSource::Verified { ip, identity },
+        None => nodemesh_state::FlowSource::Address(ip),
+    };
+    let protocol = nodemesh_policy::netpol::Protocol::Tcp;
+    let port = conn.destination.port;
+    let d = state.decide_network(source, destination, protocol, port);
+    Ok((
+        d.verdict,
+        d.to_text(protocol, port),
+        d.to_json(protocol, port),
+    ))
 }
 
 fn json_line(json: serde_json::Result<String>) -> String {
@@ -461,5 +547,74 @@ spec:
             )),
             "{o:?}"
         );
+    }
+
+    const MESH: &str = "\
+nodes: [{name: node-a, address: 10.0.0.1}]
+namespaces: [{name: shop}, {name: client}]
+workloads:
+  - {name: web-1, namespace: shop, serviceAccount: web, ip: 10.1.0.11, node: node-a, labels: {app: web}}
+  - {name: client-1, namespace: client, serviceAccount: client, ip: 10.1.0.21, node: node-a, labels: {app: client}}
+networkPolicies:
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: web-8080, namespace: shop}
+    spec:
+      podSelector: {matchLabels: {app: web}}
+      ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: client}}}], ports: [{port: 8080}]}]
+";
+
+    #[test]
+    fn explain_with_a_config_shows_the_network_policy_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = dir.path().join("mesh.yaml");
+        std::fs::write(&mesh, MESH).unwrap();
+        let mesh = mesh.display().to_string();
+        let args = |port: &'static str| {
+            vec![
+                "policy".to_owned(),
+                "explain".to_owned(),
+                "--config".to_owned(),
+                mesh.clone(),
+                "--destination-namespace=shop".to_owned(),
+                "--destination-labels=app=web".to_owned(),
+                format!("--destination-port={port}"),
+                "--destination-ip=10.1.0.11".to_owned(),
+                "--source-ip=10.1.0.21".to_owned(),
+                "--source-principal=cluster.local/ns/client/sa/client".to_owned(),
+            ]
+        };
+        let run = |argv: Vec<String>| match Cli::try_parse_from(argv).unwrap().cmd {
+            PolicyCommand::Explain(a) => decide(&a, true),
+            _ => unreachable!(),
+        };
+        let allowed = run(args("8080"));
+        assert_eq!(allowed.code, 0, "{allowed:?}");
+        assert!(
+            allowed.stdout.starts_with("network policy: allow\n"),
+            "{}",
+            allowed.stdout
+        );
+        let denied = run(args("9090"));
+        assert_eq!(denied.code, 1, "{denied:?}");
+        assert!(
+            denied.stdout.contains(
+                "denied by NetworkPolicy shop/web-8080 (ingress): no rule admits TCP port 9090"
+            ),
+            "{}",
+            denied.stdout
+        );
+        let mut json = args("9090");
+        json.push("--output=json".to_owned());
+        let json: serde_json::Value = serde_json::from_str(&run(json).stdout).unwrap();
+        assert_eq!(json["verdict"], "deny");
+        assert_eq!(
+            json["network"]["ingress"]["policy"],
+            "NetworkPolicy/shop/web-8080"
+        );
+        // A certificate of another workload than the one at the source address matches no pod.
+        let mut forged = args("8080");
+        forged[9] = "--source-principal=cluster.local/ns/shop/sa/web".to_owned();
+        assert_eq!(run(forged).code, 1);
     }
 }

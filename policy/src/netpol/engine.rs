@@ -137,6 +137,33 @@ pub struct NetDecision<'e> {
 }
 
 impl<'e> NetDecision<'e> {
+    /// The decision as JSON for `/policy/explain` and `nodemesh policy explain`:
+    /// `{"verdict", "egress": {"verdict", "policy", "reason"}, "ingress": {...}}`.
+    pub fn to_json(&self, protocol: Protocol, port: u16) -> serde_json::Value {
+        let side = |d: &DirectionDecision<'_>| {
+            serde_json::json!({
+                "verdict": d.verdict.as_str(),
+                "policy": d.policy_name(),
+                "reason": d.describe(protocol, port),
+            })
+        };
+        serde_json::json!({
+            "verdict": self.verdict.as_str(),
+            "egress": side(&self.egress),
+            "ingress": side(&self.ingress),
+        })
+    }
+
+    /// The decision for people, one line per direction after the verdict.
+    pub fn to_text(&self, protocol: Protocol, port: u16) -> String {
+        format!(
+            "network policy: {}\n  {}\n  {}\n",
+            self.verdict.as_str(),
+            self.egress.describe(protocol, port),
+            self.ingress.describe(protocol, port)
+        )
+    }
+
     /// The direction that denied, if one did (egress first).
     pub fn denied(&self) -> Option<&DirectionDecision<'e>> {
         [&self.egress, &self.ingress]

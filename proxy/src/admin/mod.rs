@@ -82,10 +82,45 @@ fn explain(ctx: &Ctx, query: &str) -> Result<serde_json::Value, String> {
     let query = TrafficQuery::from_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| e.to_string())?;
     let state = ctx.store.load();
-    let explanation = state
-        .policies()
-        .explain(&query.connection(), query.request().as_ref());
-    Ok(explanation.to_json())
+    let conn = query.connection();
+    let explanation = state.policies().explain(&conn, query.request().as_ref());
+    let mut json = explanation.to_json();
+    if let Some(network) = explain_network(&state, &conn) {
+        if network["verdict"] == "deny" {
+            json["verdict"] = "deny".into();
+        }
+        json["network"] = network;
+    }
+    Ok(json)
+}
+
+/// The network policies' decision on the connection, when it names both addresses (a
+/// principal makes the source a mesh client, matched by that identity).
+fn explain_network(
+    state: &nodemesh_state::MeshState,
+    conn: &nodemesh_policy::Connection<'_>,
+) -> Option<serde_json::Value> {
+    let (ip, destination) = (conn.source.ip?, conn.destination.ip?);
+    let identity = conn.source.principal.map(|p| {
+        let p = p.strip_prefix("spiffe://").unwrap_or(p);
+        nodemesh_identity::SpiffeId::new(&format!("spiffe://{p}"))
+    });
+    let identity = match identity {
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return None,
+        None => None,
+    };
+    let source = match &identity {
+        Some(identity) => nodemesh_state::FlowSource::Verified { ip, identity },
+        None => nodemesh_state::FlowSource::Address(ip),
+    };
+    let port = conn.destination.port;
+    let protocol = nodemesh_policy::netpol::Protocol::Tcp;
+    Some(
+        state
+            .decide_network(source, destination, protocol, port)
+            .to_json(protocol, port),
+    )
 }
 
 /// The admin, metrics and readiness servers of a running proxy.
