@@ -299,19 +299,21 @@ impl Suggestion {
     /// `skipped_lines` that could not be read, and every warning.
     pub fn header(&self, options: &SuggestOptions, skipped_lines: usize) -> Vec<String> {
         let s = &self.stats;
-        let bound = |t: Option<OffsetDateTime>| t.map_or_else(|| "-".to_owned(), format_time);
+        let window = match (options.since, options.until) {
+            (None, None) => "every flow (no --since or --until)".to_owned(),
+            (since, until) => format!(
+                "from {} to {}",
+                since.map_or_else(|| "the first flow".to_owned(), format_time),
+                until.map_or_else(|| "the last flow".to_owned(), format_time)
+            ),
+        };
         let mut lines = vec![
             "Suggested by `nodemesh policy suggest`: review before applying.".to_owned(),
             format!(
                 "flows read: {}, counted: {}, skipped lines: {skipped_lines}",
                 s.flows, s.admitted
             ),
-            format!(
-                "window: {} .. {} (outside: {})",
-                bound(options.since),
-                bound(options.until),
-                s.outside_window
-            ),
+            format!("window: {window} (outside it: {})", s.outside_window),
             format!(
                 "left out: {} denied{}, {} refused, {} without destination port, {} without source; {} to destinations outside the config",
                 s.denied,

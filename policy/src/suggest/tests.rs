@@ -265,7 +265,8 @@ fn window_keeps_since_inclusive_until_exclusive() {
     assert_eq!((s.stats.admitted, s.stats.outside_window), (2, 2));
     let header = s.header(&options, 0).join("\n");
     assert!(
-        header.contains("window: 2025-01-02T03:00:00Z .. 2025-01-02T04:00:00Z (outside: 2)"),
+        header
+            .contains("window: from 2025-01-02T03:00:00Z to 2025-01-02T04:00:00Z (outside it: 2)"),
         "{header}"
     );
 }
@@ -555,5 +556,56 @@ fn output_is_deterministic_yaml() {
     assert!(
         yaml.contains("- \"8080\"") || yaml.contains("- '8080'"),
         "{yaml}"
+    );
+}
+
+#[test]
+fn suggested_authorization_policies_compile_and_decide_as_observed() {
+    use crate::{Connection, Destination, EngineOptions, Peer, PolicySet, Verdict};
+
+    let options = SuggestOptions {
+        kinds: Kinds::Authorization,
+        ..Default::default()
+    };
+    let s = run(
+        &[
+            line("10.0.2.1", Some(UI), "10.0.1.1", 8080, "allow", T),
+            line("192.0.2.7", None, "10.0.1.1", 9090, "allow", T),
+        ],
+        &options,
+    );
+    let yaml = to_yaml(&s.header(&options, 0), &s.documents).unwrap();
+    let files = [("suggested.yaml".to_owned(), yaml)];
+    assert_eq!(crate::lint::lint_texts(&files), [], "{}", files[0].1);
+    let set = PolicySet::new(
+        crate::load::load_texts(&files).unwrap(),
+        EngineOptions::default(),
+    );
+    let labels: std::collections::BTreeMap<String, String> = [("app".into(), "web".into())].into();
+    let decide = |principal: Option<&str>, ip: &str, port: u16| {
+        let conn = Connection {
+            source: Peer {
+                principal,
+                namespace: principal.and_then(|p| p.split('/').nth(2)),
+                ip: Some(ip.parse().unwrap()),
+            },
+            destination: Destination {
+                namespace: "shop",
+                labels: &labels,
+                ip: Some("10.0.1.1".parse().unwrap()),
+                port,
+            },
+        };
+        set.decide_connection(&conn).verdict
+    };
+    let ui = Some("cluster.local/ns/front/sa/ui");
+    // Exactly the observed flows pass.
+    assert_eq!(decide(ui, "10.0.2.1", 8080), Verdict::Allow);
+    assert_eq!(decide(None, "192.0.2.7", 9090), Verdict::Allow);
+    assert_eq!(decide(ui, "10.0.2.1", 9090), Verdict::Deny);
+    assert_eq!(decide(None, "192.0.2.7", 8080), Verdict::Deny);
+    assert_eq!(
+        decide(Some("cluster.local/ns/shop/sa/client"), "10.0.1.3", 8080),
+        Verdict::Deny
     );
 }
