@@ -81,14 +81,16 @@ pub struct SuggestArgs {
 
 /// The workloads of the standalone config, with their labels and whether they are in the mesh.
 pub fn directory(config: &Config) -> Directory {
-    Directory::new(config.workloads().iter().map(|w| Workload {
-        namespace: w.namespace.clone(),
-        name: w.name.clone(),
-        ips: std::iter::once(IpAddr::V4(w.ip))
-            .chain(w.ipv6.map(IpAddr::V6))
-            .collect(),
-        labels: w.labels.clone(),
-        in_mesh: config.in_mesh(w),
+    Directory::new(config.workloads().iter().map(|w| {
+        Workload {
+            namespace: w.namespace.clone(),
+            name: w.name.clone(),
+            ips: std::iter::once(IpAddr::V4(w.ip))
+                .chain(w.ipv6.map(IpAddr::V6))
+                .collect(),
+            labels: w.labels.clone(),
+            in_mesh: config.in_mesh(w),
+        }
     }))
 }
 
@@ -183,16 +185,18 @@ pub fn suggest(args: &SuggestArgs, stdin: impl BufRead) -> Outcome {
                 None => Ok(()),
             }
         } else {
-            File::open(path).and_then(|f| {
-                read_flows(&name, BufReader::new(f), &mut suggester, &mut skipped)
-            })
+            File::open(path)
+                .and_then(|f| read_flows(&name, BufReader::new(f), &mut suggester, &mut skipped))
         };
         if let Err(e) = read {
             return Outcome::bad_input(format!("error: cannot read {name}: {e}\n"));
         }
     }
     let suggestion = suggester.finish();
-    let yaml = match to_yaml(&suggestion.header(&options, skipped.count), &suggestion.documents) {
+    let yaml = match to_yaml(
+        &suggestion.header(&options, skipped.count),
+        &suggestion.documents,
+    ) {
         Ok(y) => y,
         Err(e) => return Outcome::bad_input(format!("error: cannot write YAML: {e}\n")),
     };
