@@ -237,3 +237,57 @@ pub fn suggest(args: &SuggestArgs, stdin: impl BufRead) -> Outcome {
         code: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SuggestArgs,
+    }
+
+    #[test]
+    fn reports_the_first_malformed_lines_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yaml");
+        std::fs::write(
+            &config,
+            "nodes: [{name: node-a, address: 10.200.0.1}]\n\
+             workloads: [{name: web-1, namespace: shop, ip: 10.200.0.11, node: node-a, labels: {app: web}}]\n",
+        )
+        .unwrap();
+        let args = Cli::try_parse_from(["suggest", "--config", config.to_str().unwrap(), "-"])
+            .unwrap()
+            .args;
+        let good = r#"{"time":"2025-01-02T03:04:05Z","src":{"ip":"192.0.2.1"},"dst":{"ip":"10.200.0.11","port":80},"verdict":"allow"}"#;
+        let mut input = format!("{good}\n");
+        for n in 0..25 {
+            input.push_str(&format!("bad {n}\n"));
+        }
+        input.push_str("\u{fffd}\n");
+        let mut bytes = input.into_bytes();
+        bytes.extend_from_slice(b"\xff\xfe\n");
+        let o = suggest(&args, bytes.as_slice());
+        assert_eq!(o.code, 0, "{o:?}");
+        let lines: Vec<&str> = o.stderr.lines().collect();
+        assert_eq!(lines[0], "-:2: skipped: expected value at line 1 column 1");
+        assert_eq!(
+            lines[19],
+            "-:21: skipped: expected value at line 1 column 1"
+        );
+        assert_eq!(lines[20], "... and 7 more malformed lines skipped");
+        assert!(
+            o.stdout
+                .contains("# flows read: 1, counted: 1, skipped lines: 27\n"),
+            "{}",
+            o.stdout
+        );
+        assert!(o.stdout.contains("cidr: 192.0.2.1/32"), "{}", o.stdout);
+    }
+}
