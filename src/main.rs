@@ -31,7 +31,7 @@ enum Command {
     Config(cli::config::ConfigCommand),
     /// Run the node proxy: capture listeners, HBONE mTLS, inline L4/L7 authorization.
     Proxy(cli::proxy::ProxyArgs),
-    /// Check, explain and lint AuthorizationPolicies offline.
+    /// Check, explain and lint AuthorizationPolicies offline; suggest policies from flow logs.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
     /// Install, remove and check the node's capture rules (iptables or nftables TPROXY).

@@ -374,3 +374,220 @@ fn explain_agrees_with_the_proxy_admin() {
         assert_eq!(cli, format!("error: {body}"), "{query:?}");
     }
 }
+
+const SUGGEST_CONFIG: &str = "\
+nodes: [{name: node-a, address: 10.200.0.1, podCIDR: 10.200.1.0/24}]
+namespaces:
+- {name: shop, labels: {nodemesh.io/mesh: enabled}}
+- {name: front, labels: {nodemesh.io/mesh: enabled}}
+workloads:
+- {name: web-1, namespace: shop, ip: 10.200.1.11, node: node-a, serviceAccount: web,
+   labels: {app: web, pod-template-hash: aaa}}
+- {name: web-2, namespace: shop, ip: 10.200.1.12, node: node-a, serviceAccount: web,
+   labels: {app: web, pod-template-hash: bbb}}
+- {name: client, namespace: shop, ip: 10.200.1.13, node: node-a, serviceAccount: client,
+   labels: {app: client}}
+- {name: ui, namespace: front, ip: 10.200.1.21, node: node-a, serviceAccount: ui, labels: {app: ui}}
+";
+
+/// A flow-log line as the proxy writes it (`proxy/src/observe/record.rs`).
+fn flow_line(time: &str, src: (&str, &str), dst: (&str, u16), verdict: &str) -> String {
+    let (src_ip, src_id) = src;
+    let (dst_ip, dst_port) = dst;
+    let identity = (!src_id.is_empty()).then(|| format!("spiffe://cluster.local/{src_id}"));
+    serde_json::json!({
+        "time": time, "direction": "inbound",
+        "src": {"workload": null, "namespace": null, "identity": identity, "ip": src_ip, "port": 40312},
+        "dst": {"workload": null, "namespace": null, "identity": null, "ip": dst_ip, "port": dst_port},
+        "service": null, "verdict": verdict, "policy": null, "reason": null,
+        "bytes_sent": 512, "bytes_received": 128, "duration_ms": 12,
+    })
+    .to_string()
+}
+
+#[test]
+fn suggest_writes_network_and_authorization_policies_that_load() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, SUGGEST_CONFIG).unwrap();
+    let t = "2025-01-02T03:04:05.678Z";
+    let ui = ("10.200.1.21", "ns/front/sa/ui");
+    let client = ("10.200.1.13", "ns/shop/sa/client");
+    let log = [
+        flow_line(t, ui, ("10.200.1.11", 8080), "allow"),
+        flow_line(t, client, ("10.200.1.12", 9090), "allow"),
+        "{\"time\": truncated".to_owned(),
+        flow_line(t, ("192.0.2.9", ""), ("10.200.1.11", 8080), "allow"),
+        flow_line(t, ui, ("10.200.1.12", 7070), "deny"),
+        flow_line("2025-01-01T00:00:00Z", ui, ("10.200.1.12", 6060), "allow"),
+    ]
+    .join("\n");
+    let flows = dir.path().join("flows.jsonl");
+    std::fs::write(&flows, log).unwrap();
+    let out_file = dir.path().join("suggested.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodemesh"))
+        .args(["policy", "suggest", "--config", config.to_str().unwrap()])
+        .args([flows.to_str().unwrap(), "-"])
+        .args(["--since", "2025-01-02T00:00:00Z", "--default-deny"])
+        .args(["--output", out_file.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Standard input: one more flow (web calls ui), and a second malformed line.
+    let stdin_log = flow_line(
+        t,
+        ("10.200.1.11", "ns/shop/sa/web"),
+        ("10.200.1.21", 3000),
+        "allow",
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{stdin_log}\nnot json\n").as_bytes())
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("flows.jsonl:3: skipped: "), "{stderr}");
+    assert!(stderr.contains("-:2: skipped: expected ident"), "{stderr}");
+
+    let yaml = std::fs::read_to_string(&out_file).unwrap();
+    assert!(
+        yaml.starts_with("# Suggested by `nodemesh policy suggest`"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("# flows read: 6, counted: 4, skipped lines: 2\n"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("# window: from 2025-01-02T00:00:00Z to the last flow (outside it: 1)\n"),
+        "{yaml}"
+    );
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let docs: Vec<_> = docs.into_iter().filter(|d| !d.is_null()).collect();
+    let names: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["namespace"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "NetworkPolicy front/ui-ingress-suggested",
+            "NetworkPolicy shop/web-ingress-suggested",
+            "AuthorizationPolicy front/ui-ingress-suggested",
+            "AuthorizationPolicy shop/web-ingress-suggested",
+            "NetworkPolicy front/default-deny-suggested",
+            "NetworkPolicy shop/default-deny-suggested",
+        ]
+    );
+
+    // Every NetworkPolicy is a Kubernetes NetworkPolicy: it deserializes into the API type and
+    // serializes back to the same object (no unknown or mistyped field).
+    for doc in docs.iter().filter(|d| d["kind"] == "NetworkPolicy") {
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(&serde_json::to_value(&np).unwrap(), doc);
+    }
+    let web = &docs[1]["spec"];
+    assert_eq!(
+        web["podSelector"],
+        serde_json::json!({"matchLabels": {"app": "web"}})
+    );
+    assert_eq!(
+        web["ingress"],
+        serde_json::json!([
+            {"from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "front"}},
+                 "podSelector": {"matchLabels": {"app": "ui"}}},
+                {"ipBlock": {"cidr": "192.0.2.9/32"}}],
+             "ports": [{"protocol": "TCP", "port": 8080}]},
+            {"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+             "ports": [{"protocol": "TCP", "port": 9090}]},
+        ])
+    );
+
+    // The AuthorizationPolicies lint clean and admit exactly what was observed.
+    let authz: Vec<&str> = yaml
+        .split("\n---\n")
+        .filter(|d| d.contains("kind: AuthorizationPolicy"))
+        .collect();
+    let authz_file = dir.path().join("authz.yaml");
+    std::fs::write(&authz_file, authz.join("\n---\n")).unwrap();
+    let authz_file = authz_file.to_str().unwrap();
+    let out = nodemesh(&["lint", authz_file]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = std::fs::read_to_string(authz_file).unwrap();
+    let policies = nodemesh_policy::load::load_texts(&[("authz.yaml".to_owned(), text)]).unwrap();
+    assert_eq!(policies.len(), 2);
+    let decide = |principal: &str, port: &str| {
+        let out = nodemesh(&[
+            "check",
+            "--policies",
+            authz_file,
+            "--destination-namespace",
+            "shop",
+            "--destination-labels",
+            "app=web",
+            "--destination-port",
+            port,
+            "--source-principal",
+            principal,
+        ]);
+        out.status.code()
+    };
+    assert_eq!(decide("cluster.local/ns/front/sa/ui", "8080"), Some(0));
+    assert_eq!(decide("cluster.local/ns/shop/sa/client", "9090"), Some(0));
+    // Denied and out-of-window flows were left out; so is anything never seen.
+    assert_eq!(decide("cluster.local/ns/front/sa/ui", "7070"), Some(1));
+    assert_eq!(decide("cluster.local/ns/front/sa/ui", "6060"), Some(1));
+    assert_eq!(decide("cluster.local/ns/shop/sa/client", "8080"), Some(1));
+}
+
+#[test]
+fn suggest_needs_the_config_and_a_valid_window() {
+    let out = nodemesh(&["suggest", "-"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--config <FILE>"),
+        "{out:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, SUGGEST_CONFIG).unwrap();
+    let config = config.to_str().unwrap();
+    let out = nodemesh(&[
+        "suggest",
+        "--config",
+        config,
+        "--since",
+        "yesterday",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: --since: \"yesterday\" is not an RFC 3339 time"),
+        "{out:?}"
+    );
+    let out = nodemesh(&["suggest", "--config", config, "/nonexistent/flows.jsonl"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: cannot read /nonexistent/flows.jsonl"),
+        "{out:?}"
+    );
+}

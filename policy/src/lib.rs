@@ -30,6 +30,7 @@ pub mod query;
 pub mod request;
 mod rule;
 pub mod status;
+pub mod suggest;
 
 pub use compile::{compile, compile_fail_closed, fail_closed_unparsable};
 pub use decision::{Decision, DryRunOutcome, Reason, Verdict};

@@ -1,5 +1,7 @@
 //! `nodemesh policy`: decide, explain and lint AuthorizationPolicies offline, with the same engine
-//! the proxy runs.
+//! the proxy runs, and suggest policies from flow logs.
+
+mod suggest;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -28,6 +30,14 @@ pub enum PolicyCommand {
     ///
     /// Exit status: 0 when every file is clean, 2 otherwise.
     Lint(LintArgs),
+    /// Write the least NetworkPolicies and AuthorizationPolicies that admit exactly the flows
+    /// of flow logs, as YAML for `kubectl apply`.
+    ///
+    /// Counts flows with verdict allow or passthrough (and deny with --include-denied) in the
+    /// window; selectors are the labels of the config's workloads. Malformed lines are skipped
+    /// and reported on stderr. Exit status: 0, or 2 on bad input (a flag, the config, an
+    /// unreadable file).
+    Suggest(suggest::SuggestArgs),
 }
 
 /// How to print a result.
@@ -160,6 +170,7 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
         PolicyCommand::Check(args) => decide(&args, false),
         PolicyCommand::Explain(args) => decide(&args, true),
         PolicyCommand::Lint(args) => lint(&args),
+        PolicyCommand::Suggest(args) => suggest::suggest(&args, std::io::stdin().lock()),
     };
     // A closed pipe (`| head`) must not become a panic; the exit status still tells.
     let _ = std::io::stdout()
@@ -367,6 +378,7 @@ spec:
             PolicyCommand::Check(a) => decide(&a, false),
             PolicyCommand::Explain(a) => decide(&a, true),
             PolicyCommand::Lint(a) => lint(&a),
+            PolicyCommand::Suggest(a) => suggest::suggest(&a, std::io::empty()),
         }
     }
 
