@@ -21,6 +21,8 @@ pub enum Subject {
     Policy(PolicyRef),
     /// The n-th document of the file (1-based), when it cannot be named.
     Document(usize),
+    /// A cluster-scoped policy (ClusterNetworkPolicy), by name.
+    Cluster(String),
     /// The whole file.
     File,
 }
@@ -30,6 +32,7 @@ impl fmt::Display for Subject {
         match self {
             Subject::Policy(p) => p.fmt(f),
             Subject::Document(n) => write!(f, "document {n}"),
+            Subject::Cluster(name) => f.write_str(name),
             Subject::File => f.write_str("-"),
         }
     }
@@ -62,12 +65,21 @@ pub enum ProblemKind {
     /// Lint only: a DENY or AUDIT policy without rules never matches.
     #[error("{0} policy without rules never matches")]
     NeverMatches(Action),
+    /// A NetworkPolicy or ClusterNetworkPolicy does not compile.
+    #[error("{0}")]
+    Network(String),
+    /// Lint only: a part of a NetworkPolicy or ClusterNetworkPolicy that can never match.
+    #[error("{0}")]
+    NetworkNeverMatches(String),
 }
 
 impl ProblemKind {
     /// Whether this is only a lint warning (the policy still loads).
     pub fn is_warning(&self) -> bool {
-        matches!(self, ProblemKind::NeverMatches(_))
+        matches!(
+            self,
+            ProblemKind::NeverMatches(_) | ProblemKind::NetworkNeverMatches(_)
+        )
     }
 }
 
@@ -153,7 +165,7 @@ fn stringify_scalars<'a>(value: &'a mut serde_json::Value, path: &mut Vec<&'a st
 /// Splits a YAML stream into documents: `(first line number, text)`. Document markers (`---`,
 /// `...`) and directives (`%`) at the start of a line cannot occur inside content, so this
 /// agrees with a YAML parser; each piece is then parsed on its own.
-fn split_documents(text: &str) -> Vec<(usize, &str)> {
+pub(crate) fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut docs = Vec::new();
     let mut start = 0; // byte offset of the current piece
     let mut start_line = 0;
@@ -237,12 +249,26 @@ fn name_of(text: &str) -> Option<PolicyRef> {
 /// Parses a file's text into policy documents, checking `apiVersion`, `kind` and
 /// `metadata.namespace`. Returns the good documents and every problem.
 pub fn parse_file(file: &str, text: &str) -> (Vec<SourcedDocument>, Vec<Problem>) {
+    parse_file_skipping(file, text, |_| false)
+}
+
+/// [`parse_file`], leaving out the documents `skip` picks (given each document's text, padded
+/// so its line numbers are the file's); they still count in the document numbers.
+pub(crate) fn parse_file_skipping(
+    file: &str,
+    text: &str,
+    skip: impl Fn(&str) -> bool,
+) -> (Vec<SourcedDocument>, Vec<Problem>) {
     let mut docs = Vec::new();
     let mut problems = Vec::new();
     let mut index = 0;
     for (line, piece) in split_documents(text) {
         // Pad with newlines so that reported line numbers are the file's.
         let padded = format!("{}{piece}", "\n".repeat(line));
+        if skip(&padded) {
+            index += 1;
+            continue;
+        }
         let problem = |subject, field: &str, kind| Problem {
             file: file.to_owned(),
             subject,

@@ -14,6 +14,7 @@
 
 pub mod compile;
 pub mod engine;
+pub mod lint;
 pub mod model;
 pub mod wire;
 

@@ -377,3 +377,52 @@ fn nodes_and_networks_peers_match_egress_destinations() {
     assert_eq!(to("198.51.100.7", None), Verdict::Deny);
     assert_eq!(to("203.0.113.1", None), Verdict::Allow);
 }
+
+#[test]
+fn lint_flags_what_can_never_match() {
+    let text = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}, matchExpressions: [{key: app, operator: NotIn, values: [a]}]}
+  policyTypes: [Ingress]
+  egress: [{}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: c}
+spec:
+  tier: Admin
+  priority: 3
+  subject: {namespaces: {}}
+  egress:
+  - {name: all-pods, action: Deny, to: [{namespaces: {}}]}
+  - {name: shadowed, action: Accept, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}}]}
+  - {name: reached, action: Accept, to: [{networks: [192.0.2.0/24]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad, namespace: x}
+spec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}
+---
+apiVersion: security.nodemesh.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ap, namespace: x}
+spec: {action: DENY}
+";
+    let problems: Vec<String> = crate::lint::lint_texts(&[("f.yaml".into(), text.into())])
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        vec![
+            "f.yaml: x/p: spec.egress: ignored: spec.policyTypes does not list Egress",
+            "f.yaml: x/p: spec.podSelector: selector app=a,app notin (a) can never match (contradicting requirements)",
+            "f.yaml: c: spec.egress[1]: rule shadowed is never reached: rule all-pods before it matches all its traffic",
+            "f.yaml: x/bad: spec.ingress[0].ports[0].port: 0 is not a port in 1..=65535",
+            "f.yaml: x/ap: spec.rules: DENY policy without rules never matches",
+        ]
+    );
+}
