@@ -151,16 +151,20 @@ impl MeshState {
                 .find(|n| n.address == v4)
                 .map(|n| &n.labels as &dyn Labels)
         };
+        // A pod's address is no node's: look nodes up only for other addresses.
         let flow = Flow {
             source: Endpoint {
                 ip: src_ip,
                 pod: src_view.as_ref().map(|p| p as &dyn Pod),
-                node: node_labels(src_ip),
+                node: src_view.is_none().then(|| node_labels(src_ip)).flatten(),
             },
             destination: Endpoint {
                 ip: Some(destination),
                 pod: dst_view.as_ref().map(|p| p as &dyn Pod),
-                node: node_labels(Some(destination)),
+                node: dst_view
+                    .is_none()
+                    .then(|| node_labels(Some(destination)))
+                    .flatten(),
             },
             protocol,
             port,
