@@ -4,6 +4,10 @@
 //! relist; the relist ends with a [`Update::Reset`] that replaces the kind's map, so whatever
 //! changed during an outage (deletions included) is applied when the API returns, and a
 //! completed relist is the unambiguous sign that the view is fresh again.
+//!
+//! A kind whose resource may not exist (a CRD another project ships, [`Absent::Empty`]) counts
+//! as listed and empty while the API answers 404 for it; the loop keeps re-checking with the
+//! backoff, so installing the CRD later starts following it without a restart.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -48,8 +52,35 @@ impl Default for Retry {
     }
 }
 
+/// What a watch loop makes of an API that does not serve the resource (404 on the list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absent {
+    /// An error like any other: the kind stays unsynced (and stale) until a list succeeds.
+    Fail,
+    /// The resource is optional (its CRD may not be installed): the kind is listed as empty,
+    /// `warning` is logged once per absence, and the list is retried with the backoff.
+    Empty {
+        /// Why nothing of the kind is enforced and how to change that.
+        warning: &'static str,
+    },
+}
+
+/// Whether a watcher error says the API does not serve the resource at all: a 404, as a JSON
+/// `Status` or as the plain-text body the API server gives for a path it does not know
+/// (kube-rs then keeps only the code: `Status::is_not_found` alone would miss it).
+fn not_served(error: &watcher::Error) -> bool {
+    let not_found = |s: &kube::core::Status| s.code == 404 || s.is_not_found();
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => not_found(status),
+        watcher::Error::WatchError(status) => not_found(status),
+        _ => false,
+    }
+}
+
 /// Lists and watches `api` until `updates` closes, converting objects with `convert` (keyed by
-/// `key`).
+/// `key`). A resource the API does not serve is an error ([`Absent::Fail`]).
 pub async fn run<K>(
     api: Api<K>,
     kind: Kind,
@@ -60,7 +91,24 @@ pub async fn run<K>(
 ) where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    run_with(api, kind, key, convert, updates, retry, Absent::Fail).await;
+}
+
+/// [`run`], with `absent` deciding what a 404 for the resource means.
+pub async fn run_with<K>(
+    api: Api<K>,
+    kind: Kind,
+    key: impl Fn(&K) -> String + Send,
+    convert: impl Fn(&K) -> Option<Object> + Send,
+    updates: mpsc::Sender<Update>,
+    retry: Retry,
+    absent: Absent,
+) where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
     let mut wait = retry.initial;
+    // Whether the last attempt found the resource missing (and reported the kind empty).
+    let mut missing = false;
     loop {
         let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
         let mut listing: BTreeMap<String, Object> = BTreeMap::new();
@@ -78,11 +126,30 @@ pub async fn run<K>(
                 }
                 Ok(Event::InitDone) => {
                     wait = retry.initial;
+                    if std::mem::take(&mut missing) {
+                        tracing::info!(?kind, "the resource is served now; following it");
+                    }
                     Update::Reset(kind, std::mem::take(&mut listing))
                 }
                 Ok(Event::Apply(obj)) => Update::Apply(kind, key(&obj), convert(&obj)),
                 Ok(Event::Delete(obj)) => Update::Delete(kind, key(&obj)),
                 Err(error) => {
+                    if let Absent::Empty { warning } = absent
+                        && not_served(&error)
+                    {
+                        if !missing {
+                            missing = true;
+                            tracing::warn!(?kind, %error, "{warning}");
+                            // Listed, and empty: the kind is synced and nothing is enforced.
+                            let reset = Update::Reset(kind, BTreeMap::new());
+                            if updates.send(reset).await.is_err() {
+                                return;
+                            }
+                        } else {
+                            tracing::debug!(?kind, "the resource is still not served");
+                        }
+                        break;
+                    }
                     if updates
                         .send(Update::Failed(kind, error.to_string()))
                         .await
