@@ -7,7 +7,9 @@
 
 mod common;
 
+use std::fmt::Debug;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use common::{cluster, options, start};
@@ -18,6 +20,35 @@ use nodemesh_test_support::kube::FakeApi;
 use nodemesh_test_support::kube::objects::*;
 use nodemesh_test_support::wait::eventually;
 use serde_json::{Value, json};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+/// Counts the warnings whose message contains `text` (a tracing layer).
+struct CountWarnings {
+    text: &'static str,
+    count: Arc<AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> Layer<S> for CountWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Message(String);
+        impl Visit for Message {
+            fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        if *event.metadata().level() != tracing::Level::WARN {
+            return;
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if message.0.contains(self.text) {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
 
 /// Each document as `{apiVersion, kind, metadata: {name, namespace?}, spec}`, after checking
 /// that it has exactly those top-level keys and none of the server's bookkeeping.
@@ -199,9 +230,17 @@ async fn network_policies_listed_then_followed() {
 /// plain-text 404 for a resource it does not serve. Without the ClusterNetworkPolicy CRD the
 /// source still completes its first sync, fresh (not stale), with no ClusterNetworkPolicies
 /// and the NetworkPolicies it listed; once the CRD is installed the re-check picks its
-/// objects up without a restart, and removing the CRD again empties them.
+/// objects up without a restart, and removing the CRD again empties them. The warning that
+/// ClusterNetworkPolicy is not enforced is logged once per absence, not once per re-check.
 #[tokio::test]
 async fn cluster_network_policy_crd_absent_then_installed() {
+    // The test runtime has one thread: the source's tasks log to this subscriber.
+    let warnings = Arc::new(AtomicUsize::new(0));
+    let _logs =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(CountWarnings {
+            text: "ClusterNetworkPolicy is not enforced",
+            count: Arc::clone(&warnings),
+        }));
     let api = FakeApi::start().await;
     cluster(&api);
     api.put(
@@ -224,6 +263,11 @@ async fn cluster_network_policy_crd_absent_then_installed() {
     assert_eq!(store.health().stale_for(SystemTime::now()), Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.health().stale_for(SystemTime::now()), Duration::ZERO);
+    assert_eq!(
+        warnings.load(Ordering::SeqCst),
+        1,
+        "one warning, not one per re-check"
+    );
 
     api.set_served(CLUSTER_NETWORK_POLICIES, true);
     eventually("CRD installed: its objects are followed", || {
@@ -236,6 +280,11 @@ async fn cluster_network_policy_crd_absent_then_installed() {
     })
     .await;
     assert_eq!(store.health().stale_for(SystemTime::now()), Duration::ZERO);
+    assert_eq!(
+        warnings.load(Ordering::SeqCst),
+        2,
+        "warned again for the new absence"
+    );
 }
 
 /// The fake API server speaks the real list/watch wire protocol. Fail closed: while the
