@@ -7,9 +7,12 @@
 //!
 //! A kind whose resource may not exist (a CRD another project ships, [`Absent::Empty`]) counts
 //! as listed and empty while the API answers 404 for it; the loop keeps re-checking with the
-//! backoff, so installing the CRD later starts following it without a restart.
+//! backoff, so installing the CRD later starts following it without a restart. A 404 while the
+//! source still holds objects of the kind is an outage instead (an API server that is still
+//! starting answers 404 for CRD resources; a CRD really deleted deletes its objects first,
+//! which the watch delivers): the last state keeps serving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -57,8 +60,9 @@ impl Default for Retry {
 pub enum Absent {
     /// An error like any other: the kind stays unsynced (and stale) until a list succeeds.
     Fail,
-    /// The resource is optional (its CRD may not be installed): the kind is listed as empty,
-    /// `warning` is logged once per absence, and the list is retried with the backoff.
+    /// The resource is optional (its CRD may not be installed): while the source holds none of
+    /// its objects, a 404 lists the kind as empty, logs `warning` once per absence, and the
+    /// list is retried with the backoff.
     Empty {
         /// Why nothing of the kind is enforced and how to change that.
         warning: &'static str,
@@ -109,6 +113,8 @@ pub async fn run_with<K>(
     let mut wait = retry.initial;
     // Whether the last attempt found the resource missing (and reported the kind empty).
     let mut missing = false;
+    // For an optional resource: the keys the source holds (a 404 must not drop them).
+    let mut held: BTreeSet<String> = BTreeSet::new();
     loop {
         let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
         let mut listing: BTreeMap<String, Object> = BTreeMap::new();
@@ -134,8 +140,10 @@ pub async fn run_with<K>(
                 Ok(Event::Apply(obj)) => Update::Apply(kind, key(&obj), convert(&obj)),
                 Ok(Event::Delete(obj)) => Update::Delete(kind, key(&obj)),
                 Err(error) => {
+                    let not_served = matches!(absent, Absent::Empty { .. }) && not_served(&error);
                     if let Absent::Empty { warning } = absent
-                        && not_served(&error)
+                        && not_served
+                        && held.is_empty()
                     {
                         if !missing {
                             missing = true;
@@ -150,6 +158,13 @@ pub async fn run_with<K>(
                         }
                         break;
                     }
+                    if not_served {
+                        tracing::warn!(
+                            ?kind,
+                            held = held.len(),
+                            "the API answers 404 for a resource this proxy holds objects of (an API server still starting?); they keep serving until it lists them again"
+                        );
+                    }
                     if updates
                         .send(Update::Failed(kind, error.to_string()))
                         .await
@@ -160,11 +175,28 @@ pub async fn run_with<K>(
                     break;
                 }
             };
+            if absent != Absent::Fail {
+                hold(&mut held, &update);
+            }
             if updates.send(update).await.is_err() {
                 return;
             }
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(retry.max);
+    }
+}
+
+/// Follows the keys the source holds after `update`.
+fn hold(held: &mut BTreeSet<String>, update: &Update) {
+    match update {
+        Update::Reset(_, objects) => *held = objects.keys().cloned().collect(),
+        Update::Apply(_, key, Some(_)) => {
+            held.insert(key.clone());
+        }
+        Update::Apply(_, key, None) | Update::Delete(_, key) => {
+            held.remove(key);
+        }
+        Update::Failed(..) => {}
     }
 }

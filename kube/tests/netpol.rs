@@ -230,7 +230,7 @@ async fn network_policies_listed_then_followed() {
 /// plain-text 404 for a resource it does not serve. Without the ClusterNetworkPolicy CRD the
 /// source still completes its first sync, fresh (not stale), with no ClusterNetworkPolicies
 /// and the NetworkPolicies it listed; once the CRD is installed the re-check picks its
-/// objects up without a restart, and removing the CRD again empties them. The warning that
+/// objects up without a restart, and removing the CRD (its objects first) empties them. The warning that
 /// ClusterNetworkPolicy is not enforced is logged once per absence, not once per re-check.
 #[tokio::test]
 async fn cluster_network_policy_crd_absent_then_installed() {
@@ -274,17 +274,19 @@ async fn cluster_network_policy_crd_absent_then_installed() {
         cluster_network_policies(&store) == [cnp("admin-deny", admin_deny())]
     })
     .await;
-    api.set_served(CLUSTER_NETWORK_POLICIES, false);
-    eventually("CRD removed: none again", || {
+    // Deleting the CRD deletes its objects (the watch delivers that), then stops serving it.
+    api.delete(CLUSTER_NETWORK_POLICIES, "", "admin-deny");
+    eventually("CRD removed: its objects go first", || {
         cluster_network_policies(&store).is_empty()
     })
     .await;
+    api.set_served(CLUSTER_NETWORK_POLICIES, false);
+    eventually("warned again for the new absence", || {
+        warnings.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert!(cluster_network_policies(&store).is_empty());
     assert_eq!(store.health().stale_for(SystemTime::now()), Duration::ZERO);
-    assert_eq!(
-        warnings.load(Ordering::SeqCst),
-        2,
-        "warned again for the new absence"
-    );
 }
 
 /// The fake API server speaks the real list/watch wire protocol. Fail closed: while the
@@ -349,6 +351,55 @@ async fn node_labels_reach_the_config() {
     api.put(NODES, labelled);
     eventually("zone label changed", || {
         labels("node-b")["topology.kubernetes.io/zone"] == "z2"
+    })
+    .await;
+}
+
+/// The fake API server speaks the real list/watch wire protocol. A 404 for ClusterNetworkPolicies
+/// while the source holds some (an API server that is still starting answers 404 for CRD
+/// resources; a CRD really deleted deletes its objects first) is an outage, not an absent CRD:
+/// the last ClusterNetworkPolicies keep serving, the source turns stale, and when the resource
+/// is served again the relist applies what changed.
+#[tokio::test]
+async fn a_404_with_cluster_network_policies_held_keeps_them() {
+    let api = FakeApi::start().await;
+    cluster(&api);
+    api.put(
+        CLUSTER_NETWORK_POLICIES,
+        cluster_network_policy("admin-deny", admin_deny()),
+    );
+    let source = start(&api, false).await;
+    let store = Arc::clone(source.store());
+    assert_eq!(
+        cluster_network_policies(&store),
+        [cnp("admin-deny", admin_deny())]
+    );
+
+    api.set_served(CLUSTER_NETWORK_POLICIES, false);
+    eventually("stale", || {
+        store.health().stale_for(SystemTime::now()) > Duration::ZERO
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cluster_network_policies(&store),
+        [cnp("admin-deny", admin_deny())],
+        "kept through the 404s"
+    );
+
+    let mut pass = admin_deny();
+    pass["ingress"][0]["action"] = json!("Pass");
+    api.put(
+        CLUSTER_NETWORK_POLICIES,
+        cluster_network_policy("admin-deny", pass.clone()),
+    );
+    api.set_served(CLUSTER_NETWORK_POLICIES, true);
+    eventually("relisted", || {
+        cluster_network_policies(&store) == [cnp("admin-deny", pass.clone())]
+    })
+    .await;
+    eventually("fresh again", || {
+        store.health().stale_for(SystemTime::now()) == Duration::ZERO
     })
     .await;
 }
