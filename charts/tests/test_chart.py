@@ -9,11 +9,16 @@ network at system-node-critical, tolerates everything, mounts /dev/net/tun and a
 audience nodemesh-ca, probes 15021, is annotated for scraping, and outlives its drain timeout;
 an init container installs nodemesh-cni from the hostPaths /etc/cni/net.d and /opt/cni/bin and
 the uninstall hook removes it first; the CA has its Service (15012, 15014) and PodDisruptionBudget; RBAC and the admission policy
-are there; bad values fail schema validation naming the key.
+are there (the proxy reads NetworkPolicies and ClusterNetworkPolicies); networkPolicy.mode is
+passed as --network-policy; networkPolicy.installClusterNetworkPolicyCRD renders the chart's
+files/clusternetworkpolicies.yaml as a CRD kept on uninstall, and fails naming the file when it
+is missing or is not that CRD; bad values fail schema validation naming the key.
 """
 
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import helm_python as helm
 import kubernetes_validate
@@ -27,7 +32,7 @@ OVERRIDES = [
     {},
     {"wireguard": {"enabled": False}, "capture": {"backend": "nftables"}, "podCidrCheck": False,
      "cni": {"enabled": False}},
-    {"istioPolicies": True, "mtls": {"defaultMode": "PERMISSIVE"},
+    {"istioPolicies": True, "mtls": {"defaultMode": "PERMISSIVE"}, "networkPolicy": {"mode": "off"},
      "ca": {"replicas": 1, "allowIstioZtunnel": True, "extraAllowedCallers": ["team-a/agent"]}},
     {"cleanup": {"enabled": False}, "proxy": {"drainTimeoutSeconds": 120, "logLevel": "debug"},
      "image": {"repository": "registry.example/nodemesh", "tag": "dev", "pullPolicy": "Always"}},
@@ -41,7 +46,30 @@ BAD_VALUES = [
     ({"wireguard": {"enable": True}}, "enable"),
     ({"podCidrCheck": "no"}, "podCidrCheck"),
     ({"cni": {"confDir": "etc/cni"}}, "confDir"),
+    ({"networkPolicy": {"mode": "audit"}}, "mode"),
+    ({"networkPolicy": {"installClusterNetworkPolicyCRD": "yes"}}, "installClusterNetworkPolicyCRD"),
 ]
+
+CNP_CRD = "files/clusternetworkpolicies.yaml"
+CNP_CRD_NAME = "clusternetworkpolicies.policy.networking.k8s.io"
+INSTALL_CRD = {"networkPolicy": {"installClusterNetworkPolicyCRD": True}}
+
+# A minimal valid CRD standing in for the generated one, to test the template on its own.
+FIXTURE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": CNP_CRD_NAME, "annotations": {"generated-by": "fixture"}},
+    "spec": {
+        "group": "policy.networking.k8s.io",
+        "scope": "Cluster",
+        "names": {"plural": "clusternetworkpolicies", "singular": "clusternetworkpolicy",
+                  "kind": "ClusterNetworkPolicy", "listKind": "ClusterNetworkPolicyList",
+                  "shortNames": ["cnp"]},
+        "versions": [{"name": "v1alpha2", "served": True, "storage": True,
+                      "schema": {"openAPIV3Schema": {"type": "object",
+                                                     "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
 
 failures = []
 
@@ -130,6 +158,12 @@ def check_defaults(docs, values):
     check(verbs.get(("", "nodes")) == {"get", "list", "watch", "patch"}, f"proxy node verbs {verbs}")
     check(verbs.get(("security.nodemesh.io", "authorizationpolicies/status")) == {"patch"},
           "proxy writes policy status only")
+    for group, resource in (("networking.k8s.io", "networkpolicies"),
+                            ("policy.networking.k8s.io", "clusternetworkpolicies")):
+        check(verbs.get((group, resource)) == {"get", "list", "watch"},
+              f"proxy reads {group}/{resource}: {verbs.get((group, resource))}")
+    check(not [d for _, d in docs if d["kind"] == "CustomResourceDefinition"],
+          "no ClusterNetworkPolicy CRD unless asked for")
     check(all(not (v & {"create", "delete", "update"}) for v in verbs.values()),
           f"proxy creates, updates and deletes nothing {verbs}")
     hook = by_kind(docs, "DaemonSet", "nodemesh-cleanup")
@@ -167,6 +201,55 @@ def check_cni(pod, cleanup):
     check(host_paths(cleanup).get("cni-conf") == "/etc/cni/net.d", "cleanup mounts the conflist")
 
 
+def render_error(chart, overrides):
+    """The render error's message, or None when `overrides` render."""
+    try:
+        chart.render(overrides, name="nodemesh", namespace=NS, is_install=True)
+        return None
+    except helm.HelmRenderError as e:
+        return str(e)
+
+
+def check_crd_rendered(chart, label, want_annotations):
+    rendered = chart.render(INSTALL_CRD, name="nodemesh", namespace=NS, is_install=True)
+    docs = list(manifests(rendered))
+    crds = [d for _, d in docs if d["kind"] == "CustomResourceDefinition"]
+    check([c["metadata"]["name"] for c in crds] == [CNP_CRD_NAME], f"{label}: CRD rendered {crds}")
+    if not crds:
+        return
+    meta = crds[0]["metadata"]
+    check(meta.get("annotations", {}).get("helm.sh/resource-policy") == "keep",
+          f"{label}: CRD kept on uninstall {meta}")
+    for k, v in want_annotations.items():
+        check(meta["annotations"].get(k) == v, f"{label}: the file's annotation {k} kept {meta}")
+    check(meta.get("labels", {}).get("app.kubernetes.io/part-of") == "nodemesh",
+          f"{label}: CRD labelled {meta}")
+    validate([(p, d) for p, d in docs if d["kind"] == "CustomResourceDefinition"], label)
+    print(f"ok {label}: the ClusterNetworkPolicy CRD renders, kept on uninstall, valid")
+
+
+def check_cnp_crd(chart):
+    """networkPolicy.installClusterNetworkPolicyCRD installs files/clusternetworkpolicies.yaml."""
+    if (CHART / CNP_CRD).exists():
+        check_crd_rendered(chart, "chart CRD", {})
+    else:
+        error = render_error(chart, INSTALL_CRD)
+        check(error is not None and CNP_CRD in error and "missing" in error,
+              f"a missing {CNP_CRD} fails the install naming it: {error}")
+        print(f"ok {CNP_CRD} is not in the chart yet: installing the CRD fails naming it")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = pathlib.Path(tmp) / "nodemesh"
+        shutil.copytree(CHART, copy)
+        (copy / "files").mkdir(exist_ok=True)
+        (copy / CNP_CRD).write_text("# fixture\n" + yaml.safe_dump(FIXTURE_CRD))
+        check_crd_rendered(helm.Chart.load(str(copy)), "fixture CRD", {"generated-by": "fixture"})
+        wrong = dict(FIXTURE_CRD, metadata={"name": "adminnetworkpolicies.policy.networking.k8s.io"})
+        (copy / CNP_CRD).write_text(yaml.safe_dump(wrong))
+        error = render_error(helm.Chart.load(str(copy)), INSTALL_CRD)
+        check(error is not None and CNP_CRD_NAME in error, f"another CRD in {CNP_CRD} is refused: {error}")
+        print(f"ok another CRD in {CNP_CRD} is refused")
+
+
 def main():
     print(f"helm {helm.helm_sdk_version()}, kubernetes-validate {KUBE}")
     chart = helm.Chart.load(str(CHART))
@@ -186,11 +269,15 @@ def main():
         args = by_kind(docs, "DaemonSet", "nodemesh-proxy")["spec"]["template"]["spec"]["containers"][0]["args"]
         want = f"--pod-cidr-check={str(values['podCidrCheck']).lower()}"
         check(want in args, f"overrides[{i}]: {want} passed")
+        want = f"--network-policy={values['networkPolicy']['mode']}"
+        check(want in args and sum(a.startswith("--network-policy") for a in args) == 1,
+              f"overrides[{i}]: {want} passed once: {args}")
         if not values["cni"]["enabled"]:
             pod = by_kind(docs, "DaemonSet", "nodemesh-proxy")["spec"]["template"]["spec"]
             check("initContainers" not in pod and "cni-conf" not in host_paths(pod),
                   f"overrides[{i}]: cni.enabled=false installs no plugin")
         print(f"ok overrides[{i}]: {len(docs)} objects rendered and valid")
+    check_cnp_crd(chart)
     for bad, key in BAD_VALUES:
         try:
             chart.validate_schema(bad)

@@ -32,8 +32,9 @@ pub fn namespace(ns: &KubeNamespace) -> Option<Namespace> {
     ))
 }
 
-/// A node: its InternalIP (IPv4), IPv4 podCIDR and WireGuard key annotation. `None` without an
-/// IPv4 InternalIP; a bad key is dropped with a warning.
+/// A node: its InternalIP (IPv4), IPv4 podCIDR, WireGuard key annotation and labels
+/// (ClusterNetworkPolicy `nodes` peers select by them). `None` without an IPv4 InternalIP; a
+/// bad key is dropped with a warning.
 pub fn node(node: &KubeNode) -> Option<Node> {
     let name = node.metadata.name.clone()?;
     let address: Ipv4Addr = node
@@ -60,7 +61,8 @@ pub fn node(node: &KubeNode) -> Option<Node> {
                 None
             }
         });
-    Some(Node::new(name, address, pod_cidr, key))
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    Some(Node::new(name, address, pod_cidr, key).with_labels(labels))
 }
 
 /// The first IPv4 network of `spec.podCIDRs` (an IPv6-first dual-stack node lists its IPv6

@@ -1,9 +1,10 @@
 //! nodemesh on Kubernetes: the one crate that depends on kube-rs and k8s-openapi, so the rest of
 //! the workspace builds without them.
 //!
-//! - [`source`]: watchers for Pods, Namespaces, Nodes, Services, EndpointSlices and
-//!   AuthorizationPolicies feeding the proxy's `MeshStore`
-//!   ([`convert`], [`pod`] and [`policy`] turn objects into domain types once per event,
+//! - [`source`]: watchers for Pods, Namespaces, Nodes, Services, EndpointSlices,
+//!   AuthorizationPolicies, NetworkPolicies and ClusterNetworkPolicies feeding the proxy's
+//!   `MeshStore` ([`convert`], [`pod`], [`policy`] and [`netpol`] turn objects into domain
+//!   types once per event,
 //!   [`claims`] decides which pods' IPs are believed, [`mesh`] keeps
 //!   them per kind and assembles snapshots, [`watch`] runs one list/watch loop per kind,
 //!   [`status`] writes policy conditions).
@@ -17,6 +18,7 @@ pub mod claims;
 pub mod convert;
 pub mod crd;
 pub mod mesh;
+pub mod netpol;
 pub mod node;
 pub mod pod;
 pub mod policy;

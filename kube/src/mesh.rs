@@ -9,12 +9,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
-use nodemesh_config::{Ca, Config, MTLS_MODE_LABEL, Namespace, Node, Parts, Service, ServicePort};
+use nodemesh_config::{
+    Ca, Config, MTLS_MODE_LABEL, Namespace, Node, Parts, RawPolicy, Service, ServicePort,
+};
 use nodemesh_identity::TrustDomain;
 use nodemesh_state::{MeshState, StateError};
 
 use crate::claims::{self, Refusals};
 use crate::convert::{ServiceInfo, SliceInfo};
+use crate::netpol;
 use crate::pod::PodClaim;
 use crate::policy::{PolicyApi, PolicyEntry};
 
@@ -51,6 +54,9 @@ pub enum Object {
     Slice(SliceInfo),
     /// A policy of one of the APIs.
     Policy(Box<PolicyEntry>),
+    /// A NetworkPolicy or ClusterNetworkPolicy document (the kind's map says which), compiled
+    /// by the policy crate from the assembled config.
+    Document(RawPolicy),
 }
 
 /// The kinds watched; each has its own map.
@@ -68,6 +74,11 @@ pub enum Kind {
     EndpointSlices,
     /// AuthorizationPolicies of one API.
     Policies(PolicyApi),
+    /// NetworkPolicies (`networking.k8s.io/v1`).
+    NetworkPolicies,
+    /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`; none while the CRD is
+    /// absent).
+    ClusterNetworkPolicies,
 }
 
 /// The latest converted objects of every kind.
@@ -163,10 +174,23 @@ impl MeshView {
             workloads,
             services,
             policies: raw,
-            network_policies: Vec::new(),
-            cluster_network_policies: Vec::new(),
+            network_policies: self.documents(Kind::NetworkPolicies),
+            cluster_network_policies: self.documents(Kind::ClusterNetworkPolicies),
         });
         MeshState::with_policies(config, &settings.node, compiled, problems)
+    }
+
+    /// The documents of `kind`, ordered by namespace, then name.
+    fn documents(&self, kind: Kind) -> Vec<RawPolicy> {
+        let mut docs: Vec<&RawPolicy> = self
+            .objects(kind)
+            .filter_map(|o| match o {
+                Object::Document(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        docs.sort_by(|a, b| netpol::order_key(a).cmp(&netpol::order_key(b)));
+        docs.into_iter().cloned().collect()
     }
 
     /// Services with their ready endpoints and target ports resolved from EndpointSlices.

@@ -76,19 +76,7 @@ pub fn compile(api: PolicyApi, obj: &DynamicObject) -> Option<PolicyEntry> {
         map.insert("kind".into(), nodemesh_policy::model::KIND.into());
         // Server-set fields the file schema does not list.
         if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            meta.retain(|k, _| {
-                matches!(
-                    k.as_str(),
-                    "name"
-                        | "namespace"
-                        | "labels"
-                        | "annotations"
-                        | "uid"
-                        | "resourceVersion"
-                        | "generation"
-                        | "creationTimestamp"
-                )
-            });
+            retain_document_metadata(meta);
         }
     }
     let (policy, errors) = match PolicyDocument::from_json_value(value.clone()) {
@@ -129,6 +117,25 @@ pub fn compile(api: PolicyApi, obj: &DynamicObject) -> Option<PolicyEntry> {
         raw: RawPolicy::new(value),
         status_update,
     })
+}
+
+/// Keeps the `metadata` fields a policy document shows (name, namespace, labels, annotations,
+/// uid, resourceVersion, generation, creationTimestamp); drops the rest of the server's
+/// bookkeeping (`managedFields` above all).
+pub(crate) fn retain_document_metadata(meta: &mut serde_json::Map<String, serde_json::Value>) {
+    meta.retain(|k, _| {
+        matches!(
+            k.as_str(),
+            "name"
+                | "namespace"
+                | "labels"
+                | "annotations"
+                | "uid"
+                | "resourceVersion"
+                | "generation"
+                | "creationTimestamp"
+        )
+    });
 }
 
 /// The `Accepted` condition for a policy with `errors` (none: accepted).

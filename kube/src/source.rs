@@ -1,9 +1,13 @@
 //! The Kubernetes source of the proxy's [`MeshStore`]: watchers for Pods, Namespaces, Nodes,
-//! Services, EndpointSlices and AuthorizationPolicies feed one task that owns the
-//! [`MeshView`], applies each change to it, and publishes a debounced snapshot.
+//! Services, EndpointSlices, AuthorizationPolicies, NetworkPolicies and ClusterNetworkPolicies
+//! feed one task that owns the [`MeshView`], applies each change to it, and publishes a
+//! debounced snapshot.
 //!
 //! The store exists only after the first full sync (every kind listed once and this node seen),
-//! so the proxy, and with it its readiness endpoint, starts on a complete view. When the API goes
+//! so the proxy, and with it its readiness endpoint, starts on a complete view: never before
+//! the policies that may forbid traffic are known. The one exception to "listed" is a
+//! ClusterNetworkPolicy CRD that is not installed: the API's 404 counts as an empty list (with
+//! a warning), re-checked with the backoff ([`watch::Absent::Empty`]). When the API goes
 //! away the last state keeps serving (never fail open), `nodemesh_source_stale_seconds` rises,
 //! and the relist after reconnecting applies whatever changed meanwhile. Pods whose IP claims
 //! are not believed ([`crate::claims`]) are counted in `nodemesh_source_refused_pods`.
@@ -22,10 +26,9 @@ use tokio::task::JoinHandle;
 
 use crate::convert::{self, object_key};
 use crate::mesh::{Kind, MeshSettings, MeshView, Object};
-use crate::pod;
 use crate::policy::{self, PolicyApi, StatusUpdate};
-use crate::status;
-use crate::watch::{self, Retry, Update};
+use crate::watch::{self, Absent, Retry, Update};
+use crate::{netpol, pod, status};
 
 /// How the source runs.
 #[derive(Debug, Clone)]
@@ -102,6 +105,8 @@ impl KubeSource {
             workloads = state.config().workloads().len(),
             services = state.config().services().len(),
             policies = state.config().policies().len(),
+            network_policies = state.config().network_policies().len(),
+            cluster_network_policies = state.config().cluster_network_policies().len(),
             "first full sync with the Kubernetes API"
         );
         let store = Arc::new(MeshStore::new(state));
@@ -134,6 +139,8 @@ fn watched_kinds(istio: bool) -> Vec<Kind> {
         Kind::Services,
         Kind::EndpointSlices,
         Kind::Policies(PolicyApi::Nodemesh),
+        Kind::NetworkPolicies,
+        Kind::ClusterNetworkPolicies,
     ];
     if istio {
         kinds.push(Kind::Policies(PolicyApi::IstioV1));
@@ -189,6 +196,28 @@ fn spawn_watchers(
             |s: &EndpointSlice| convert::endpoint_slice(s).map(Object::Slice),
             tx.clone(),
             retry,
+        )),
+        tokio::spawn(watch::run(
+            Api::<DynamicObject>::all_with(client.clone(), &netpol::network_policy_resource()),
+            Kind::NetworkPolicies,
+            |o: &DynamicObject| object_key(&o.metadata),
+            |o: &DynamicObject| netpol::network_policy(o).map(Object::Document),
+            tx.clone(),
+            retry,
+        )),
+        tokio::spawn(watch::run_with(
+            Api::<DynamicObject>::all_with(
+                client.clone(),
+                &netpol::cluster_network_policy_resource(),
+            ),
+            Kind::ClusterNetworkPolicies,
+            |o: &DynamicObject| object_key(&o.metadata),
+            |o: &DynamicObject| netpol::cluster_network_policy(o).map(Object::Document),
+            tx.clone(),
+            retry,
+            Absent::Empty {
+                warning: netpol::CRD_ABSENT_WARNING,
+            },
         )),
     ];
     let mut apis = vec![PolicyApi::Nodemesh];

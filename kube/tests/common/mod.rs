@@ -77,7 +77,18 @@ pub async fn start(api: &FakeApi, istio: bool) -> KubeSource {
 
 /// The source of node-a's proxy, started and synced.
 pub async fn start_with(api: &FakeApi, istio: bool, pod_cidr_check: bool) -> KubeSource {
-    let opts = SourceOptions {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        KubeSource::start(api.client(), options(istio, pod_cidr_check)),
+    )
+    .await
+    .expect("first sync in time")
+    .expect("first sync")
+}
+
+/// The options of node-a's source: fast retries (50 ms to 200 ms) and a 10 ms debounce.
+pub fn options(istio: bool, pod_cidr_check: bool) -> SourceOptions {
+    SourceOptions {
         settings: MeshSettings {
             node: "node-a".into(),
             trust_domain: "cluster.local".parse().unwrap(),
@@ -95,14 +106,7 @@ pub async fn start_with(api: &FakeApi, istio: bool, pod_cidr_check: bool) -> Kub
             max: Duration::from_millis(200),
         },
         debounce: Duration::from_millis(10),
-    };
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        KubeSource::start(api.client(), opts),
-    )
-    .await
-    .expect("first sync in time")
-    .expect("first sync")
+    }
 }
 
 /// An address.

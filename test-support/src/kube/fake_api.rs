@@ -5,11 +5,12 @@
 //! time, it sets `resourceVersion` on lists, objects and watch events (kmock sets none, and
 //! kube-runtime's watcher refuses a list without one, so resumed watches could not be tested),
 //! and it can simulate an outage (every request answers 503 and open watches end) and serve
-//! TokenReview, Secrets and ConfigMaps for the CA. What it does not do: field/label selectors,
+//! TokenReview, Secrets and ConfigMaps for the CA, and stop serving a collection (as the real
+//! server does for a CRD that is not installed: 404 with a plain-text body). What it does not do: field/label selectors,
 //! pagination (`limit` is ignored, one page), bookmarks, 410 Gone on stale resource versions,
 //! admission or schema validation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -37,6 +38,8 @@ struct Inner {
     /// (resourceVersion, collection, event type, object)
     log: Vec<(u64, String, &'static str, Value)>,
     down: bool,
+    /// Collections answered with 404, as resources the server does not serve.
+    unserved: BTreeSet<String>,
     /// Scripted TokenReview statuses by token.
     reviews: BTreeMap<String, Value>,
 }
@@ -141,6 +144,10 @@ fn kind_of(collection: &str) -> (&'static str, &'static str) {
         }
         "security.istio.io/v1beta1/authorizationpolicies" => {
             ("security.istio.io/v1beta1", "AuthorizationPolicy")
+        }
+        "networking.k8s.io/v1/networkpolicies" => ("networking.k8s.io/v1", "NetworkPolicy"),
+        "policy.networking.k8s.io/v1alpha2/clusternetworkpolicies" => {
+            ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy")
         }
         _ => ("v1", "Unknown"),
     }
@@ -282,6 +289,20 @@ impl FakeApi {
         self.bump();
     }
 
+    /// Stops (`false`) or resumes serving `collection`: while unserved, every request for it
+    /// answers 404 with the real server's plain-text body for a path it does not know (a CRD
+    /// not installed), and open watches of it end. Objects stored meanwhile are kept.
+    pub fn set_served(&self, collection: &str, served: bool) {
+        let mut inner = self.inner.write().unwrap();
+        if served {
+            inner.unserved.remove(collection);
+        } else {
+            inner.unserved.insert(collection.to_owned());
+        }
+        drop(inner);
+        self.bump();
+    }
+
     /// Scripts the TokenReview status returned for `token`.
     pub fn review(&self, token: &str, status: Value) {
         self.inner
@@ -295,6 +316,19 @@ impl FakeApi {
         let Some(target) = parse_path(req.uri().path()) else {
             return status(404, "NotFound", "no such path");
         };
+        if self
+            .inner
+            .read()
+            .unwrap()
+            .unserved
+            .contains(&target.collection)
+        {
+            return Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from_static(b"404 page not found\n")).boxed())
+                .unwrap();
+        }
         let q = query(req.uri());
         let method = req.method().clone();
         let body = req.into_body().collect().await.map(|b| b.to_bytes());
@@ -413,7 +447,7 @@ impl FakeApi {
             loop {
                 let batch: Vec<(u64, Value)> = {
                     let inner = api.inner.read().unwrap();
-                    if inner.down {
+                    if inner.down || inner.unserved.contains(&target.collection) {
                         return; // ends the response: the client sees the watch close
                     }
                     inner

@@ -19,6 +19,12 @@ pub const POLICIES: &str = "security.nodemesh.io/v1/authorizationpolicies";
 pub const ISTIO_POLICIES: &str = "security.istio.io/v1/authorizationpolicies";
 /// Istio's AuthorizationPolicies (security.istio.io/v1beta1).
 pub const ISTIO_BETA_POLICIES: &str = "security.istio.io/v1beta1/authorizationpolicies";
+/// Kubernetes NetworkPolicies (networking.k8s.io/v1).
+pub const NETWORK_POLICIES: &str = "networking.k8s.io/v1/networkpolicies";
+/// network-policy-api ClusterNetworkPolicies (policy.networking.k8s.io/v1alpha2,
+/// cluster-scoped).
+pub const CLUSTER_NETWORK_POLICIES: &str =
+    "policy.networking.k8s.io/v1alpha2/clusternetworkpolicies";
 /// Secrets (core v1).
 pub const SECRETS: &str = "v1/secrets";
 /// ConfigMaps (core v1).
@@ -94,4 +100,14 @@ pub fn slice(ns: &str, service: &str, ready: &[&str], not_ready: &[&str], port: 
 /// An AuthorizationPolicy (any group: the collection decides) with `spec`.
 pub fn policy(ns: &str, name: &str, spec: Value) -> Value {
     json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// A NetworkPolicy (networking.k8s.io/v1) with `spec`.
+pub fn network_policy(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// A ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, cluster-scoped) with `spec`.
+pub fn cluster_network_policy(name: &str, spec: Value) -> Value {
+    json!({"metadata": {"name": name}, "spec": spec})
 }
