@@ -14,6 +14,7 @@ mod config;
 mod error;
 mod inject;
 pub mod kube_proxy;
+pub mod matrix;
 mod mesh;
 mod netns;
 mod packets;
@@ -30,7 +31,7 @@ pub use mesh::{CA_HTTP_PORT, HOST_NETWORK_PORT, MeshOptions, READINESS_PORT};
 pub use netns::{Netns, NetnsTask, list as list_netns};
 pub use packets::{Captured, FrameInfo, PacketCapture, Transport};
 pub use plan::{
-    API_SERVER, API_SERVER_PORT, ClusterSpec, Labels, METADATA, NamespaceSpec, NodePlan, NodeSpec,
-    Plan, PodPlan, PodRouting, PodSpec, ServicePlan, ServiceSpec, node_address,
+    API_SERVER, API_SERVER_PORT, ClusterSpec, ContainerPort, Labels, METADATA, NamespaceSpec,
+    NodePlan, NodeSpec, Plan, PodPlan, PodRouting, PodSpec, ServicePlan, ServiceSpec, node_address,
 };
 pub use process::Process;
