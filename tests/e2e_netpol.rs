@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use nodemesh_redirect::Backend;
 use nodemesh_testbed::MeshOptions;
-use nodemesh_testbed::matrix::{self, Layout, MatrixBed, PodId, Scenario};
+use nodemesh_testbed::matrix::{
+    self, Layout, MatrixBed, Outcome, PodId, Reachability, Scenario, pod,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
 
@@ -164,6 +166,45 @@ fn await_flow(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The harness itself on the real network: an expectation nothing enforces shows as wrong
+/// cells, a denial by a DROP (a node rule) as "dropped, not rejected" even where the cell is
+/// denied as expected, and the same denial by a REJECT (ICMP admin-prohibited) passes.
+#[test]
+fn matrix_flags_wrong_cells_and_drops() {
+    let backend = Backend::Iptables;
+    if !nodemesh_test_support::root_tier("matrix_flags_wrong_cells_and_drops", backend.tools()) {
+        return;
+    }
+    let mut bed = start(backend);
+    bed.rounds = 1;
+    bed.probe.timeout = Duration::from_secs(1);
+    let mut unenforced = Reachability::new(true);
+    unenforced.expect_to(pod("x/a"), &[matrix::TCP_81], false);
+    let cmp = bed.check(&unenforced).unwrap();
+    assert_eq!(cmp.mismatches().len(), 8, "{cmp}");
+    assert!(cmp.to_string().contains("TCP/81 comparison"), "{cmp}");
+
+    let node = bed.testbed().node(pod("x/c").node()).unwrap().clone();
+    let x_c = bed.model().ip(pod("x/c")).to_string();
+    let rule = |verb: &str, action: &str| {
+        let argv = format!("iptables {verb} FORWARD 1 -p udp --dport 81 -d {x_c} -j {action}");
+        node.exec(&argv.split(' ').collect::<Vec<_>>()).unwrap();
+    };
+    rule("-I", "DROP");
+    let mut denied = Reachability::new(true);
+    denied.expect_to(pod("x/c"), &[matrix::UDP_81], false);
+    let cmp = bed.check(&denied).unwrap();
+    assert!(cmp.mismatches().is_empty(), "{cmp}");
+    assert_eq!(cmp.dropped().len(), 8, "{cmp}");
+    assert!(!cmp.is_ok());
+
+    rule("-R", "REJECT --reject-with icmp-admin-prohibited");
+    let cmp = bed.check(&denied).unwrap();
+    assert!(cmp.is_ok(), "{cmp}");
+    let outcome = &cmp.observed.outcomes[&(pod("z/a"), pod("x/c"), matrix::UDP_81)];
+    assert!(matches!(outcome, Outcome::Refused(_)), "{outcome:?}");
 }
 
 nodemesh_test_support::per_backend!(reachability_matrix);

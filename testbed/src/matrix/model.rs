@@ -61,7 +61,7 @@ impl PodId {
 
 impl fmt::Display for PodId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace(), self.name())
+        f.pad(&format!("{}/{}", self.namespace(), self.name()))
     }
 }
 
@@ -218,6 +218,10 @@ mod tests {
             assert_eq!(PodId::parse(&p.to_string()), Some(*p));
         }
         assert_eq!(pod("y/b").testbed_name(), "y-b");
+        assert_eq!(
+            format!("{:>4}|{:<4}|", pod("x/a"), pod("z/c")),
+            " x/a|z/c |"
+        );
         for ns in NAMESPACES {
             let nodes: BTreeSet<&str> = all
                 .iter()
