@@ -88,6 +88,9 @@ fn reachability_matrix(backend: Backend) {
     let started = Instant::now();
     let mut bed = start(backend);
     let ready = started.elapsed();
+    // Issue 15: once the proxy enforces `networkPolicies:` and `clusterNetworkPolicies:`,
+    // append `matrix::scenarios::network(bed.model())` and
+    // `matrix::scenarios::cluster_network(bed.model())` here (same testbed, ~1 s per step).
     let scenarios = matrix::scenarios::available(bed.model());
     run_all(&mut bed, &scenarios);
     assert_through_the_mesh(&bed);

@@ -163,6 +163,9 @@ impl MatrixBed {
 
     /// Replaces all three kinds of policy and waits until every proxy's `/config_dump` shows
     /// exactly these documents, with no policy problem.
+    ///
+    /// What is awaited is the proxy's state; should the node firewall be applied after it
+    /// (asynchronously), this is where to wait for the firewall's revision too.
     pub fn apply_all(
         &mut self,
         policies: &[Value],
