@@ -103,7 +103,8 @@ fn reachability_matrix(backend: Backend) {
 
 /// The matrix exercised the mesh: for every mesh pod, its node's proxy logged an inbound TCP 80
 /// connection from every other pod, and the source's node logged the outbound side for every
-/// mesh source on the other node. (Flow records are written when connections end.)
+/// mesh source on the other node, and for no source outside the mesh. (Flow records are
+/// written when connections end.)
 ///
 /// Not asserted: the source identity of a plaintext source, which the inbound record fills in
 /// from the workload at the source IP although nothing verified it.
@@ -128,6 +129,17 @@ fn assert_through_the_mesh(bed: &MatrixBed) {
                 &format!("inbound {from} -> {to} TCP/80"),
                 inbound,
             );
+            // A pod outside the mesh is not captured: its node logs no outbound side.
+            if !layout.in_mesh(from) {
+                let captured = bed.testbed().flow_log(from.node()).into_iter().find(|r| {
+                    r["direction"] == "outbound"
+                        && r["src"]["workload"] == from.testbed_name().as_str()
+                });
+                assert!(
+                    captured.is_none(),
+                    "{from} is outside the mesh but was captured: {captured:?}"
+                );
+            }
             // A same-node call is handed to the inbound side, which alone logs it.
             if layout.in_mesh(from) && from.node() != to.node() {
                 let outbound = |r: &serde_json::Value| {
