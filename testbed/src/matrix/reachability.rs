@@ -96,6 +96,17 @@ impl Reachability {
         self.expected.get(&cell).copied()
     }
 
+    /// The expectation on `ports` alone (the other cells are neither probed nor compared).
+    pub fn only(&self, ports: &[PortProtocol]) -> Self {
+        let expected = self
+            .expected
+            .iter()
+            .filter(|((_, _, pp), _)| ports.contains(pp))
+            .map(|(cell, v)| (*cell, *v))
+            .collect();
+        Self { expected }
+    }
+
     /// Every cell, in order.
     pub fn cells(&self) -> Vec<Cell> {
         self.expected.keys().copied().collect()
@@ -278,6 +289,9 @@ mod tests {
         assert_eq!(r.expected((pod("z/c"), pod("x/a"), UDP_81)), Some(false));
         assert_eq!(r.expected((pod("x/a"), pod("x/a"), TCP_80)), None);
         assert_eq!(r.cells().len(), 9 * 8 * 4);
+        let tcp = r.only(&TCP_PORTS);
+        assert_eq!(tcp.cells().len(), 9 * 8 * 2);
+        assert_eq!(tcp.expected((pod("x/b"), pod("x/a"), UDP_81)), None);
     }
 
     #[test]
