@@ -7,6 +7,9 @@
 //! `nodemesh` processes in it (CA, one proxy per node with TPROXY capture, an app per pod).
 //! Clients run inside pods with [`Netns::block_on`]; [`PacketCapture`] shows what crossed the
 //! underlay. Everything is torn down on drop, processes first.
+//!
+//! [`matrix`] is the network-policy reachability matrix of the Kubernetes e2e suite on such a
+//! testbed: namespaces x, y, z × pods a, b, c, probed pod to pod on TCP and UDP 80 and 81.
 
 pub mod apps;
 mod cluster;
