@@ -67,6 +67,14 @@ pub fn render(
                 if let Some(ip6) = p.ip6 {
                     workload["ipv6"] = json!(ip6.to_string());
                 }
+                if !p.ports.is_empty() {
+                    let ports: Vec<Value> = p
+                        .ports
+                        .iter()
+                        .map(|c| json!({"name": c.name, "port": c.port, "protocol": c.protocol}))
+                        .collect();
+                    workload["ports"] = json!(ports);
+                }
                 workload
             })
         })
@@ -94,7 +102,7 @@ pub fn render(
             service
         })
         .collect();
-    json!({
+    let mut config = json!({
         "trustDomain": "cluster.local",
         "ca": {"address": format!("https://{ca_ip}:{ca_port}"), "rootCert": "ca/trust-bundle.pem"},
         "nodes": nodes,
@@ -102,7 +110,14 @@ pub fn render(
         "workloads": workloads,
         "services": services,
         "policies": spec.policies,
-    })
+    });
+    if !spec.network_policies.is_empty() {
+        config["networkPolicies"] = json!(spec.network_policies);
+    }
+    if !spec.cluster_network_policies.is_empty() {
+        config["clusterNetworkPolicies"] = json!(spec.cluster_network_policies);
+    }
+    config
 }
 
 /// Writes the testbed's config file and checks it with the real parser.
@@ -127,6 +142,20 @@ impl Testbed {
     /// Replaces the policies in the config file; running proxies pick the change up.
     pub fn set_policies(&mut self, policies: Vec<Value>) -> Result<(), TestbedError> {
         self.spec.policies = policies;
+        write(self)
+    }
+
+    /// Replaces all three kinds of policy in the config file at once (AuthorizationPolicy,
+    /// NetworkPolicy, ClusterNetworkPolicy); running proxies pick the change up.
+    pub fn set_all_policies(
+        &mut self,
+        policies: Vec<Value>,
+        network_policies: Vec<Value>,
+        cluster_network_policies: Vec<Value>,
+    ) -> Result<(), TestbedError> {
+        self.spec.policies = policies;
+        self.spec.network_policies = network_policies;
+        self.spec.cluster_network_policies = cluster_network_policies;
         write(self)
     }
 }

@@ -7,6 +7,9 @@
 //! `nodemesh` processes in it (CA, one proxy per node with TPROXY capture, an app per pod).
 //! Clients run inside pods with [`Netns::block_on`]; [`PacketCapture`] shows what crossed the
 //! underlay. Everything is torn down on drop, processes first.
+//!
+//! [`matrix`] is the network-policy reachability matrix of the Kubernetes e2e suite on such a
+//! testbed: namespaces x, y, z × pods a, b, c, probed pod to pod on TCP and UDP 80 and 81.
 
 pub mod apps;
 mod cluster;
@@ -14,6 +17,7 @@ mod config;
 mod error;
 mod inject;
 pub mod kube_proxy;
+pub mod matrix;
 mod mesh;
 mod netns;
 mod packets;
@@ -30,7 +34,7 @@ pub use mesh::{CA_HTTP_PORT, HOST_NETWORK_PORT, MeshOptions, READINESS_PORT};
 pub use netns::{Netns, NetnsTask, list as list_netns};
 pub use packets::{Captured, FrameInfo, PacketCapture, Transport};
 pub use plan::{
-    API_SERVER, API_SERVER_PORT, ClusterSpec, Labels, METADATA, NamespaceSpec, NodePlan, NodeSpec,
-    Plan, PodPlan, PodRouting, PodSpec, ServicePlan, ServiceSpec, node_address,
+    API_SERVER, API_SERVER_PORT, ClusterSpec, ContainerPort, Labels, METADATA, NamespaceSpec,
+    NodePlan, NodeSpec, Plan, PodPlan, PodRouting, PodSpec, ServicePlan, ServiceSpec, node_address,
 };
 pub use process::Process;

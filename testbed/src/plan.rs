@@ -57,6 +57,11 @@ pub struct ClusterSpec {
     pub services: Vec<ServiceSpec>,
     /// AuthorizationPolicy documents, as JSON (the same shape as the YAML/CRD).
     pub policies: Vec<serde_json::Value>,
+    /// Kubernetes NetworkPolicy documents (`networkPolicies:`; the key is left out of the
+    /// config while empty).
+    pub network_policies: Vec<serde_json::Value>,
+    /// ClusterNetworkPolicy documents (`clusterNetworkPolicies:`; left out while empty).
+    pub cluster_network_policies: Vec<serde_json::Value>,
     /// How nodes reach each other's pod networks.
     pub pod_routing: PodRouting,
     /// kube-proxy's Service rules on every node (`None`: no kube-proxy, Service VIPs exist only
@@ -98,6 +103,20 @@ pub struct PodSpec {
     pub service_account: String,
     /// Labels.
     pub labels: Labels,
+    /// Container ports (`workloads[].ports`, what NetworkPolicy named ports resolve to; the key
+    /// is left out of the config while empty).
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A port a pod's container declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPort {
+    /// The port's name.
+    pub name: String,
+    /// The port number.
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: &'static str,
 }
 
 impl PodSpec {
@@ -108,6 +127,7 @@ impl PodSpec {
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
             labels: Labels::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -192,6 +212,8 @@ pub struct PodPlan {
     pub service_account: String,
     /// Labels.
     pub labels: Labels,
+    /// Container ports.
+    pub ports: Vec<ContainerPort>,
     /// Pod IP.
     pub ip: Ipv4Addr,
     /// Pod IPv6 address (dual-stack).
@@ -275,6 +297,7 @@ impl Plan {
                         namespace: pod.namespace.clone(),
                         service_account: pod.service_account.clone(),
                         labels: pod.labels.clone(),
+                        ports: pod.ports.clone(),
                         ip: Ipv4Addr::new(10, 200, n, 11 + j as u8),
                         ip6: spec.dual_stack.then(|| {
                             let [a, b, c, d, ..] = pod_cidr6(i).segments();
