@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::net::IpAddr;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_main};
 use nodemesh_config::Config;
 use nodemesh_policy::Verdict;
 use nodemesh_policy::netpol::Protocol;
@@ -90,5 +90,10 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+mod group {
+    //! The criterion entry points.
+    #![allow(missing_docs)]
+    use super::bench;
+    criterion::criterion_group!(benches, bench);
+}
+criterion_main!(group::benches);
