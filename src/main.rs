@@ -45,9 +45,13 @@ enum Command {
     /// A pod's HTTP and TCP echo server, for the demo and tests.
     #[command(hide = true)]
     TestbedApp(cli::demo::AppArgs),
-    /// Print the AuthorizationPolicy CustomResourceDefinition the Helm chart ships.
+    /// Print a CustomResourceDefinition the Helm chart ships (AuthorizationPolicy by default).
     #[command(hide = true)]
-    Crd,
+    Crd {
+        /// Which CRD.
+        #[arg(long, value_enum, default_value = "authorization-policy")]
+        kind: cli::kube::CrdKind,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
         Command::Wireguard(cmd) => run_async(cli::wireguard::run(cmd)),
         Command::Demo(args) => cli::demo::run(args),
         Command::TestbedApp(args) => cli::demo::run_app(args),
-        Command::Crd => match cli::kube::print_crd() {
+        Command::Crd { kind } => match cli::kube::print_crd(kind) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -97,8 +97,22 @@ pub async fn ca_callers(k: CaKube) -> Result<(RootSource, Callers)> {
     ))
 }
 
-/// Prints the AuthorizationPolicy CRD (what the chart ships).
-pub fn print_crd() -> Result<()> {
-    print!("{}", nodemesh_kube::crd::crd_yaml()?);
+/// Which CRD `nodemesh crd` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrdKind {
+    /// `authorizationpolicies.security.nodemesh.io` (in the chart's `crds/`).
+    AuthorizationPolicy,
+    /// `clusternetworkpolicies.policy.networking.k8s.io` (the chart's `files/`, installed on
+    /// request).
+    ClusterNetworkPolicy,
+}
+
+/// Prints a CRD the chart ships.
+pub fn print_crd(kind: CrdKind) -> Result<()> {
+    let yaml = match kind {
+        CrdKind::AuthorizationPolicy => nodemesh_kube::crd::crd_yaml()?,
+        CrdKind::ClusterNetworkPolicy => nodemesh_kube::crd::cluster_network_policy_crd_yaml()?,
+    };
+    print!("{yaml}");
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `apiVersion` of a NetworkPolicy.
@@ -139,7 +140,7 @@ pub enum IntOrString {
 }
 
 /// `metav1.LabelSelector`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     /// Labels that must all be present with these values.
@@ -151,7 +152,7 @@ pub struct LabelSelector {
 }
 
 /// One `matchExpressions[]` item.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     /// The label key.
@@ -178,7 +179,19 @@ pub struct ClusterNetworkPolicyDocument {
 }
 
 /// `spec` of a ClusterNetworkPolicy.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[cfg_attr(feature = "crd", derive(kube::CustomResource))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "policy.networking.k8s.io",
+        version = "v1alpha2",
+        kind = "ClusterNetworkPolicy",
+        plural = "clusternetworkpolicies",
+        shortname = "cnp",
+        doc = "A cluster-wide network policy (network-policy-api v1alpha2): tiers Admin and Baseline around NetworkPolicies."
+    )
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterNetworkPolicySpec {
     /// `Admin` or `Baseline`.
@@ -196,7 +209,7 @@ pub struct ClusterNetworkPolicySpec {
 }
 
 /// `subject`: exactly one of the two.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterSubject {
     /// Every pod of the namespaces selected.
@@ -208,7 +221,7 @@ pub struct ClusterSubject {
 }
 
 /// `pods`: namespace AND pod selector.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespacedPod {
     /// The namespaces.
@@ -218,7 +231,7 @@ pub struct NamespacedPod {
 }
 
 /// One ingress or egress rule of a ClusterNetworkPolicy (`from` for ingress, `to` for egress).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterRule {
     /// A name for humans (at most 100 characters).
@@ -239,7 +252,7 @@ pub struct ClusterRule {
 
 /// A ClusterNetworkPolicy peer: exactly one field. Fields this version does not know are kept
 /// in `unknown`, so that the rule fails closed rather than the whole policy being dropped.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterPeer {
     /// Every pod of the namespaces selected.
@@ -257,13 +270,15 @@ pub struct ClusterPeer {
     /// Domain names (egress, experimental): not supported, fails closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_names: Option<Vec<String>>,
-    /// Fields of a newer API version.
+    /// Fields of a newer API version (not in the schema: an API server with this CRD prunes
+    /// them; one with a newer CRD keeps them, and the rule fails closed).
     #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// One `protocols[]` item: exactly one field.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterProtocol {
     /// TCP to a port.
@@ -281,7 +296,7 @@ pub struct ClusterProtocol {
 }
 
 /// `tcp` / `udp` / `sctp`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterPortMatch {
     /// The destination port.
@@ -290,7 +305,7 @@ pub struct ClusterPortMatch {
 }
 
 /// `destinationPort`: exactly one of a number and a range.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterPort {
     /// One port.
@@ -302,7 +317,7 @@ pub struct ClusterPort {
 }
 
 /// `range`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterPortRange {
     /// First port.
