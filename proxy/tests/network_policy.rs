@@ -48,7 +48,7 @@ async fn selectors_match_the_verified_identity_on_the_original_port() {
         workload,
     };
     let open = |key: PoolKey, port: u16, caller: Caller<'static>| {
-        let hbone = mesh.a.hbone().clone();
+        let hbone = mesh.a.hbone();
         let target = mesh.addr("2.21", port);
         async move { hbone.open(&key, target, &caller).await }
     };
