@@ -89,15 +89,13 @@ fn reachability_matrix(backend: Backend) {
     let scenarios = matrix::scenarios::available(bed.model());
     run_all(&mut bed, &scenarios);
     assert_through_the_mesh(&bed);
-    // NetworkPolicy and ClusterNetworkPolicy: the proxy enforces them on TCP; UDP (and
-    // everything else the proxy does not see) is the node firewall's. Until that lands, the
-    // matrix of these scenarios is probed and compared on TCP only.
+    // NetworkPolicy and ClusterNetworkPolicy: the proxy enforces them on mesh TCP; UDP and the
+    // TCP of pods outside the mesh are the node firewall's (`--manage-redirect`). Every port.
     let policies = [
         matrix::scenarios::network(bed.model()),
         matrix::scenarios::cluster_network(bed.model()),
     ]
     .concat();
-    bed.ports = matrix::TCP_PORTS.to_vec();
     run_all(&mut bed, &policies);
     let scenarios = [scenarios, policies].concat();
     eprintln!(

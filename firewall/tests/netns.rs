@@ -71,9 +71,13 @@ fn the_table_loads_updates_by_delta_and_is_removed() {
     fw.check(&script).unwrap();
 
     let config = common::config();
-    let first = fw.sync(&config, &common::policies(&config), "node-a").unwrap();
+    let first = fw
+        .sync(&config, &common::policies(&config), "node-a")
+        .unwrap();
     assert!(first.applied.unwrap().from_scratch);
-    let again = fw.sync(&config, &common::policies(&config), "node-a").unwrap();
+    let again = fw
+        .sync(&config, &common::policies(&config), "node-a")
+        .unwrap();
     assert_eq!(again.applied, None, "nothing changed, nothing applied");
 
     let more = common::config_from(&with_pod_xc());
@@ -83,10 +87,24 @@ fn the_table_loads_updates_by_delta_and_is_removed() {
     assert_eq!((delta.chains_changed, delta.elements_deleted), (0, 0));
     assert!(delta.elements_added >= 2, "{delta:?}");
 
-    let listed = node.exec(&["nft", "list", "set", "inet", "nodemesh-netpol", "local-pods"]).unwrap();
+    let listed = node
+        .exec(&[
+            "nft",
+            "list",
+            "set",
+            "inet",
+            "nodemesh-netpol",
+            "local-pods",
+        ])
+        .unwrap();
     assert!(listed.contains("10.1.0.13"), "{listed}");
-    let table = node.exec(&["nft", "list", "table", "inet", "nodemesh-netpol"]).unwrap();
-    assert!(table.contains("jump egress") && table.contains("counter denied-ingress"), "{table}");
+    let table = node
+        .exec(&["nft", "list", "table", "inet", "nodemesh-netpol"])
+        .unwrap();
+    assert!(
+        table.contains("jump egress") && table.contains("counter denied-ingress"),
+        "{table}"
+    );
 
     fw.remove().unwrap();
     let tables = node.exec(&["nft", "list", "tables"]).unwrap();
@@ -105,15 +123,30 @@ fn a_refused_delta_is_recovered_from_scratch() {
     let mut fw = Firewall::in_netns("nft", node.name());
     fw.apply(render(&with_pod_xc())).unwrap();
     // Someone deletes the table behind our back: the next delta (deleting elements) is refused.
-    node.exec(&["nft", "delete", "table", "inet", "nodemesh-netpol"]).unwrap();
+    node.exec(&["nft", "delete", "table", "inet", "nodemesh-netpol"])
+        .unwrap();
     let outcome = fw.apply(render(common::CONFIG)).unwrap();
     assert!(outcome.recovered, "{outcome:?}");
     assert!(outcome.applied.unwrap().from_scratch);
-    let listed = node.exec(&["nft", "list", "set", "inet", "nodemesh-netpol", "local-pods"]).unwrap();
-    assert!(listed.contains("10.1.0.12") && !listed.contains("10.1.0.13"), "{listed}");
+    let listed = node
+        .exec(&[
+            "nft",
+            "list",
+            "set",
+            "inet",
+            "nodemesh-netpol",
+            "local-pods",
+        ])
+        .unwrap();
+    assert!(
+        listed.contains("10.1.0.12") && !listed.contains("10.1.0.13"),
+        "{listed}"
+    );
 
     // A script nft refuses is reported with nft's words.
-    let err = fw.check("add rule inet nodemesh-netpol nowhere accept\n").unwrap_err();
+    let err = fw
+        .check("add rule inet nodemesh-netpol nowhere accept\n")
+        .unwrap_err();
     assert!(
         matches!(&err, FirewallError::Refused { stderr, .. } if stderr.contains("nowhere") || stderr.contains("No such file")),
         "{err}"
@@ -125,19 +158,39 @@ fn a_refused_delta_is_recovered_from_scratch() {
 /// the rest from pods.
 #[test]
 fn udp_through_the_router_is_allowed_or_rejected_as_the_policies_say() {
-    if !root_tier("udp_through_the_router_is_allowed_or_rejected_as_the_policies_say", NEEDS) {
+    if !root_tier(
+        "udp_through_the_router_is_allowed_or_rejected_as_the_policies_say",
+        NEEDS,
+    ) {
         return;
     }
     let ns = Namespaces::new(&["c", "r", "s"]);
     let (client, router, server) = (&ns.0[0], &ns.0[1], &ns.0[2]);
-    let n = client.name().trim_end_matches("-c").rsplit('-').next().unwrap().to_owned();
+    let n = client
+        .name()
+        .trim_end_matches("-c")
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_owned();
     let (cv, sv) = (format!("fwc{n}"), format!("fws{n}"));
     for (peer, link, ours, addr, gw) in [
         (client, &cv, "10.1.1.1/24", "10.1.1.11/24", "10.1.1.1"),
         (server, &sv, "10.1.0.1/24", "10.1.0.11/24", "10.1.0.1"),
     ] {
         router
-            .ip(&["link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", peer.name()])
+            .ip(&[
+                "link",
+                "add",
+                link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer.name(),
+            ])
             .unwrap();
         router.ip(&["addr", "add", ours, "dev", link]).unwrap();
         router.ip(&["link", "set", link, "up"]).unwrap();
@@ -148,7 +201,8 @@ fn udp_through_the_router_is_allowed_or_rejected_as_the_policies_say() {
     router.sysctl("net.ipv4.ip_forward", "1").unwrap();
     let mut fw = Firewall::in_netns("nft", router.name());
     let config = common::config();
-    fw.sync(&config, &common::policies(&config), "node-a").unwrap();
+    fw.sync(&config, &common::policies(&config), "node-a")
+        .unwrap();
 
     // The server echoes one datagram per port.
     let (bound_tx, bound) = std::sync::mpsc::channel();
@@ -178,14 +232,17 @@ fn udp_through_the_router_is_allowed_or_rejected_as_the_policies_say() {
             .run(move || {
                 let s = UdpSocket::bind("10.1.1.11:0").unwrap();
                 s.connect(("10.1.0.11", port)).unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
                 let mut last = ErrorKind::TimedOut;
                 for _ in 0..4 {
                     s.send(b"probe").unwrap();
                     let mut buf = [0u8; 64];
                     match s.recv(&mut buf) {
                         Ok(_) => return Ok(()),
-                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                        {
                             last = e.kind();
                         }
                         Err(e) => return Err(e.kind()),
@@ -201,9 +258,23 @@ fn udp_through_the_router_is_allowed_or_rejected_as_the_policies_say() {
         matches!(denied, Err(k) if !matches!(k, ErrorKind::WouldBlock | ErrorKind::TimedOut)),
         "UDP 81 from y is rejected with an ICMP error, not dropped: {denied:?}"
     );
-    assert_eq!(echo.join().unwrap(), [80], "only port 80 reached the server");
+    assert_eq!(
+        echo.join().unwrap(),
+        [80],
+        "only port 80 reached the server"
+    );
     let counter = router
-        .exec(&["nft", "list", "counter", "inet", "nodemesh-netpol", "denied-ingress"])
+        .exec(&[
+            "nft",
+            "list",
+            "counter",
+            "inet",
+            "nodemesh-netpol",
+            "denied-ingress",
+        ])
         .unwrap();
-    assert!(!counter.contains("packets 0 "), "the rejection is counted: {counter}");
+    assert!(
+        !counter.contains("packets 0 "),
+        "the rejection is counted: {counter}"
+    );
 }

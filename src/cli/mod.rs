@@ -8,6 +8,7 @@ pub mod deadlines;
 pub mod demo;
 pub mod ipv6_guard;
 pub mod kube;
+pub mod node_firewall;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;

@@ -286,6 +286,7 @@ async fn serve(args: ProxyArgs) -> Result<()> {
     };
     // The CNI plugin's pods the state does not know yet: kept by `--manage-redirect`.
     let pending_pods = nodemesh_proxy::PendingPods::default();
+    let node = args.node.clone();
     let opts = ProxyOptions {
         source,
         network_policy: args.network_policy == NetworkPolicyMode::Enforce,
@@ -328,6 +329,12 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         )
         .await?;
         tokio::spawn(keep_in_step);
+        if args.network_policy == NetworkPolicyMode::Enforce {
+            let follow = super::node_firewall::manage(proxy.store().clone(), node).await?;
+            tokio::spawn(follow);
+        } else {
+            super::node_firewall::remove().await?;
+        }
         tokio::spawn(super::ipv6_guard::report_drops(
             nodemesh_redirect::Host::local(),
             args.capture_backend,
