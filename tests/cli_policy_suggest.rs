@@ -231,14 +231,24 @@ fn is_flow(line: &Value, (src, dst, port): (&str, &str, u16)) -> bool {
 /// Waits until some flow-log line says `flow` was denied by a NetworkPolicy or an
 /// AuthorizationPolicy.
 async fn expect_denied_in_log(mesh: &Mesh, flow: (&str, &str, u16)) {
-    eventually(&format!("a flow-log line denying {flow:?}"), || {
-        mesh.flows().iter().any(|l| {
-            is_flow(l, flow)
-                && l["verdict"] == "deny"
-                && (l["reason"] == "network_policy" || l["reason"] == "policy")
-        })
-    })
-    .await;
+    let denied = |l: &Value| {
+        is_flow(l, flow)
+            && l["verdict"] == "deny"
+            && (l["reason"] == "network_policy" || l["reason"] == "policy")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !mesh.flows().iter().any(denied) {
+        let lines: Vec<Value> = mesh
+            .flows()
+            .into_iter()
+            .filter(|l| is_flow(l, flow))
+            .collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no flow-log line denies {flow:?}: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs `nodemesh policy suggest` and returns its documents.
@@ -276,13 +286,19 @@ async fn suggested_policies_admit_exactly_the_observed_traffic() {
     // The demo traffic, with no policy: everything passes.
     for flow in OBSERVED {
         let (_, dst, port) = flow;
-        assert_eq!(mesh.call(flow).await, format!("{}:{port}", ip(dst)), "{flow:?}");
+        assert_eq!(
+            mesh.call(flow).await,
+            format!("{}:{port}", ip(dst)),
+            "{flow:?}"
+        );
     }
     eventually("every observed flow in the flow logs", || {
         let flows = mesh.flows();
-        OBSERVED
-            .iter()
-            .all(|f| flows.iter().any(|l| is_flow(l, *f) && l["verdict"] == "allow"))
+        OBSERVED.iter().all(|f| {
+            flows
+                .iter()
+                .any(|l| is_flow(l, *f) && l["verdict"] == "allow")
+        })
     })
     .await;
 
@@ -301,9 +317,8 @@ async fn suggested_policies_admit_exactly_the_observed_traffic() {
     ] {
         assert!(names.iter().any(|n| n == want), "no {want}: {names:?}");
     }
-    let (network, authorization): (Vec<Value>, Vec<Value>) = docs
-        .into_iter()
-        .partition(|d| d["kind"] == "NetworkPolicy");
+    let (network, authorization): (Vec<Value>, Vec<Value>) =
+        docs.into_iter().partition(|d| d["kind"] == "NetworkPolicy");
     let default_deny: Vec<Value> = network
         .iter()
         .filter(|d| d["metadata"]["name"] == "default-deny-suggested")
@@ -321,7 +336,11 @@ async fn suggested_policies_admit_exactly_the_observed_traffic() {
     mesh.apply(&network, &authorization).await;
     for flow in OBSERVED {
         let (_, dst, port) = flow;
-        assert_eq!(mesh.call(flow).await, format!("{}:{port}", ip(dst)), "{flow:?}");
+        assert_eq!(
+            mesh.call(flow).await,
+            format!("{}:{port}", ip(dst)),
+            "{flow:?}"
+        );
     }
     for flow in NEW {
         assert_eq!(mesh.call(flow).await, "", "{flow:?} was never observed");

@@ -168,7 +168,9 @@ impl Flow {
             }
         }
         let verdict = match self.refused {
-            Some(RefusalReason::Policy | RefusalReason::PolicyChanged) => FlowVerdict::Deny,
+            Some(
+                RefusalReason::Policy | RefusalReason::PolicyChanged | RefusalReason::NetworkPolicy,
+            ) => FlowVerdict::Deny,
             Some(_) => FlowVerdict::Refused,
             None if !self.mtls && self.direction == Direction::Outbound => FlowVerdict::Passthrough,
             None => FlowVerdict::Allow,

@@ -37,7 +37,7 @@ pub enum Direction {
 pub enum FlowVerdict {
     /// Allowed (by policy, or no policy applies).
     Allow,
-    /// Denied by policy.
+    /// Denied by an AuthorizationPolicy or a NetworkPolicy (see `reason`).
     Deny,
     /// Refused before policy (see `reason`).
     Refused,
