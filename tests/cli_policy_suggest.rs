@@ -228,13 +228,11 @@ fn is_flow(line: &Value, (src, dst, port): (&str, &str, u16)) -> bool {
         && line["dst"]["port"] == port
 }
 
-/// Waits until some flow-log line says `flow` was denied by a NetworkPolicy or an
-/// AuthorizationPolicy.
-async fn expect_denied_in_log(mesh: &Mesh, flow: (&str, &str, u16)) {
+/// Waits until some flow-log line says `flow` was denied (verdict `deny`) for one of `reasons`
+/// (`network_policy`, `policy`).
+async fn expect_denied_in_log(mesh: &Mesh, flow: (&str, &str, u16), reasons: &[&str]) {
     let denied = |l: &Value| {
-        is_flow(l, flow)
-            && l["verdict"] == "deny"
-            && (l["reason"] == "network_policy" || l["reason"] == "policy")
+        is_flow(l, flow) && l["verdict"] == "deny" && reasons.iter().any(|r| l["reason"] == *r)
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !mesh.flows().iter().any(denied) {
@@ -329,7 +327,7 @@ async fn suggested_policies_admit_exactly_the_observed_traffic() {
     mesh.apply(&default_deny, &[]).await;
     for flow in OBSERVED {
         assert_eq!(mesh.call(flow).await, "", "{flow:?} passed a default-deny");
-        expect_denied_in_log(&mesh, flow).await;
+        expect_denied_in_log(&mesh, flow, &["network_policy"]).await;
     }
 
     // The whole suggestion: the observed traffic passes again, new flows are refused.
@@ -344,6 +342,6 @@ async fn suggested_policies_admit_exactly_the_observed_traffic() {
     }
     for flow in NEW {
         assert_eq!(mesh.call(flow).await, "", "{flow:?} was never observed");
-        expect_denied_in_log(&mesh, flow).await;
+        expect_denied_in_log(&mesh, flow, &["network_policy", "policy"]).await;
     }
 }
