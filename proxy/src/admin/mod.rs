@@ -94,12 +94,16 @@ fn explain(ctx: &Ctx, query: &str) -> Result<serde_json::Value, String> {
     Ok(json)
 }
 
-/// The network policies' decision on the connection, when it names both addresses (a
-/// principal makes the source a mesh client, matched by that identity).
+/// The network policies' decision on the connection, when there are network policies and the
+/// query names both addresses (a principal makes the source a mesh client, matched by that
+/// identity).
 fn explain_network(
     state: &nodemesh_state::MeshState,
     conn: &nodemesh_policy::Connection<'_>,
 ) -> Option<serde_json::Value> {
+    if state.network_policies().is_empty() {
+        return None;
+    }
     let (ip, destination) = (conn.source.ip?, conn.destination.ip?);
     let identity = conn.source.principal.map(|p| {
         let p = p.strip_prefix("spiffe://").unwrap_or(p);
