@@ -96,18 +96,18 @@ impl Firewall {
         match self.run(&script)? {
             Ok(()) => {
                 self.applied = Some(new);
-                return Ok(Outcome {
+                Ok(Outcome {
                     applied: Some(delta),
                     recovered: false,
-                });
+                })
             }
             Err(stderr) if !was_delta => {
                 self.applied = None;
-                return Err(FirewallError::Refused {
+                Err(FirewallError::Refused {
                     what: "table",
                     stderr,
                     delta_stderr: None,
-                });
+                })
             }
             Err(stderr) => {
                 self.applied = None;

@@ -88,8 +88,8 @@ pub fn scale_yaml(pods: usize, policies: usize, extra_pod: bool) -> String {
     y.push_str("workloads:\n");
     let count = pods + usize::from(extra_pod);
     for i in 0..count {
-        let ip = format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256 + 1)
-            .replace(".256", ".1");
+        // Host parts 1..=250 of consecutive /24s: never .0, never repeated.
+        let ip = format!("10.{}.{}.{}", 1 + i / 64000, (i / 250) % 256, i % 250 + 1);
         y.push_str(&format!(
             "  - {{name: p{i}, namespace: ns{}, ip: {ip}, node: node-{}, labels: {{app: app{}}}, ports: [{{name: http, port: 8080}}]}}\n",
             i % namespaces,
