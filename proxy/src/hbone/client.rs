@@ -318,13 +318,66 @@ impl HboneClient {
         target: SocketAddr,
         caller: &Caller<'_>,
     ) -> Result<Tunnel, HboneError> {
-        let request = connect_request(target, caller)
-            .map_err(HboneError::Request)?
-            .map(|()| Empty::<Bytes>::new());
+        let request = || {
+            connect_request(target, caller)
+                .map(|r| r.map(|()| Empty::<Bytes>::new()))
+                .map_err(HboneError::Request)
+        };
+        // Checked before any connection is taken.
+        request()?;
         let slot = self.slot(key);
-        let (mut sender, streams, last_used) = loop {
-            match self.next(&slot, key) {
-                Next::Use(sender, streams, last_used) => break (sender, streams, last_used),
+        // A pooled connection whose peer has since sent GOAWAY (it drains for an upgrade or a
+        // restart) refuses the stream before anything reached the destination: that
+        // connection leaves the pool and the stream is tried once more, on a fresh dial.
+        let mut retried = false;
+        loop {
+            let (sender, streams, last_used) = self.stream_slot(&slot, key).await?;
+            let guard = StreamGuard {
+                streams,
+                last_used,
+                epoch: self.epoch,
+            };
+            match self.send(sender, request()?).await {
+                Err(HboneError::Http(error)) if !retried && is_refused_before_sent(&error) => {
+                    tracing::debug!(addr = %key.addr, %error, "HBONE stream refused by a draining peer; retrying on a new connection");
+                    retried = true;
+                    slot.lock()
+                        .conns
+                        .retain(|c| !Arc::ptr_eq(&c.streams, &guard.streams));
+                }
+                Err(error) => return Err(error),
+                Ok(upgraded) => {
+                    return Ok(Tunnel {
+                        io: TokioIo::new(upgraded),
+                        _guard: guard,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Sends the CONNECT request and waits for its upgrade.
+    async fn send(
+        &self,
+        mut sender: SendRequest<Empty<Bytes>>,
+        request: http::Request<Empty<Bytes>>,
+    ) -> Result<hyper::upgrade::Upgraded, HboneError> {
+        let response = sender.send_request(request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Status(response.status()));
+        }
+        Ok(hyper::upgrade::on(response).await?)
+    }
+
+    /// A connection for one new stream of `key`: pooled, joined or dialed.
+    async fn stream_slot(
+        &self,
+        slot: &Arc<Slot>,
+        key: &PoolKey,
+    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>, Arc<AtomicU64>), HboneError> {
+        loop {
+            match self.next(slot, key) {
+                Next::Use(sender, streams, last_used) => return Ok((sender, streams, last_used)),
                 Next::Dial(ticket, creds) => {
                     // No lock is held here: other keys, and callers of this key that find a
                     // usable connection, go on while this dial runs (bounded by the connect
@@ -351,20 +404,24 @@ impl HboneClient {
                     }
                 }
             }
-        };
-        let guard = StreamGuard {
-            streams,
-            last_used,
-            epoch: self.epoch,
-        };
-        let response = sender.send_request(request).await?;
-        if response.status() != StatusCode::OK {
-            return Err(HboneError::Status(response.status()));
         }
-        let upgraded = hyper::upgrade::on(response).await?;
-        Ok(Tunnel {
-            io: TokioIo::new(upgraded),
-            _guard: guard,
-        })
     }
+}
+
+/// Whether the peer refused a stream before it was processed: the request was cancelled on a
+/// closing connection, or refused by HTTP/2 (`REFUSED_STREAM`, or a GOAWAY that excluded it).
+/// Nothing reached the destination, so the stream may be tried again.
+fn is_refused_before_sent(error: &hyper::Error) -> bool {
+    if error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = cause.source();
+    }
+    false
 }
