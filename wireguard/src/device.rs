@@ -43,13 +43,20 @@ pub struct UserspaceDevice {
     device: Device<Transports>,
 }
 
+/// Persistent keepalive, in seconds. Besides keeping NAT bindings, it makes a freshly started
+/// device handshake with every peer at once, so a peer still holding the session of a replaced
+/// proxy switches to the new one within a round trip instead of after its rekey timeout.
+pub const KEEPALIVE_SECS: u16 = 25;
+
 fn gotatun_peer(spec: &PeerSpec) -> Peer {
     let net = Ipv4Network::new(spec.pod_cidr.network(), spec.pod_cidr.prefix_len())
         .map(IpNetwork::V4)
         .unwrap_or_else(|_| IpNetwork::V4(Ipv4Network::from(spec.pod_cidr.network())));
-    Peer::new(x25519::PublicKey::from(*spec.public_key.as_bytes()))
+    let mut peer = Peer::new(x25519::PublicKey::from(*spec.public_key.as_bytes()))
         .with_endpoint(SocketAddr::V4(spec.endpoint))
-        .with_allowed_ip(net)
+        .with_allowed_ip(net);
+    peer.keepalive = Some(KEEPALIVE_SECS);
+    peer
 }
 
 fn device_error(action: &'static str) -> impl FnOnce(gotatun::device::Error) -> WireguardError {

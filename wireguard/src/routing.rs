@@ -254,6 +254,32 @@ fn ip(args: &[&str], action: &str) -> Result<String, WireguardError> {
     run(Tool::Ip, &[&["-4"][..], args].concat(), None, action)
 }
 
+/// The selectors of the `ip rule pref 105 ... lookup main` rules that keep HBONE out of the
+/// tunnel, as `ip rule list` prints them: packets our mangle chains marked HBONE, and, for the
+/// route lookup a socket makes before those chains see a packet, the proxy's own connects to
+/// port 15008 (mark `0x539`) and the answers of its HBONE listener, both local (`iif lo`).
+/// Without the last two a connect made while the device is being replaced (an upgrade's
+/// handoff) meets table 134's unreachable route and fails, and answers stall.
+pub fn hbone_selectors() -> [String; 3] {
+    [
+        format!("fwmark {}", marks::HBONE),
+        format!(
+            "fwmark {} iif lo ipproto tcp dport {HBONE_PORT}",
+            marks::PROXY
+        ),
+        format!("iif lo ipproto tcp sport {HBONE_PORT}"),
+    ]
+}
+
+/// Whether `ip rule list` output holds the rule with `selector` that looks up `main`.
+fn has_rule(listed: &str, selector: &str) -> bool {
+    let wanted = format!("from all {selector} lookup main");
+    listed.lines().any(|l| l.trim_end().ends_with(&wanted))
+}
+
+/// The HBONE port the exemption rules name.
+const HBONE_PORT: u16 = 15008;
+
 /// Reads what of ours is installed in this network namespace.
 pub fn installed() -> Result<Installed, WireguardError> {
     let table = WIREGUARD_TABLE.to_string();
@@ -287,7 +313,7 @@ pub fn installed() -> Result<Installed, WireguardError> {
     )?;
     Ok(Installed {
         rules: parse_rules(&rules),
-        hbone_rule: hbone.contains(&format!("fwmark {} lookup main", marks::HBONE)),
+        hbone_rule: hbone_selectors().iter().all(|s| has_rule(&hbone, s)),
         dev_routes: routes.dev,
         unreachable: routes.unreachable,
         unassigned: routes.unassigned,
@@ -302,7 +328,6 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
     let steps = routing.plan(&installed()?);
     let table = WIREGUARD_TABLE.to_string();
     let (pref, hbone_pref) = (WIREGUARD_RULE_PREF.to_string(), HBONE_RULE_PREF.to_string());
-    let hbone = marks::HBONE.to_string();
     let source = routing.source.map(|a| a.to_string());
     if let Some(source) = &source {
         let addr = format!("{source}/32");
@@ -339,17 +364,19 @@ pub fn apply(routing: &Routing) -> Result<Vec<Step>, WireguardError> {
                 )?;
             }
             Step::HboneRule => {
-                let argv = [
-                    "rule",
-                    "add",
-                    "pref",
-                    &hbone_pref,
-                    "fwmark",
-                    &hbone,
-                    "lookup",
-                    "main",
-                ];
-                ip(&argv, "add the HBONE ip rule")?;
+                let listed = ip(
+                    &["rule", "list", "pref", &hbone_pref],
+                    "list the HBONE ip rules",
+                )?;
+                for selector in hbone_selectors() {
+                    if has_rule(&listed, &selector) {
+                        continue;
+                    }
+                    let mut argv = vec!["rule", "add", "pref", &hbone_pref];
+                    argv.extend(selector.split(' '));
+                    argv.extend(["lookup", "main"]);
+                    ip(&argv, "add an HBONE ip rule")?;
+                }
             }
             Step::Unreachable(net) => {
                 unreachable(
@@ -415,12 +442,15 @@ pub fn remove(dev: &str) -> Result<Installed, WireguardError> {
         let argv = ["rule", "del", "pref", &pref, "to", &net, "lookup", &table];
         ip(&argv, "delete a WireGuard ip rule")?;
     }
-    if found.hbone_rule {
-        let (pref, mark) = (HBONE_RULE_PREF.to_string(), marks::HBONE.to_string());
-        let argv = [
-            "rule", "del", "pref", &pref, "fwmark", &mark, "lookup", "main",
-        ];
-        ip(&argv, "delete the HBONE ip rule")?;
+    let pref = HBONE_RULE_PREF.to_string();
+    let listed = ip(&["rule", "list", "pref", &pref], "list the HBONE ip rules")?;
+    for selector in hbone_selectors() {
+        if has_rule(&listed, &selector) {
+            let mut argv = vec!["rule", "del", "pref", &pref];
+            argv.extend(selector.split(' '));
+            argv.extend(["lookup", "main"]);
+            ip(&argv, "delete an HBONE ip rule")?;
+        }
     }
     if !found.dev_routes.is_empty() || !found.unreachable.is_empty() || !found.unassigned.is_empty()
     {
