@@ -44,5 +44,5 @@ pub mod relay;
 pub mod socket;
 pub mod tls;
 
-pub use app::{Listening, ProxyHandle, ProxyOptions, StartError, StateSource};
+pub use app::{InheritedListeners, Listening, ProxyHandle, ProxyOptions, StartError, StateSource};
 pub use pending::PendingPods;

@@ -9,8 +9,8 @@ mod server;
 pub use query::parse_query;
 pub use response::{AdminResponse, PROMETHEUS_CONTENT_TYPE};
 pub use server::{
-    AdminError, AdminHandle, AdminServer, AdminState, CertInfo, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
+    AdminError, AdminHandle, AdminListeners, AdminServer, AdminState, CertInfo,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
 };
 
 use std::net::SocketAddr;
@@ -150,6 +150,17 @@ impl ProxyAdmin {
         self.handle.readiness_addr()
     }
 
+    /// The listening sockets, for the process that takes over (see
+    /// [`AdminHandle::listener_fds`]).
+    pub fn listener_fds(&self) -> [(&'static str, SocketAddr, std::os::fd::BorrowedFd<'_>); 3] {
+        self.handle.listener_fds()
+    }
+
+    /// Stops serving (the listening sockets close once no other process holds them).
+    pub fn shutdown(self) {
+        self.handle.shutdown();
+    }
+
     /// Resolves when `/quitquitquit` is called.
     pub async fn quit_requested(&self) {
         let mut quit = self.quit.clone();
@@ -163,9 +174,13 @@ pub(crate) fn spawn(
     ctx: Arc<Ctx>,
     ready: watch::Receiver<bool>,
     servers: AdminServer,
+    listeners: Option<AdminListeners>,
 ) -> Result<ProxyAdmin, AdminError> {
     let (quit_tx, quit) = watch::channel(false);
     let state = Arc::new(State { ctx, quit: quit_tx });
-    let handle = servers.spawn(state, ready)?;
+    let handle = match listeners {
+        Some(listeners) => servers.spawn_on(listeners, state, ready)?,
+        None => servers.spawn(state, ready)?,
+    };
     Ok(ProxyAdmin { handle, quit })
 }

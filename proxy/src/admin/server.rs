@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -147,6 +148,18 @@ struct Context {
     idle_timeout: Duration,
 }
 
+/// The three listening sockets, bound already (by this process, or inherited from the one it
+/// takes over from).
+#[derive(Debug)]
+pub struct AdminListeners {
+    /// The admin API's.
+    pub admin: StdTcpListener,
+    /// Metrics'.
+    pub metrics: StdTcpListener,
+    /// Readiness'.
+    pub readiness: StdTcpListener,
+}
+
 impl AdminServer {
     /// Binds the three listeners and serves them on a dedicated thread with its own runtime.
     /// The servers stop when the handle is shut down or dropped.
@@ -156,22 +169,50 @@ impl AdminServer {
         ready: watch::Receiver<bool>,
     ) -> Result<AdminHandle, AdminError> {
         let bind = |role: Role, addr: SocketAddr| {
-            let error = |source| AdminError::Bind {
+            StdTcpListener::bind(addr).map_err(|source| AdminError::Bind {
                 listener: role.name(),
                 addr,
                 source,
+            })
+        };
+        let listeners = AdminListeners {
+            admin: bind(Role::Admin, self.admin_addr)?,
+            metrics: bind(Role::Metrics, self.metrics_addr)?,
+            readiness: bind(Role::Readiness, self.readiness_addr)?,
+        };
+        self.spawn_on(listeners, state, ready)
+    }
+
+    /// Serves the three servers on `listeners` (the addresses in `self` are not used).
+    pub fn spawn_on(
+        &self,
+        listeners: AdminListeners,
+        state: Arc<dyn AdminState>,
+        ready: watch::Receiver<bool>,
+    ) -> Result<AdminHandle, AdminError> {
+        let prepare = |role: Role, listener: StdTcpListener, asked: SocketAddr| {
+            let error = |source| AdminError::Bind {
+                listener: role.name(),
+                addr: asked,
+                source,
             };
-            let listener = StdTcpListener::bind(addr).map_err(error)?;
             listener.set_nonblocking(true).map_err(error)?;
             let local = listener.local_addr().map_err(error)?;
-            Ok::<_, AdminError>((role, listener, local))
+            let dup = listener.as_fd().try_clone_to_owned().map_err(error)?;
+            Ok::<_, AdminError>((role, listener, local, dup))
         };
-        let listeners = [
-            bind(Role::Admin, self.admin_addr)?,
-            bind(Role::Metrics, self.metrics_addr)?,
-            bind(Role::Readiness, self.readiness_addr)?,
+        let [admin, metrics, readiness] = [
+            prepare(Role::Admin, listeners.admin, self.admin_addr)?,
+            prepare(Role::Metrics, listeners.metrics, self.metrics_addr)?,
+            prepare(Role::Readiness, listeners.readiness, self.readiness_addr)?,
         ];
-        let addrs = [listeners[0].2, listeners[1].2, listeners[2].2];
+        let addrs = [admin.2, metrics.2, readiness.2];
+        let fds = [admin.3, metrics.3, readiness.3];
+        let listeners = [
+            (admin.0, admin.1),
+            (metrics.0, metrics.1),
+            (readiness.0, readiness.1),
+        ];
 
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -189,7 +230,7 @@ impl AdminServer {
             .name("nodemesh-admin".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    for (role, listener, _) in listeners {
+                    for (role, listener) in listeners {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => {
                                 let slots = Arc::new(Semaphore::new(max_connections));
@@ -211,6 +252,7 @@ impl AdminServer {
             admin_addr: addrs[0],
             metrics_addr: addrs[1],
             readiness_addr: addrs[2],
+            fds,
             stop: stop_tx,
             thread: Some(thread),
         })
@@ -319,6 +361,9 @@ pub struct AdminHandle {
     admin_addr: SocketAddr,
     metrics_addr: SocketAddr,
     readiness_addr: SocketAddr,
+    /// Copies of the three listening sockets (admin, metrics, readiness), to hand to the
+    /// process that takes over.
+    fds: [OwnedFd; 3],
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -337,6 +382,16 @@ impl AdminHandle {
     /// Where `/healthz/ready` is served.
     pub fn readiness_addr(&self) -> SocketAddr {
         self.readiness_addr
+    }
+
+    /// The listening sockets with their addresses, named `admin`, `metrics` and `readiness`:
+    /// what an upgrade hands to the new process. They stay open as long as this handle.
+    pub fn listener_fds(&self) -> [(&'static str, SocketAddr, BorrowedFd<'_>); 3] {
+        [
+            ("admin", self.admin_addr, self.fds[0].as_fd()),
+            ("metrics", self.metrics_addr, self.fds[1].as_fd()),
+            ("readiness", self.readiness_addr, self.fds[2].as_fd()),
+        ]
     }
 
     /// Stops the servers (open connections are closed) and waits for the admin thread to end.

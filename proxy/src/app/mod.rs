@@ -6,8 +6,10 @@ mod tasks;
 
 pub use options::{ProxyOptions, StartError, StateSource};
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nodemesh_identity::{Clock, SystemClock};
@@ -18,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::addr::{ClientAddr, OrigDstAddr};
-use crate::admin::{self, AdminError, AdminServer, ProxyAdmin};
+use crate::admin::{self, AdminError, AdminListeners, AdminServer, ProxyAdmin};
 use crate::bounds::{Bounds, ConnPermit, Listener};
 use crate::certs::{CaSettings, CertManager};
 use crate::ctx::Ctx;
@@ -50,6 +52,24 @@ pub struct ProxyHandle {
     ready: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
+    /// Copies of the capture and HBONE listening sockets, for an upgrade's handoff.
+    listener_fds: Vec<(Listener, SocketAddr, OwnedFd)>,
+    /// Set while an upgrade's handoff is under way: readiness then reports not ready, so the
+    /// new process's pod is not taken for ready on this one's answers.
+    hold_readiness: Arc<AtomicBool>,
+}
+
+/// Listening sockets received from the process this one takes over from (the upgrade
+/// handoff). The proxy accepts on them only once every local workload's certificate is
+/// loaded: until then the running process keeps accepting on the same sockets.
+#[derive(Debug)]
+pub struct InheritedListeners {
+    /// Outbound capture.
+    pub outbound: StdTcpListener,
+    /// HBONE.
+    pub hbone: Vec<StdTcpListener>,
+    /// Inbound plaintext.
+    pub plaintext: Vec<StdTcpListener>,
 }
 
 /// The bound listeners, before any connection is accepted.
@@ -60,6 +80,48 @@ struct Listeners {
 }
 
 impl Listeners {
+    fn inherit(inherited: InheritedListeners) -> Result<Self, StartError> {
+        let adopt = |l: StdTcpListener| {
+            let error = |source| StartError::Bind {
+                addr: l
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)),
+                source,
+            };
+            l.set_nonblocking(true).map_err(error)?;
+            TcpListener::from_std(l).map_err(|source| StartError::Bind {
+                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                source,
+            })
+        };
+        let all =
+            |ls: Vec<StdTcpListener>| ls.into_iter().map(adopt).collect::<Result<Vec<_>, _>>();
+        Ok(Self {
+            outbound: adopt(inherited.outbound)?,
+            hbone: all(inherited.hbone)?,
+            plaintext: all(inherited.plaintext)?,
+        })
+    }
+
+    /// Copies of every socket, with its side and address.
+    fn dup(&self) -> Result<Vec<(Listener, SocketAddr, OwnedFd)>, StartError> {
+        let one = |side, l: &TcpListener| {
+            let addr = l.local_addr().map_err(|source| StartError::Bind {
+                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+                source,
+            })?;
+            let fd = l
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Ok((side, addr, fd))
+        };
+        std::iter::once(one(Listener::Outbound, &self.outbound))
+            .chain(self.hbone.iter().map(|l| one(Listener::Hbone, l)))
+            .chain(self.plaintext.iter().map(|l| one(Listener::Plaintext, l)))
+            .collect()
+    }
+
     fn bind(opts: &ProxyOptions) -> Result<Self, StartError> {
         let bind = |addr: SocketAddr| {
             socket::listen(addr, opts.transparent)
@@ -96,6 +158,16 @@ impl Listeners {
 impl ProxyHandle {
     /// Starts a proxy: loads the config, binds every listener, starts fetching certificates.
     pub async fn start(opts: ProxyOptions) -> Result<Self, StartError> {
+        Self::start_with(opts, None).await
+    }
+
+    /// [`start`](Self::start), on listening sockets taken over from a running process
+    /// instead of bound afresh when `inherited` is given (their addresses win over the
+    /// options'). Accepting on them waits until the proxy is [ready](Self::ready).
+    pub async fn start_with(
+        opts: ProxyOptions,
+        inherited: Option<InheritedListeners>,
+    ) -> Result<Self, StartError> {
         let (store, file_source) = match &opts.source {
             StateSource::File(path) => {
                 let mut source = FileSource::new(path, &opts.node);
@@ -135,7 +207,12 @@ impl ProxyHandle {
         let flow_log = FlowLog::start(&opts.flow_log, &metrics)?;
         let (trigger, drain) = crate::observe::drain::channel();
 
-        let listeners = Listeners::bind(&opts)?;
+        let gated = inherited.is_some();
+        let listeners = match inherited {
+            Some(inherited) => Listeners::inherit(inherited)?,
+            None => Listeners::bind(&opts)?,
+        };
+        let listener_fds = listeners.dup()?;
         let listening = listeners.addresses()?;
         let mut own_listeners = vec![listening.outbound];
         own_listeners.extend(&listening.inbound);
@@ -164,9 +241,16 @@ impl ProxyHandle {
             .watch_buffers(move || (memory.used(), memory.limit()));
         tasks::reconcile(&ctx).await;
 
+        let (ready_tx, ready) = watch::channel(false);
+        let gate = gated.then(|| ready.clone());
         let mut running = Vec::new();
         let mut accept = |listener, side| {
-            running.push(tokio::spawn(accept_loop(Arc::clone(&ctx), listener, side)));
+            running.push(tokio::spawn(accept_loop(
+                Arc::clone(&ctx),
+                listener,
+                side,
+                gate.clone(),
+            )));
         };
         accept(listeners.outbound, Listener::Outbound);
         for l in listeners.hbone {
@@ -188,10 +272,11 @@ impl ProxyHandle {
             Arc::clone(&ctx),
             opts.reload_interval,
         )));
-        let (ready_tx, ready) = watch::channel(false);
+        let hold_readiness = Arc::new(AtomicBool::new(false));
         running.push(tokio::spawn(tasks::track_readiness(
             Arc::clone(&ctx),
             ready_tx,
+            Arc::clone(&hold_readiness),
         )));
         Ok(Self {
             listening,
@@ -200,6 +285,8 @@ impl ProxyHandle {
             ready,
             tasks: running,
             drain_timeout: opts.drain_timeout,
+            listener_fds,
+            hold_readiness,
         })
     }
 
@@ -246,7 +333,41 @@ impl ProxyHandle {
 
     /// [`serve_admin`](Self::serve_admin) with every setting of the servers (bounds, timeouts).
     pub fn serve_admin_with(&self, servers: AdminServer) -> Result<ProxyAdmin, AdminError> {
-        admin::spawn(Arc::clone(&self.ctx), self.ready(), servers)
+        admin::spawn(Arc::clone(&self.ctx), self.ready(), servers, None)
+    }
+
+    /// [`serve_admin_with`](Self::serve_admin_with) on listening sockets taken over from a
+    /// running process.
+    pub fn serve_admin_on(
+        &self,
+        servers: AdminServer,
+        listeners: AdminListeners,
+    ) -> Result<ProxyAdmin, AdminError> {
+        admin::spawn(
+            Arc::clone(&self.ctx),
+            self.ready(),
+            servers,
+            Some(listeners),
+        )
+    }
+
+    /// The capture and HBONE listening sockets with their side and address: what an upgrade
+    /// hands to the new process.
+    pub fn listener_fds(&self) -> impl Iterator<Item = (Listener, SocketAddr, BorrowedFd<'_>)> {
+        self.listener_fds
+            .iter()
+            .map(|(side, addr, fd)| (*side, *addr, fd.as_fd()))
+    }
+
+    /// While `hold` is set, readiness reports not ready whatever the certificates say (an
+    /// upgrade's handoff is under way).
+    pub fn hold_readiness(&self, hold: bool) {
+        self.hold_readiness.store(hold, Ordering::Relaxed);
+    }
+
+    /// Connections in flight (each holds the drain open).
+    pub fn connections(&self) -> usize {
+        self.trigger.guards_held()
     }
 
     /// Becomes true once every local workload has a certificate and the listeners are up.
@@ -282,7 +403,16 @@ impl ProxyHandle {
     /// Drains: stop accepting, GOAWAY on HBONE, wait for in-flight connections up to the drain
     /// timeout, then stop everything.
     pub async fn drain(self) -> DrainOutcome {
-        let outcome = self.trigger.drain(self.drain_timeout).await;
+        let timeout = self.drain_timeout;
+        self.drain_for(timeout).await
+    }
+
+    /// [`drain`](Self::drain) with another deadline: after an upgrade's handoff, the old
+    /// process relays its connections until they end or `timeout` passes.
+    pub async fn drain_for(mut self, timeout: Duration) -> DrainOutcome {
+        // The new process holds the listening sockets; these copies only keep them open.
+        self.listener_fds.clear();
+        let outcome = self.trigger.drain(timeout).await;
         self.ctx.flows.log().flush().await;
         for task in self.tasks {
             task.abort();
@@ -302,7 +432,19 @@ fn per_bind(addr: SocketAddr, binds: &[IpAddr]) -> Vec<SocketAddr> {
     }
 }
 
-async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener, side: Listener) {
+async fn accept_loop(
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    side: Listener,
+    gate: Option<watch::Receiver<bool>>,
+) {
+    if let Some(mut ready) = gate {
+        // Inherited: the running process accepts until this one can serve.
+        tokio::select! {
+            became = ready.wait_for(|r| *r) => if became.is_err() { return },
+            () = ctx.drain.signaled() => return,
+        }
+    }
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -93,9 +94,13 @@ fn reload_files(ctx: &Ctx) {
     }
 }
 
-pub(super) async fn track_readiness(ctx: Arc<Ctx>, ready: watch::Sender<bool>) {
+pub(super) async fn track_readiness(
+    ctx: Arc<Ctx>,
+    ready: watch::Sender<bool>,
+    hold: Arc<AtomicBool>,
+) {
     loop {
-        let now = ctx.certs.all_ready();
+        let now = ctx.certs.all_ready() && !hold.load(Ordering::Relaxed);
         ready.send_if_modified(|r| std::mem::replace(r, now) != now);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
