@@ -12,6 +12,7 @@ pub mod node_firewall;
 pub mod policy;
 pub mod proxy;
 pub mod redirect;
+pub mod upgrade;
 
 /// Where a command learns about the mesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

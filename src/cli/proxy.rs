@@ -1,15 +1,20 @@
 //! `nodemesh proxy`: the node proxy.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use nodemesh_handoff::Role;
 use nodemesh_identity::Backoff;
+use nodemesh_proxy::admin::ProxyAdmin;
 use nodemesh_proxy::bounds::BoundsConfig;
 use nodemesh_proxy::observe::FlowLogTarget;
 use nodemesh_proxy::{ProxyHandle, ProxyOptions, StateSource};
+
+use super::upgrade::{self, Addresses, Start};
 
 /// Run the node proxy: capture listeners, HBONE mTLS, inline L4/L7 authorization.
 #[derive(Debug, clap::Args)]
@@ -123,6 +128,14 @@ pub struct ProxyArgs {
     /// How long a drain (SIGTERM) waits for in-flight connections.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// After handing its sockets to a new `nodemesh proxy` (an upgrade or restart), how long
+    /// this process keeps relaying the connections it holds before it closes them and exits.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    upgrade_deadline: Duration,
+    /// After a handoff and its drain, wait for SIGTERM before exiting: in a container, so it
+    /// is not restarted as the old version while its pod is being replaced.
+    #[arg(long)]
+    linger_after_handoff: bool,
     /// Flow log: `stdout`, a file path, or `off`.
     #[arg(long, default_value = "stdout")]
     flow_log: FlowLogTarget,
@@ -254,7 +267,7 @@ async fn serve(args: ProxyArgs) -> Result<()> {
             StateSource::Store(store)
         }
     };
-    let wireguard = match wireguard_key {
+    let wireguard_list = match wireguard_key {
         Some(key) => {
             let list = match &source {
                 StateSource::File(path) => nodemesh_wireguard::NodeList::File(path.clone()),
@@ -275,18 +288,14 @@ async fn serve(args: ProxyArgs) -> Result<()> {
                     }))
                 }
             };
-            let mut options = nodemesh_wireguard::NodeOptions::new(&args.state_dir);
-            options.port = args.wireguard_port;
-            let handle = nodemesh_wireguard::WireguardHandle::start_from(list, &args.node, options)
-                .await
-                .context("cannot bring WireGuard up")?;
-            Some(handle)
+            Some(list)
         }
         None => None,
     };
     // The CNI plugin's pods the state does not know yet: kept by `--manage-redirect`.
     let pending_pods = nodemesh_proxy::PendingPods::default();
     let node = args.node.clone();
+    let wireguard_node = args.node.clone();
     let opts = ProxyOptions {
         source,
         network_policy: args.network_policy == NetworkPolicyMode::Enforce,
@@ -319,7 +328,57 @@ async fn serve(args: ProxyArgs) -> Result<()> {
             memory_budget: args.memory_budget_mib.saturating_mul(1 << 20),
         },
     };
-    let proxy = ProxyHandle::start(opts).await?;
+    let servers = nodemesh_proxy::admin::AdminServer {
+        admin_addr: args.admin_addr,
+        metrics_addr: args.metrics_addr,
+        readiness_addr: args.readiness_addr,
+        max_connections: args.admin_max_connections,
+        idle_timeout: args.admin_idle_timeout,
+    };
+    let handoff_path = upgrade::socket_path(&args.state_dir);
+    let (proxy, admin, handoff) =
+        match upgrade::prepare(&args.state_dir, &addresses(&opts, &servers)).await {
+            Start::Takeover(taken) => take_over(*taken, opts, servers).await?,
+            Start::Fresh if !upgrade::admin_in_use(args.admin_addr) => {
+                start_fresh(opts, servers, &handoff_path).await?
+            }
+            Start::Fresh => {
+                let why = "it serves no handoff socket (an older version, or another --state-dir)";
+                upgrade::replace_classically(
+                    args.admin_addr,
+                    why,
+                    args.drain_timeout + CLASSIC_MARGIN,
+                )
+                .await?;
+                start_fresh(opts, servers, &handoff_path).await?
+            }
+            Start::Classic(why) => {
+                upgrade::replace_classically(
+                    args.admin_addr,
+                    &why,
+                    args.drain_timeout + CLASSIC_MARGIN,
+                )
+                .await?;
+                start_fresh(opts, servers, &handoff_path).await?
+            }
+        };
+    // From here on this process owns the node: WireGuard, the capture rules, the firewall.
+    let mut wireguard = match wireguard_list {
+        Some(list) => {
+            let mut options = nodemesh_wireguard::NodeOptions::new(&args.state_dir);
+            options.port = args.wireguard_port;
+            // After a handoff the old process's device lets go of the port a moment after it
+            // reports stopped.
+            upgrade::await_udp_port(args.wireguard_port, Duration::from_secs(5)).await;
+            let handle =
+                nodemesh_wireguard::WireguardHandle::start_from(list, &wireguard_node, options)
+                    .await
+                    .context("cannot bring WireGuard up")?;
+            Some(handle)
+        }
+        None => None,
+    };
+    let mut managers = Vec::new();
     if args.manage_redirect {
         let keep_in_step = super::capture::manage(
             proxy.store().clone(),
@@ -328,26 +387,20 @@ async fn serve(args: ProxyArgs) -> Result<()> {
             pending_pods,
         )
         .await?;
-        tokio::spawn(keep_in_step);
+        managers.push(tokio::spawn(keep_in_step));
         if args.network_policy == NetworkPolicyMode::Enforce {
             let follow = super::node_firewall::manage(proxy.store().clone(), node).await?;
-            tokio::spawn(follow);
+            managers.push(tokio::spawn(follow));
         } else {
             super::node_firewall::remove().await?;
         }
-        tokio::spawn(super::ipv6_guard::report_drops(
+        managers.push(tokio::spawn(super::ipv6_guard::report_drops(
             nodemesh_redirect::Host::local(),
             args.capture_backend,
             proxy.metrics().ipv6_dropped(),
-        ));
+        )));
     }
-    let admin = proxy.serve_admin_with(nodemesh_proxy::admin::AdminServer {
-        admin_addr: args.admin_addr,
-        metrics_addr: args.metrics_addr,
-        readiness_addr: args.readiness_addr,
-        max_connections: args.admin_max_connections,
-        idle_timeout: args.admin_idle_timeout,
-    })?;
+    let mut handoff = upgrade::HandoffServer::new(handoff, &handoff_path, &proxy, &admin)?;
     eprintln!(
         "nodemesh proxy: outbound {}, HBONE {:?}, plaintext {:?}, admin {}, metrics {}, readiness {}",
         proxy.listening.outbound,
@@ -359,17 +412,148 @@ async fn serve(args: ProxyArgs) -> Result<()> {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        () = admin.quit_requested() => {}
+    let accepted = tokio::select! {
+        _ = term.recv() => None,
+        _ = tokio::signal::ctrl_c() => None,
+        () = admin.quit_requested() => None,
+        accepted = handoff.next_accepted(&proxy) => Some(accepted),
+    };
+    let Some(accepted) = accepted else {
+        tracing::info!("draining");
+        let outcome = proxy.drain().await;
+        tracing::info!(?outcome, "drained");
+        drop(kube_source);
+        if let Some(wireguard) = wireguard {
+            wireguard.shutdown().await.context("WireGuard")?;
+        }
+        return Ok(());
+    };
+    // A new process accepts on every socket: hand the node over, then relay what is left.
+    drop(handoff);
+    if let Some(wireguard) = wireguard.take()
+        && let Err(error) = wireguard.shutdown().await
+    {
+        tracing::error!(%error, "handoff: stopping WireGuard");
     }
-    tracing::info!("draining");
-    let outcome = proxy.drain().await;
-    tracing::info!(?outcome, "drained");
+    for manager in managers {
+        manager.abort();
+    }
+    tokio::task::spawn_blocking(move || admin.shutdown())
+        .await
+        .context("stopping the admin servers")?;
+    let connections = proxy.connections();
+    let mut drain = tokio::spawn(proxy.drain_for(args.upgrade_deadline));
+    if let Err(error) = tokio::task::spawn_blocking(move || accepted.released(connections))
+        .await
+        .context("the handoff task")?
+    {
+        tracing::warn!(%error, "handoff: could not confirm the release to the new process");
+    }
+    eprintln!(
+        "nodemesh proxy: handed over to a new process; relaying {connections} connections until they end (at most {})",
+        humantime::format_duration(args.upgrade_deadline)
+    );
+    tracing::info!(connections, deadline = ?args.upgrade_deadline, "handoff: no longer accepting; relaying the connections left");
+    let mut terminated = false;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut drain => break outcome.context("the drain task")?,
+            _ = term.recv() => {
+                // The pod's deletion: its grace period covers the upgrade deadline.
+                terminated = true;
+                tracing::info!("SIGTERM after a handoff: the connections left keep their deadline");
+            }
+        }
+    };
+    tracing::info!(?outcome, "handoff: drained; exiting");
+    eprintln!("nodemesh proxy: the last connection ended ({outcome:?})");
     drop(kube_source);
-    if let Some(wireguard) = wireguard {
-        wireguard.shutdown().await.context("WireGuard")?;
+    if args.linger_after_handoff && !terminated {
+        eprintln!("nodemesh proxy: waiting for SIGTERM (--linger-after-handoff)");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
     Ok(())
+}
+
+/// How much longer than its drain timeout a running proxy replaced the classic way may take
+/// to exit.
+const CLASSIC_MARGIN: Duration = Duration::from_secs(10);
+
+/// What this process would listen on, by role, for checking an offer.
+fn addresses(opts: &ProxyOptions, servers: &nodemesh_proxy::admin::AdminServer) -> Addresses {
+    let per_bind = |addr: SocketAddr| -> Vec<SocketAddr> {
+        if opts.inbound_binds.is_empty() {
+            vec![addr]
+        } else {
+            opts.inbound_binds
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, addr.port()))
+                .collect()
+        }
+    };
+    Addresses(BTreeMap::from([
+        (Role::Outbound, vec![opts.outbound_addr]),
+        (Role::Hbone, per_bind(opts.inbound_addr)),
+        (Role::Plaintext, per_bind(opts.inbound_plaintext_addr)),
+        (Role::Admin, vec![servers.admin_addr]),
+        (Role::Metrics, vec![servers.metrics_addr]),
+        (Role::Readiness, vec![servers.readiness_addr]),
+    ]))
+}
+
+/// Binds everything afresh.
+async fn start_fresh(
+    opts: ProxyOptions,
+    servers: nodemesh_proxy::admin::AdminServer,
+    handoff_path: &std::path::Path,
+) -> Result<(ProxyHandle, ProxyAdmin, std::os::unix::net::UnixListener)> {
+    let handoff = nodemesh_handoff::bind_listener(handoff_path)
+        .with_context(|| format!("binding the handoff socket {}", handoff_path.display()))?;
+    let proxy = ProxyHandle::start(opts).await?;
+    let admin = proxy.serve_admin_with(servers)?;
+    Ok((proxy, admin, handoff))
+}
+
+/// Starts on the running process's sockets: accepts once every certificate is loaded, then
+/// tells the running process, which stops accepting.
+async fn take_over(
+    taken: upgrade::Taken,
+    opts: ProxyOptions,
+    servers: nodemesh_proxy::admin::AdminServer,
+) -> Result<(ProxyHandle, ProxyAdmin, std::os::unix::net::UnixListener)> {
+    let upgrade::Taken {
+        proxy: inherited,
+        admin: admin_listeners,
+        pending,
+    } = taken;
+    let (pid, binary) = pending.from();
+    eprintln!(
+        "nodemesh proxy: taking over from the running proxy (pid {pid}, {binary}); it serves until this one is ready"
+    );
+    let proxy = match ProxyHandle::start_with(opts, Some(inherited)).await {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            pending.abort(&error.to_string());
+            return Err(error.into());
+        }
+    };
+    if let Err(error) = upgrade::await_ready(&proxy).await {
+        pending.abort(&format!("{error:#}"));
+        return Err(error.context("the running proxy keeps serving"));
+    }
+    let (connections, handoff) = pending.accepting().await;
+    let admin = proxy.serve_admin_on(servers, admin_listeners)?;
+    match connections {
+        Some(n) => eprintln!(
+            "nodemesh proxy: took over from pid {pid} ({binary}); it relays its {n} connections until they end"
+        ),
+        None => eprintln!(
+            "nodemesh proxy: took over the sockets of pid {pid} ({binary}), which did not confirm; serving"
+        ),
+    }
+    tracing::info!(pid, %binary, ?connections, "handoff: took over the listening sockets");
+    Ok((proxy, admin, handoff))
 }
