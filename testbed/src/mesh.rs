@@ -213,7 +213,58 @@ impl Testbed {
         self.start_proxy(node, &opts)
     }
 
+    /// Upgrades `node`'s proxy in place: starts a second one with the options of
+    /// [`Testbed::start_mesh`] plus `extra` arguments while the first runs, and waits until it
+    /// says it took over the first one's sockets (`nodemesh proxy`'s handoff). The running one
+    /// is then the process `proxy/<node>/old` (an earlier old one is stopped), the new one
+    /// `proxy/<node>`.
+    pub fn upgrade_proxy(&mut self, node: &str, extra: &[&str]) -> Result<(), TestbedError> {
+        self.upgrade_proxy_until(node, extra, "took over")
+    }
+
+    /// [`Testbed::upgrade_proxy`], waiting only until the new proxy's log shows `needle`.
+    pub fn upgrade_proxy_until(
+        &mut self,
+        node: &str,
+        extra: &[&str],
+        needle: &str,
+    ) -> Result<(), TestbedError> {
+        let opts = self
+            .mesh
+            .clone()
+            .ok_or_else(|| TestbedError::Spec("the mesh was never started".into()))?;
+        let key = format!("proxy/{node}");
+        let old = self
+            .processes
+            .remove(&key)
+            .ok_or_else(|| TestbedError::Spec(format!("no process {key:?} running")))?;
+        self.processes.insert(format!("{key}/old"), old);
+        self.spawn_proxy_with(node, &opts, extra)?;
+        self.await_log(&key, needle)
+    }
+
+    /// Waits up to `timeout` for process `key` to exit; whether it did.
+    pub fn await_exit(&mut self, key: &str, timeout: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if !self.processes.get_mut(key).is_some_and(Process::is_running) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     fn spawn_proxy(&mut self, node: &str, opts: &MeshOptions) -> Result<(), TestbedError> {
+        self.spawn_proxy_with(node, opts, &[])
+    }
+
+    fn spawn_proxy_with(
+        &mut self,
+        node: &str,
+        opts: &MeshOptions,
+        extra: &[&str],
+    ) -> Result<(), TestbedError> {
         let ns = self.node(node)?.clone();
         let dir = self.dir.join(node);
         let mut cmd = if opts.only_net_caps {
@@ -263,6 +314,7 @@ impl Testbed {
         if opts.wireguard {
             cmd.arg("--wireguard");
         }
+        cmd.args(extra);
         let process = Process::start(
             &format!("proxy {node}"),
             cmd,

@@ -1,0 +1,418 @@
+//! Root tier: upgrading the node proxy in place (`nodemesh proxy` started again on a node whose
+//! proxy runs: it takes the listening sockets over the handoff socket in the state directory).
+//! On the real-node testbed (kube-proxy's rules, WireGuard inside the proxies), traffic runs
+//! through both swaps — node-b's proxy (the server side) and then node-a's (the client side) —
+//! and must not notice: an `iperf3 -t 30` transfer, a long-lived TCP stream carried as one
+//! HBONE (HTTP/2 CONNECT) stream echoing every 50 ms, a UDP echo carried by WireGuard every
+//! 20 ms, and a client opening a new connection in a loop. The capture rules are never
+//! touched and the old processes exit once their last connection ends. Every test runs once
+//! per capture backend; with `NODEMESH_E2E=1` a missing privilege or tool is a failure.
+#![allow(clippy::unwrap_used)] // Test code: a panic is a failed test.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nodemesh_redirect::Backend;
+use nodemesh_testbed::{MeshOptions, Netns, Testbed, apps, scenario};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
+const IPERF_PORT: &str = "5201";
+/// How long the traffic runs; both swaps happen inside it.
+const TRAFFIC: Duration = Duration::from_secs(30);
+/// UDP echoes are sent this often; the loss budget is one second of them.
+const UDP_INTERVAL: Duration = Duration::from_millis(20);
+
+fn mesh(backend: Backend) -> Testbed {
+    // The shop without `web-deny-admin`: a DENY with HTTP conditions refuses every non-HTTP
+    // connection to web (Istio's semantics), and iperf3 and the echo are not HTTP.
+    let mut spec = scenario::shop_for(backend);
+    spec.policies
+        .retain(|p| p["metadata"]["name"] != "web-deny-admin");
+    let mut bed = Testbed::build(spec).unwrap();
+    let mut opts = MeshOptions::new(BINARY);
+    opts.backend = backend;
+    opts.wireguard = true;
+    if let Err(e) = bed.start_mesh(&opts) {
+        panic!(
+            "mesh did not start: {e}\n--- proxy node-a ---\n{}",
+            bed.log_tail("proxy/node-a", 25)
+        );
+    }
+    bed
+}
+
+/// The node's capture rules as the tools print them, counters and comments left out: equal
+/// before and after means nothing was removed, added or re-created (nft's handles change when
+/// a rule is re-created).
+fn capture_rules(node: &Netns, backend: Backend) -> String {
+    let text = match backend {
+        Backend::Iptables => node.exec(&["iptables-save"]).unwrap(),
+        Backend::Nftables => node.exec(&["nft", "-a", "list", "ruleset"]).unwrap(),
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let l = match l.find(" counter packets ") {
+                Some(at) => &l[..at],
+                None => l,
+            };
+            // iptables chain headers carry counters: `:CHAIN ACCEPT [12:3400]`.
+            match (l.starts_with(':'), l.rfind(" [")) {
+                (true, Some(at)) => &l[..at],
+                _ => l,
+            }
+            .to_owned()
+        })
+        .filter(|l| l.contains("nodemesh") || l.contains("NODEMESH") || l.contains("tproxy"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What one traffic stream saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: usize,
+    failures: Vec<String>,
+}
+
+/// Writes a numbered 64-byte chunk every 50 ms on one connection and checks each echo.
+async fn long_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> Seen {
+    let mut seen = Seen::default();
+    let mut stream = match tokio::net::TcpStream::connect(target).await {
+        Ok(s) => s,
+        Err(e) => {
+            seen.failures.push(format!("connect {target}: {e}"));
+            return seen;
+        }
+    };
+    let mut back = [0u8; 64];
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut chunk = [b'.'; 64];
+        chunk[..8].copy_from_slice(&i.to_be_bytes());
+        let step = async {
+            stream.write_all(&chunk).await?;
+            stream.read_exact(&mut back).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), step).await {
+            Ok(Ok(())) if back == chunk => seen.ok += 1,
+            Ok(Ok(())) => seen.failures.push(format!("echo {i} came back different")),
+            Ok(Err(e)) => {
+                seen.failures.push(format!("echo {i}: {e}"));
+                return seen;
+            }
+            Err(_) => {
+                seen.failures.push(format!("echo {i}: no answer in 5 s"));
+                return seen;
+            }
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stream.shutdown().await;
+    seen
+}
+
+/// Sends a numbered datagram every [`UDP_INTERVAL`]; returns (sent, answered).
+async fn udp_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let socket = Arc::new(tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap());
+    socket.connect(target).await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let (socket, done) = (Arc::clone(&socket), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                // An error (ICMP unreachable while a route is replaced) is one more loss.
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(100), socket.recv(&mut buf)).await
+                    && n >= 8
+                {
+                    seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+                }
+            }
+            seen.len() as u64
+        })
+    };
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(UDP_INTERVAL);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        // A send may fail while the tunnel's route is being replaced: that datagram is lost.
+        let _ = socket.send(&sent.to_be_bytes()).await;
+        sent += 1;
+    }
+    // Late answers still count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    (sent, receiver.await.unwrap())
+}
+
+/// Opens a new HTTP connection to `target` every 50 ms.
+async fn new_connections(target: SocketAddr, stop: Arc<AtomicBool>) -> Seen {
+    let mut seen = Seen::default();
+    while !stop.load(Ordering::Relaxed) {
+        match apps::http(target, "GET", "/", Vec::new(), Duration::from_secs(5)).await {
+            Ok(r) if r.status == 200 => seen.ok += 1,
+            Ok(r) => seen.failures.push(format!("status {}", r.status)),
+            Err(e) => seen.failures.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
+}
+
+fn swap_keeps_every_connection(backend: Backend) {
+    if !nodemesh_test_support::root_tier("swap_keeps_every_connection", backend.tools()) {
+        return;
+    }
+    let mut bed = mesh(backend);
+    let web = bed.pod_ip("web-b").unwrap();
+    let web_ns = bed.pod("web-b").unwrap().clone();
+    bed.start_process(
+        "iperf/web-b",
+        &web_ns,
+        &["iperf3", "-s", "-1", "--forceflush", "-p", IPERF_PORT],
+    )
+    .unwrap();
+    bed.await_log("iperf/web-b", "Server listening").unwrap();
+    let nodes = ["node-a", "node-b"].map(|n| bed.node(n).unwrap().clone());
+    let rules_before = nodes.clone().map(|n| capture_rules(&n, backend));
+    assert!(!rules_before[0].is_empty(), "no capture rules on node-a");
+
+    let client = bed.pod("frontend-a").unwrap().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let iperf = {
+        let client = client.clone();
+        let web = web.to_string();
+        std::thread::spawn(move || {
+            client.exec(&[
+                "iperf3",
+                "-c",
+                &web,
+                "-p",
+                IPERF_PORT,
+                "-t",
+                &TRAFFIC.as_secs().to_string(),
+                "-J",
+            ])
+        })
+    };
+    let echo = {
+        let stop = Arc::clone(&stop);
+        let target = SocketAddr::from((web, apps::ECHO_PORT));
+        client.spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let udp = tokio::spawn(udp_stream(target, Arc::clone(&stop)));
+                    let loop_ = tokio::spawn(new_connections(
+                        SocketAddr::from((web, apps::HTTP_PORT)),
+                        Arc::clone(&stop),
+                    ));
+                    let stream = long_stream(target, stop).await;
+                    (stream, udp.await.unwrap(), loop_.await.unwrap())
+                })
+        })
+    }
+    .unwrap();
+
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    bed.upgrade_proxy("node-b", &[]).unwrap_or_else(|e| {
+        panic!(
+            "node-b's new proxy did not take over: {e}\n--- old ---\n{}",
+            bed.log_tail("proxy/node-b/old", 30)
+        )
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    bed.upgrade_proxy("node-a", &[]).unwrap_or_else(|e| {
+        panic!(
+            "node-a's new proxy did not take over: {e}\n--- old ---\n{}",
+            bed.log_tail("proxy/node-a/old", 30)
+        )
+    });
+    let swapped = start.elapsed();
+    assert!(
+        swapped < TRAFFIC,
+        "the swaps took {swapped:?}, past the traffic"
+    );
+    std::thread::sleep(TRAFFIC.saturating_sub(start.elapsed()) + Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (stream, (sent, answered), loop_) = echo.join().unwrap();
+    let iperf = iperf.join().unwrap();
+
+    let logs = || {
+        let refused: Vec<String> = ["node-a", "node-b"]
+            .iter()
+            .flat_map(|n| bed.flow_log(n))
+            .filter(|r| r["verdict"] != "allow")
+            .take(10)
+            .map(|r| r.to_string())
+            .collect();
+        format!(
+            "--- refused flows ---\n{}\n--- node-b old ---\n{}\n--- node-b new ---\n{}\n--- node-a old ---\n{}\n--- node-a new ---\n{}",
+            refused.join("\n"),
+            bed.log_tail("proxy/node-b/old", 20),
+            bed.log_tail("proxy/node-b", 20),
+            bed.log_tail("proxy/node-a/old", 20),
+            bed.log_tail("proxy/node-a", 40)
+        )
+    };
+    eprintln!(
+        "long stream {} ok {:?}; new connections {} ok {:?}; UDP {answered} of {sent}",
+        stream.ok, stream.failures, loop_.ok, loop_.failures
+    );
+    let report = match &iperf {
+        Ok(json) => serde_json::from_str::<serde_json::Value>(json).unwrap(),
+        Err(e) => panic!("iperf3 failed across the swaps: {e}\n{}", logs()),
+    };
+    assert!(
+        report.get("error").is_none(),
+        "iperf3: {}\n{}",
+        report["error"],
+        logs()
+    );
+    let received = report["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    let seconds = report["end"]["sum_received"]["seconds"].as_f64().unwrap();
+    eprintln!(
+        "iperf3 across both swaps: {:.1} Gbit/s over {seconds:.1} s",
+        received * 8.0 / seconds / 1e9
+    );
+    assert!(
+        seconds >= TRAFFIC.as_secs_f64() - 1.0,
+        "iperf3 ran {seconds} s"
+    );
+    assert!(
+        stream.failures.is_empty() && stream.ok > 400,
+        "long stream: {} echoes, failures {:?}\n{}",
+        stream.ok,
+        stream.failures,
+        logs()
+    );
+    assert!(
+        loop_.failures.is_empty() && loop_.ok > 100,
+        "new connections: {} ok, failures {:?}\n{}",
+        loop_.ok,
+        loop_.failures,
+        logs()
+    );
+    let lost = sent - answered;
+    let budget = (Duration::from_secs(1).as_millis() / UDP_INTERVAL.as_millis()) as u64;
+    eprintln!("UDP through WireGuard: {answered} of {sent} answered");
+    assert!(
+        lost <= budget,
+        "{lost} of {sent} UDP echoes lost, more than one second's worth ({budget})\n{}",
+        logs()
+    );
+
+    for node in ["node-a", "node-b"] {
+        let old = format!("proxy/{node}/old");
+        assert!(
+            bed.await_exit(&old, Duration::from_secs(20)),
+            "{node}'s old proxy still runs after its connections ended\n{}",
+            bed.log_tail(&old, 20)
+        );
+    }
+    let rules_after = nodes.clone().map(|n| capture_rules(&n, backend));
+    assert_eq!(
+        rules_before, rules_after,
+        "the swaps touched the capture rules"
+    );
+    // The new proxies serve on: a fresh call across the mesh works.
+    scenario::assert_ok(&bed, &scenario::allowed_via_service(&bed).unwrap());
+    drop(bed.stop_proxy("node-a", Signal::SIGTERM));
+}
+
+/// SIGKILL of the running proxy in the middle of a handoff (it has offered its sockets, the new
+/// one has not accepted yet), then of the next old one while it drains after a handoff, with a
+/// mesh client calling across the nodes in a loop throughout: calls may fail while a process
+/// dies, but no call's marker ever crosses the underlay in plaintext, and the new proxy, which
+/// holds the listening sockets either way, serves on.
+fn a_kill_mid_swap_fails_closed(backend: Backend) {
+    if !nodemesh_test_support::root_tier("a_kill_mid_swap_fails_closed", backend.tools()) {
+        return;
+    }
+    let mut bed = Testbed::build(scenario::shop_for(backend)).unwrap();
+    let mut opts = MeshOptions::new(BINARY);
+    opts.backend = backend;
+    bed.start_mesh(&opts).unwrap();
+    let capture = bed.capture_underlay().unwrap();
+    let m = scenario::marker(&bed, "swap");
+    let target = scenario::pod_http(&bed, "web-b").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = {
+        let (stop, path) = (Arc::clone(&stop), format!("/?m={m}"));
+        bed.pod("frontend-a")
+            .unwrap()
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async move {
+                        let mut seen = Seen::default();
+                        while !stop.load(Ordering::Relaxed) {
+                            let quick = Duration::from_secs(3);
+                            match apps::http(target, "GET", &path, Vec::new(), quick).await {
+                                Ok(r) if r.status == 200 => seen.ok += 1,
+                                Ok(r) => seen.failures.push(format!("status {}", r.status)),
+                                Err(e) => seen.failures.push(e.to_string()),
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        seen
+                    })
+            })
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // Mid-handoff: the new process holds the sockets but has not said it accepts.
+    bed.upgrade_proxy_until("node-b", &[], "taking over")
+        .unwrap();
+    let ended = bed
+        .stop_process("proxy/node-b/old", Signal::SIGKILL)
+        .unwrap();
+    eprintln!("old proxy killed mid-handoff: {ended}");
+    bed.await_log("proxy/node-b", "took over")
+        .unwrap_or_else(|e| panic!("the new proxy did not carry on after the old one died: {e}"));
+    std::thread::sleep(Duration::from_secs(2));
+    // After a handoff, while the old one drains.
+    bed.upgrade_proxy("node-b", &[]).unwrap();
+    bed.stop_process("proxy/node-b/old", Signal::SIGKILL)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let seen = calls.join().unwrap();
+    let captured = capture.finish().unwrap();
+    eprintln!(
+        "calls across the kills: {} ok, {} failed {:?}",
+        seen.ok,
+        seen.failures.len(),
+        seen.failures
+    );
+    assert!(seen.ok > 20, "only {} calls went through", seen.ok);
+    let plain = captured.containing(m.as_bytes());
+    assert!(
+        plain.is_empty(),
+        "{} frames carried the marker in plaintext across the underlay",
+        plain.len()
+    );
+    match scenario::call(&bed, "frontend-a", target, "GET", "/", "").unwrap() {
+        Ok(r) => assert_eq!(r.status, 200),
+        Err(e) => panic!(
+            "the surviving proxy does not serve: {e}\n{}",
+            bed.log_tail("proxy/node-b", 30)
+        ),
+    }
+}
+
+nodemesh_test_support::per_backend!(swap_keeps_every_connection, a_kill_mid_swap_fails_closed);
