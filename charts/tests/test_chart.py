@@ -7,6 +7,9 @@ Checks: `helm lint --strict` is clean; default values and a set of overrides ren
 validate; the DaemonSet has exactly NET_ADMIN and NET_RAW, is not privileged, runs on the host
 network at system-node-critical, tolerates everything, mounts /dev/net/tun and a token with
 audience nodemesh-ca, probes 15021, is annotated for scraping, and outlives its drain timeout;
+it upgrades in place (RollingUpdate maxSurge 1 / maxUnavailable 0, no container ports, the
+--upgrade-deadline and --linger-after-handoff flags, a grace period of max(drain, upgrade
+deadline) + 30, the state dir on a hostPath) from image.repository:image.tag (appVersion);
 an init container installs nodemesh-cni from the hostPaths /etc/cni/net.d and /opt/cni/bin and
 the uninstall hook removes it first; the CA has its Service (15012, 15014) and PodDisruptionBudget; RBAC and the admission policy
 are there (the proxy reads NetworkPolicies and ClusterNetworkPolicies); networkPolicy.mode is
@@ -25,6 +28,7 @@ import kubernetes_validate
 import yaml
 
 CHART = pathlib.Path(__file__).resolve().parent.parent / "nodemesh"
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
 KUBE = "1.37"
 NS = "nodemesh-system"
 
@@ -36,6 +40,8 @@ OVERRIDES = [
      "ca": {"replicas": 1, "allowIstioZtunnel": True, "extraAllowedCallers": ["team-a/agent"]}},
     {"cleanup": {"enabled": False}, "proxy": {"drainTimeoutSeconds": 120, "logLevel": "debug"},
      "image": {"repository": "registry.example/nodemesh", "tag": "dev", "pullPolicy": "Always"}},
+    {"proxy": {"drainTimeoutSeconds": 600, "upgradeDeadlineSeconds": 300}},
+    {"proxy": {"upgradeDeadlineSeconds": 7200}},
 ]
 
 BAD_VALUES = [
@@ -48,6 +54,7 @@ BAD_VALUES = [
     ({"cni": {"confDir": "etc/cni"}}, "confDir"),
     ({"networkPolicy": {"mode": "audit"}}, "mode"),
     ({"networkPolicy": {"installClusterNetworkPolicyCRD": "yes"}}, "installClusterNetworkPolicyCRD"),
+    ({"proxy": {"upgradeDeadlineSeconds": 0}}, "upgradeDeadlineSeconds"),
 ]
 
 CNP_CRD = "files/clusternetworkpolicies.yaml"
@@ -201,6 +208,43 @@ def check_cni(pod, cleanup):
     check(host_paths(cleanup).get("cni-conf") == "/etc/cni/net.d", "cleanup mounts the conflist")
 
 
+def check_upgrade(i, docs, values):
+    """The DaemonSet is upgradable in place: a surge pod next to the old one, no ports, the
+    handoff flags, a grace period covering the upgrade deadline, a shared state hostPath."""
+    ds = by_kind(docs, "DaemonSet", "nodemesh-proxy")
+    strategy = ds["spec"]["updateStrategy"]
+    check(strategy == {"type": "RollingUpdate",
+                       "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+          f"overrides[{i}]: surge one pod, none unavailable: {strategy}")
+    pod = ds["spec"]["template"]["spec"]
+    for c in pod["containers"] + pod.get("initContainers", []):
+        check("ports" not in c, f"overrides[{i}]: container {c['name']} declares no ports: {c.get('ports')}")
+        for probe in ("readinessProbe", "livenessProbe"):
+            if probe in c:
+                check(isinstance(c[probe]["httpGet"]["port"], int),
+                      f"overrides[{i}]: {c['name']} {probe} names a port number")
+    proxy = pod["containers"][0]
+    args = proxy["args"]
+    p = values["proxy"]
+    want = f"--upgrade-deadline={p['upgradeDeadlineSeconds']}s"
+    check(want in args and sum(a.startswith("--upgrade-deadline") for a in args) == 1,
+          f"overrides[{i}]: {want} passed once: {args}")
+    check(args.count("--linger-after-handoff") == 1, f"overrides[{i}]: --linger-after-handoff passed")
+    grace = max(p["drainTimeoutSeconds"], p["upgradeDeadlineSeconds"]) + 30
+    check(pod["terminationGracePeriodSeconds"] == grace,
+          f"overrides[{i}]: grace period {pod['terminationGracePeriodSeconds']} == {grace}")
+    check(host_paths(pod).get("state") == "/var/lib/nodemesh"
+          and any(m["name"] == "state" and m["mountPath"] == "/var/lib/nodemesh"
+                  for m in proxy["volumeMounts"]),
+          f"overrides[{i}]: the state dir (handoff socket) is the hostPath /var/lib/nodemesh")
+    image = values["image"]
+    got = proxy["image"]
+    repo, _, tag = got.rpartition(":")
+    check(repo == image["repository"], f"overrides[{i}]: image repository {got}")
+    check(tag == (image["tag"] or APP_VERSION), f"overrides[{i}]: image tag {got} (want {image['tag'] or APP_VERSION})")
+    check(proxy["imagePullPolicy"] == image["pullPolicy"], f"overrides[{i}]: pull policy")
+
+
 def render_error(chart, overrides):
     """The render error's message, or None when `overrides` render."""
     try:
@@ -266,6 +310,10 @@ def main():
         validate(docs, f"overrides[{i}]")
         if i == 0:
             check_defaults(docs, values)
+            check(values["proxy"]["upgradeDeadlineSeconds"] == 3600, "upgrade deadline 1h by default")
+            check(values["image"]["repository"] == "ghcr.io/nodemesh/nodemesh",
+                  "default image is what scripts/build-image builds")
+        check_upgrade(i, docs, values)
         args = by_kind(docs, "DaemonSet", "nodemesh-proxy")["spec"]["template"]["spec"]["containers"][0]["args"]
         want = f"--pod-cidr-check={str(values['podCidrCheck']).lower()}"
         check(want in args, f"overrides[{i}]: {want} passed")
