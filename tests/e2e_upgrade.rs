@@ -2,8 +2,8 @@
 //! proxy runs: it takes the listening sockets over the handoff socket in the state directory).
 //! On the real-node testbed (kube-proxy's rules, WireGuard inside the proxies), traffic runs
 //! through both swaps — node-b's proxy (the server side) and then node-a's (the client side) —
-//! and must not notice: an `iperf3 -t 30` transfer, a long-lived TCP stream carried as one
-//! HBONE (HTTP/2 CONNECT) stream echoing every 50 ms, a UDP echo carried by WireGuard every
+//! and must not notice: an `iperf3 -t 30` transfer, a long-lived HTTP/2 request whose body
+//! the server echoes chunk by chunk every 50 ms (h2c, carried by HBONE), a UDP echo carried by WireGuard every
 //! 20 ms, and a client opening a new connection in a loop. The capture rules are never
 //! touched and the old processes exit once their last connection ends. Every test runs once
 //! per capture backend; with `NODEMESH_E2E=1` a missing privilege or tool is a failure.
@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nodemesh_redirect::Backend;
 use nodemesh_testbed::{MeshOptions, Netns, Testbed, apps, scenario};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
 const IPERF_PORT: &str = "5201";
@@ -108,25 +107,99 @@ struct Seen {
     failures: Vec<String>,
 }
 
-/// Writes a numbered 64-byte chunk every 50 ms on one connection and checks each echo.
+/// The port of the HTTP/2 echo server in web-b.
+const H2_PORT: u16 = 9443;
+
+/// Serves h2c (HTTP/2 with prior knowledge) on `listener` until `stop`: every request's body is
+/// sent back as its response body, chunk by chunk as it arrives.
+async fn h2_echo_server(listener: std::net::TcpListener, stop: Arc<AtomicBool>) {
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(Ok((tcp, _))) =
+            tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
+        else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                return;
+            };
+            while let Some(Ok((request, mut respond))) = conn.accept().await {
+                tokio::spawn(async move {
+                    let mut body = request.into_body();
+                    let Ok(mut send) = respond.send_response(http::Response::new(()), false) else {
+                        return;
+                    };
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        if send.send_data(chunk, false).is_err() {
+                            return;
+                        }
+                    }
+                    let _ = send.send_data(bytes::Bytes::new(), true);
+                });
+            }
+        });
+    }
+}
+
+/// Sends a numbered 64-byte DATA chunk every 50 ms on one long HTTP/2 request and checks that
+/// each comes back on the response.
 async fn long_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> Seen {
     let mut seen = Seen::default();
-    let mut stream = match tokio::net::TcpStream::connect(target).await {
-        Ok(s) => s,
+    let opened = async {
+        let tcp = tokio::net::TcpStream::connect(target).await?;
+        let (client, conn) = h2::client::handshake(tcp)
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let mut client = client.ready().await.map_err(std::io::Error::other)?;
+        let request = http::Request::post(format!("http://{target}/echo"))
+            .body(())
+            .unwrap();
+        let (response, send) = client
+            .send_request(request, false)
+            .map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>((response, send))
+    };
+    let (response, mut send) = match opened.await {
+        Ok(opened) => opened,
         Err(e) => {
-            seen.failures.push(format!("connect {target}: {e}"));
+            seen.failures
+                .push(format!("open the HTTP/2 stream to {target}: {e}"));
             return seen;
         }
     };
-    let mut back = [0u8; 64];
+    let mut body: Option<h2::RecvStream> = None;
+    let mut response = Some(response);
+    let mut back = Vec::with_capacity(64);
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let mut chunk = [b'.'; 64];
         chunk[..8].copy_from_slice(&i.to_be_bytes());
+        back.clear();
         let step = async {
-            stream.write_all(&chunk).await?;
-            stream.read_exact(&mut back).await?;
-            Ok::<_, std::io::Error>(())
+            send.send_data(bytes::Bytes::copy_from_slice(&chunk), false)
+                .map_err(std::io::Error::other)?;
+            if let Some(response) = response.take() {
+                let response = response.await.map_err(std::io::Error::other)?;
+                body = Some(response.into_body());
+            }
+            let Some(body) = body.as_mut() else {
+                return Err(std::io::Error::other("no response body"));
+            };
+            while back.len() < chunk.len() {
+                match body.data().await {
+                    Some(Ok(data)) => {
+                        let _ = body.flow_control().release_capacity(data.len());
+                        back.extend_from_slice(&data);
+                    }
+                    Some(Err(e)) => return Err(std::io::Error::other(e)),
+                    None => return Err(std::io::Error::other("the response ended")),
+                }
+            }
+            Ok(())
         };
         match tokio::time::timeout(Duration::from_secs(5), step).await {
             Ok(Ok(())) if back == chunk => seen.ok += 1,
@@ -143,7 +216,7 @@ async fn long_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> Seen {
         i += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = stream.shutdown().await;
+    let _ = send.send_data(bytes::Bytes::new(), true);
     seen
 }
 
@@ -211,6 +284,23 @@ fn swap_keeps_every_connection(backend: Backend) {
     )
     .unwrap();
     bed.await_log("iperf/web-b", "Server listening").unwrap();
+    let h2_listener = web_ns
+        .run(move || std::net::TcpListener::bind((web, H2_PORT)))
+        .unwrap()
+        .unwrap();
+    let h2_stop = Arc::new(AtomicBool::new(false));
+    let h2_server = {
+        let stop = Arc::clone(&h2_stop);
+        web_ns
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(h2_echo_server(h2_listener, stop))
+            })
+            .unwrap()
+    };
     let nodes = ["node-a", "node-b"].map(|n| bed.node(n).unwrap().clone());
     let rules_before = nodes.clone().map(|n| settled_capture_rules(&n, backend));
 
@@ -246,7 +336,7 @@ fn swap_keeps_every_connection(backend: Backend) {
                         SocketAddr::from((web, apps::HTTP_PORT)),
                         Arc::clone(&stop),
                     ));
-                    let stream = long_stream(target, stop).await;
+                    let stream = long_stream(SocketAddr::from((web, H2_PORT)), stop).await;
                     (stream, udp.await.unwrap(), loop_.await.unwrap())
                 })
         })
@@ -276,6 +366,8 @@ fn swap_keeps_every_connection(backend: Backend) {
     std::thread::sleep(TRAFFIC.saturating_sub(start.elapsed()) + Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let (stream, (sent, answered), loop_) = echo.join().unwrap();
+    h2_stop.store(true, Ordering::Relaxed);
+    h2_server.join().unwrap();
     let iperf = iperf.join().unwrap();
 
     let logs = || {
@@ -296,7 +388,7 @@ fn swap_keeps_every_connection(backend: Backend) {
         )
     };
     eprintln!(
-        "long stream {} ok {:?}; new connections {} ok {:?}; UDP {answered} of {sent}",
+        "long HTTP/2 stream {} ok {:?}; new connections {} ok {:?}; UDP {answered} of {sent}",
         stream.ok, stream.failures, loop_.ok, loop_.failures
     );
     let report = match &iperf {
