@@ -544,4 +544,119 @@ fn a_kill_mid_swap_fails_closed(backend: Backend) {
     }
 }
 
-nodemesh_test_support::per_backend!(swap_keeps_every_connection, a_kill_mid_swap_fails_closed);
+/// The readiness answer of `node`'s proxy (whichever process holds the port).
+fn readiness(bed: &Testbed, node: &str) -> Option<u16> {
+    let target = SocketAddr::from(([127, 0, 0, 1], 15021));
+    let quick = Duration::from_secs(2);
+    let reply = bed
+        .node(node)
+        .unwrap()
+        .block_on(
+            async move { apps::http(target, "GET", "/healthz/ready", Vec::new(), quick).await },
+        )
+        .unwrap();
+    reply.ok().map(|r| r.status)
+}
+
+/// A new process that dies after the offer and before it accepts (SIGKILL) leaves the running
+/// proxy serving: it calls the handoff off, answers ready again, and a later upgrade works.
+fn a_new_proxy_dying_mid_swap_leaves_the_old_serving(backend: Backend) {
+    if !nodemesh_test_support::root_tier(
+        "a_new_proxy_dying_mid_swap_leaves_the_old_serving",
+        backend.tools(),
+    ) {
+        return;
+    }
+    let mut bed = Testbed::build(scenario::shop_for(backend)).unwrap();
+    let mut opts = MeshOptions::new(BINARY);
+    opts.backend = backend;
+    bed.start_mesh(&opts).unwrap();
+    let target = scenario::pod_http(&bed, "web-b").unwrap();
+    bed.upgrade_proxy_until("node-b", &[], "taking over")
+        .unwrap();
+    bed.stop_process("proxy/node-b", Signal::SIGKILL).unwrap();
+    bed.await_log("proxy/node-b/old", "serving on")
+        .unwrap_or_else(|e| panic!("the running proxy did not call the handoff off: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readiness(&bed, "node-b") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the running proxy never answered ready again\n{}",
+            bed.log_tail("proxy/node-b/old", 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..5 {
+        match scenario::call(&bed, "frontend-a", target, "GET", "/", "").unwrap() {
+            Ok(r) => assert_eq!(r.status, 200, "call {i} after the new process died"),
+            Err(e) => panic!(
+                "call {i}: the running proxy does not serve after the new one died: {e}\n{}",
+                bed.log_tail("proxy/node-b/old", 20)
+            ),
+        }
+    }
+    // The running proxy is still the one to hand over from.
+    let running = bed.rename_process("proxy/node-b/old", "proxy/node-b");
+    assert!(running, "no running proxy on node-b");
+    bed.upgrade_proxy("node-b", &[]).unwrap();
+    match scenario::call(&bed, "frontend-a", target, "GET", "/", "").unwrap() {
+        Ok(r) => assert_eq!(r.status, 200),
+        Err(e) => panic!("after the second upgrade: {e}"),
+    }
+}
+
+/// A running proxy without the handoff (an older version: no handoff socket in its state
+/// directory, its ports in use) is replaced the classic way: the new process says so, the old
+/// one drains and exits, and the new one serves.
+fn a_proxy_without_the_handoff_is_replaced_the_classic_way(backend: Backend) {
+    if !nodemesh_test_support::root_tier(
+        "a_proxy_without_the_handoff_is_replaced_the_classic_way",
+        backend.tools(),
+    ) {
+        return;
+    }
+    let mut bed = Testbed::build(scenario::shop_for(backend)).unwrap();
+    let mut opts = MeshOptions::new(BINARY);
+    opts.backend = backend;
+    bed.start_mesh(&opts).unwrap();
+    let socket = bed.dir().join("node-b").join("handoff.sock");
+    std::fs::remove_file(&socket).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the proxy serves no handoff socket?)",
+            socket.display()
+        )
+    });
+    bed.upgrade_proxy_until("node-b", &[], "the classic way")
+        .unwrap();
+    assert!(
+        bed.await_exit("proxy/node-b/old", Duration::from_secs(30)),
+        "the old proxy did not drain and exit\n{}",
+        bed.log_tail("proxy/node-b/old", 20)
+    );
+    bed.await_log("proxy/node-b", "nodemesh proxy: outbound")
+        .unwrap_or_else(|e| panic!("the new proxy did not start after the old one left: {e}"));
+    let target = scenario::pod_http(&bed, "web-b").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match scenario::call(&bed, "frontend-a", target, "GET", "/", "").unwrap() {
+            Ok(r) if r.status == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the new proxy does not serve: {other:?}\n{}",
+                bed.log_tail("proxy/node-b", 30)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        socket.exists(),
+        "the new proxy serves no handoff socket for the next upgrade"
+    );
+}
+
+nodemesh_test_support::per_backend!(
+    swap_keeps_every_connection,
+    a_kill_mid_swap_fails_closed,
+    a_new_proxy_dying_mid_swap_leaves_the_old_serving,
+    a_proxy_without_the_handoff_is_replaced_the_classic_way
+);

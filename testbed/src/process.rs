@@ -198,6 +198,18 @@ impl Testbed {
         Ok(process.stop(signal, Duration::from_secs(10)))
     }
 
+    /// Files the running process `from` under `to` (replacing what `to` named); whether `from`
+    /// was there.
+    pub fn rename_process(&mut self, from: &str, to: &str) -> bool {
+        match self.processes.remove(from) {
+            Some(process) => {
+                self.processes.insert(to.to_owned(), process);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The log of a process (`ca`, `proxy/<node>`, `app/<pod>`), for messages.
     pub fn log_tail(&self, process: &str, lines: usize) -> String {
         self.processes
