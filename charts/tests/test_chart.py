@@ -146,6 +146,9 @@ def check_defaults(docs, values):
     tokens = [s["serviceAccountToken"] for v in pod["volumes"] if "projected" in v
               for s in v["projected"]["sources"] if "serviceAccountToken" in s]
     check([t["audience"] for t in tokens] == ["nodemesh-ca"], f"projected token {tokens}")
+    check(host_paths(pod).get("xtables-lock") == "/run/xtables.lock"
+          and any(m == {"name": "xtables-lock", "mountPath": "/run/xtables.lock"} for m in proxy["volumeMounts"]),
+          "the host's /run/xtables.lock mounted (legacy iptables on a read-only root filesystem)")
     tun = [v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == "/dev/net/tun"]
     check(len(tun) == 1 and any(m["mountPath"] == "/dev/net/tun" for m in proxy["volumeMounts"]),
           "/dev/net/tun mounted")
@@ -177,6 +180,8 @@ def check_defaults(docs, values):
     check(hook is not None and hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete",
           "pre-delete cleanup hook")
     script = hook["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
+    check(host_paths(hook["spec"]["template"]["spec"]).get("xtables-lock") == "/run/xtables.lock",
+          "cleanup shares the host's iptables lock")
     check("nodemesh redirect remove" in script and "nodemesh wireguard down" in script,
           "cleanup removes capture rules and WireGuard")
     check("nodemesh cni uninstall" in script
