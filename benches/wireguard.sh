@@ -5,7 +5,8 @@
 #   wg-go   : Debian's wireguard-go + wg on both nodes.
 # Needs root, iperf3, wireguard-go, wireguard-tools (scripts/install-deps). Cleans up on exit.
 # Usage: benches/wireguard.sh [seconds]   (NODEMESH_BIN overrides the binary; BENCH_VERBOSE=1
-# prints iperf3's summary and the nodes' logs)
+# prints iperf3's summary and the nodes' logs; BENCH_GRO=1 turns GRO on for the nodes' veths;
+# BENCH_PERF=FILE records a system-wide `perf` profile during the nodemesh run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -37,6 +38,9 @@ pod() { # node pod ip gw
 }
 pod "$A" "$PA" 10.201.1.10 10.201.1.1
 pod "$B" "$PB" 10.201.2.10 10.201.2.1
+if [ -n "${BENCH_GRO:-}" ]; then
+  for ns in "$A" "$B"; do ip netns exec "$ns" ethtool -K p0 gro on; ip netns exec "$ns" ethtool -K ul0 gro on; done
+fi
 
 port=5300
 run_iperf() { # label
@@ -44,6 +48,9 @@ run_iperf() { # label
   ip netns exec "$PB" iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
   sleep 0.5
   local out gbps
+  if [ -n "${BENCH_PERF:-}" ] && [ "${1#nodemesh}" != "$1" ]; then
+    (sleep 2; perf record -F 999 -a -g -o "$BENCH_PERF" -- sleep $((secs - 3)) >/dev/null 2>&1) &
+  fi
   out=$(ip netns exec "$PA" iperf3 -c 10.201.2.10 -p "$port" -t "$secs" -f g 2>&1 || true)
   gbps=$(echo "$out" | awk '/receiver/{print $(NF-2)}')
   echo "$1: ${gbps:-FAILED} Gbit/s"

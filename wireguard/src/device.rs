@@ -13,7 +13,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use crate::error::WireguardError;
 use crate::keys::PrivateKey;
 use crate::peers::{PeerChange, PeerSet, PeerSpec};
-use crate::tun::{MTU, Tun};
+use crate::tun::{MTU, Tun, TunWriter};
 use crate::udp::FastUdp;
 
 /// A running WireGuard device whose peers can be changed one by one.
@@ -34,7 +34,7 @@ pub trait WireguardDevice: Send + Sync {
     ) -> impl Future<Output = Result<(), WireguardError>> + Send;
 }
 
-type Transports = (FastUdp, Tun, Tun);
+type Transports = (FastUdp, TunWriter, Tun);
 
 /// The userspace device: gotatun's data path (batched UDP, per-peer sessions, timers) reading
 /// and writing IP packets on a TUN interface.
@@ -88,7 +88,7 @@ impl UserspaceDevice {
         let tun = Tun::create(name, MTU)?;
         let mut builder = DeviceBuilder::new()
             .with_udp(FastUdp::new())
-            .with_ip(tun)
+            .with_ip_pair(tun.writer(), tun)
             .with_private_key(key.secret())
             .with_listen_port(port)
             .with_peers(peers.values().map(gotatun_peer));

@@ -3,13 +3,19 @@
 //! With TUN offloads (IFF_VNET_HDR, TSO/USO) the kernel hands over up to 64 KiB of TCP or UDP at
 //! once, which tun-rs splits into MTU-sized packets: one read for dozens of packets. Where the
 //! kernel refuses offloads the device falls back to one packet per read.
+//!
+//! The other way, decrypted packets go to a writer task ([`Tun::writer`]) that takes whatever has
+//! queued up (up to a batch) and hands it to tun-rs, which coalesces the segments of one TCP or
+//! UDP flow into one super-packet (GRO): one write and one trip through the kernel's stack for
+//! dozens of packets under load, one write per packet when idle (no added latency).
 
 use std::io::{self, IoSlice};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
-use tun_rs::{IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tokio::sync::mpsc;
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use crate::error::WireguardError;
 
@@ -73,6 +79,111 @@ impl Tun {
             offload,
             scratch: None,
         })
+    }
+}
+
+/// Decrypted packets queued for the TUN writer at most; a full queue holds the decrypting side
+/// back instead of dropping.
+const WRITE_QUEUE: usize = 1024;
+
+/// The capacity of a write buffer: the largest super-packet GRO makes, and the headers.
+const WRITE_BUF: usize = 2 * VIRTIO_NET_HDR_LEN + 65535;
+
+/// The sending half of the TUN for the device: packets go to the writer task of
+/// [`Tun::writer`].
+#[derive(Clone)]
+pub struct TunWriter {
+    tx: mpsc::Sender<Packet<Ip>>,
+    /// The errno that stopped the writer for good (the interface went away).
+    failed: Arc<OnceLock<i32>>,
+}
+
+impl Tun {
+    /// Starts the writer task (on the current tokio runtime) and returns its sending half. The
+    /// task ends when every [`TunWriter`] is dropped, or when the interface goes away.
+    pub fn writer(&self) -> TunWriter {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let failed = Arc::new(OnceLock::new());
+        let writer = BatchWriter::new(Arc::clone(&self.dev), self.offload);
+        tokio::spawn(writer.run(rx, Arc::clone(&failed)));
+        TunWriter { tx, failed }
+    }
+}
+
+impl IpSend for TunWriter {
+    async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
+        if self.tx.send(packet).await.is_ok() {
+            return Ok(());
+        }
+        // The writer stopped: report why, so the device stops too (ENODEV: fatal to gotatun).
+        let errno = self.failed.get().copied().unwrap_or(nix::libc::ENODEV);
+        Err(io::Error::from_raw_os_error(errno))
+    }
+}
+
+/// Writes batches of packets to the TUN, coalesced with GRO when offloads are on. Its buffers
+/// are reused from batch to batch (a buffer that took a coalesced super-packet keeps its size).
+struct BatchWriter {
+    dev: Arc<tun_rs::AsyncDevice>,
+    offload: bool,
+    batch: Vec<Packet<Ip>>,
+    bufs: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+impl BatchWriter {
+    fn new(dev: Arc<tun_rs::AsyncDevice>, offload: bool) -> Self {
+        Self {
+            dev,
+            offload,
+            batch: Vec::with_capacity(IDEAL_BATCH_SIZE),
+            bufs: Vec::new(),
+            gro: GROTable::default(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Packet<Ip>>, failed: Arc<OnceLock<i32>>) {
+        while rx.recv_many(&mut self.batch, IDEAL_BATCH_SIZE).await > 0 {
+            if let Err(e) = self.write_batch().await {
+                match e.raw_os_error() {
+                    Some(errno @ (nix::libc::EBADF | nix::libc::EBADFD | nix::libc::ENODEV)) => {
+                        tracing::error!("TUN device is gone: {e}");
+                        let _ = failed.set(errno);
+                        return;
+                    }
+                    _ => tracing::debug!("TUN write failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Writes and empties the batch.
+    async fn write_batch(&mut self) -> io::Result<()> {
+        if !self.offload {
+            let mut result = Ok(());
+            for packet in self.batch.drain(..) {
+                if let Err(e) = self.dev.send(&packet.into_bytes()).await {
+                    result = Err(e);
+                }
+            }
+            return result;
+        }
+        let n = self.batch.len();
+        for (i, packet) in self.batch.drain(..).enumerate() {
+            if self.bufs.len() <= i {
+                // Room for a whole super-packet: tun-rs coalesces only into a buffer that has it
+                // (pages are touched only when a packet grows into them).
+                self.bufs.push(Vec::with_capacity(WRITE_BUF));
+            }
+            let buf = &mut self.bufs[i];
+            buf.clear();
+            buf.resize(VIRTIO_NET_HDR_LEN, 0);
+            buf.extend_from_slice(&packet.into_bytes());
+        }
+        self.dev
+            .send_multiple(&mut self.gro, &mut self.bufs[..n], VIRTIO_NET_HDR_LEN)
+            .await
+            .map(drop)
     }
 }
 
