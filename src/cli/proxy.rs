@@ -509,9 +509,12 @@ async fn start_fresh(
     opts: ProxyOptions,
     servers: nodemesh_proxy::admin::AdminServer,
     handoff_path: &std::path::Path,
-) -> Result<(ProxyHandle, ProxyAdmin, std::os::unix::net::UnixListener)> {
-    let handoff = nodemesh_handoff::bind_listener(handoff_path)
-        .with_context(|| format!("binding the handoff socket {}", handoff_path.display()))?;
+) -> Result<(
+    ProxyHandle,
+    ProxyAdmin,
+    Option<std::os::unix::net::UnixListener>,
+)> {
+    let handoff = upgrade::bind_handoff(handoff_path);
     let proxy = ProxyHandle::start(opts).await?;
     let admin = proxy.serve_admin_with(servers)?;
     Ok((proxy, admin, handoff))
@@ -523,7 +526,11 @@ async fn take_over(
     taken: upgrade::Taken,
     opts: ProxyOptions,
     servers: nodemesh_proxy::admin::AdminServer,
-) -> Result<(ProxyHandle, ProxyAdmin, std::os::unix::net::UnixListener)> {
+) -> Result<(
+    ProxyHandle,
+    ProxyAdmin,
+    Option<std::os::unix::net::UnixListener>,
+)> {
     let upgrade::Taken {
         proxy: inherited,
         admin: admin_listeners,
@@ -555,5 +562,5 @@ async fn take_over(
         ),
     }
     tracing::info!(pid, %binary, ?connections, "handoff: took over the listening sockets");
-    Ok((proxy, admin, handoff))
+    Ok((proxy, admin, Some(handoff)))
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream};
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -281,15 +282,16 @@ fn quit(admin: SocketAddr) -> std::io::Result<()> {
 
 /// The running process's side: serves the handoff socket until a new process accepts.
 pub struct HandoffServer {
-    listener: tokio::net::UnixListener,
+    /// `None`: no handoff socket could be bound; a new process replaces this one the classic way.
+    listener: Option<tokio::net::UnixListener>,
     sockets: Vec<(SocketInfo, OwnedFd)>,
 }
 
 impl HandoffServer {
     /// Serves `listener` (bound at `path`, or inherited), offering `proxy`'s and `admin`'s
-    /// sockets and the handoff socket itself.
+    /// sockets and the handoff socket itself; without a listener it never hands over.
     pub fn new(
-        listener: StdUnixListener,
+        listener: Option<StdUnixListener>,
         path: &Path,
         proxy: &ProxyHandle,
         admin: &ProxyAdmin,
@@ -312,13 +314,19 @@ impl HandoffServer {
             };
             sockets.push((info(role, addr.to_string()), dup(fd)?));
         }
+        let Some(listener) = listener else {
+            return Ok(Self {
+                listener: None,
+                sockets,
+            });
+        };
         sockets.push((
             info(Role::Handoff, path.display().to_string()),
             dup(listener.as_fd())?,
         ));
         listener.set_nonblocking(true)?;
         Ok(Self {
-            listener: tokio::net::UnixListener::from_std(listener)?,
+            listener: Some(tokio::net::UnixListener::from_std(listener)?),
             sockets,
         })
     }
@@ -326,8 +334,11 @@ impl HandoffServer {
     /// Offers the sockets to each process that asks, until one accepts; readiness is held
     /// (not ready) from the offer on, and released again if the handoff is called off.
     pub async fn next_accepted(&mut self, proxy: &ProxyHandle) -> Accepted {
+        let Some(listener) = &self.listener else {
+            return std::future::pending().await;
+        };
         loop {
-            let stream = match self.listener.accept().await {
+            let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "handoff: accept failed");
@@ -422,6 +433,27 @@ pub async fn await_ready(proxy: &ProxyHandle) -> Result<()> {
                     "handoff: waiting for certificates before taking over"
                 );
             }
+        }
+    }
+}
+
+/// Binds the handoff socket at `path`, creating its directory (mode 0700) if need be. Without
+/// it the proxy still serves, and says that an upgrade will replace it the classic way.
+pub fn bind_handoff(path: &Path) -> Option<StdUnixListener> {
+    let bound = path
+        .parent()
+        .map_or(Ok(()), |dir| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+        })
+        .and_then(|()| nodemesh_handoff::bind_listener(path).map_err(std::io::Error::other));
+    match bound {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "no handoff socket: an upgrade will replace this proxy the classic way (connections cut); give it a writable --state-dir");
+            None
         }
     }
 }
