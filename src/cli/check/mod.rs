@@ -1,0 +1,321 @@
+//! `nodemesh check`: a checklist of what the node needs for the mesh to work, read top to
+//! bottom, each item `ok`, `warn` or `fail` with a hint for what to do next. It reads the same
+//! config and state directory as the node's `nodemesh proxy` and asks the running proxy and
+//! the CA over their plain HTTP ports; it changes nothing.
+//!
+//! Each concern has its module: what it observes (I/O, here or in `observe` functions) apart
+//! from how that turns into items (pure `evaluate` functions, unit-tested).
+
+pub mod ca;
+pub mod capture;
+pub mod certs;
+pub mod clock;
+pub mod http;
+pub mod ipv6;
+pub mod kernel;
+pub mod policy;
+pub mod ready;
+pub mod report;
+pub mod wireguard;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use nodemesh_config::Config;
+use nodemesh_redirect::{Backend, Host};
+
+use self::clock::{Clock, ClockSample, OffsetClock, SignedDuration};
+use self::report::{Item, Report};
+
+/// Check the node: kernel features and tools, capture rules in sync with the mesh, the proxy's
+/// readiness and certificates, the CA (reachable, same trust bundle, clock skew), WireGuard
+/// handshakes, policies, the IPv6 stance. Exit status: 0 all ok, 1 warnings only, 2 any
+/// failure.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Only the checks that apply before install: kernel features, tools and (with `--config`)
+    /// the clock against the CA.
+    #[arg(long)]
+    pre: bool,
+    /// How to print the checklist.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// The standalone YAML the node's proxy reads.
+    #[arg(long, value_name = "FILE", required_unless_present = "pre")]
+    config: Option<PathBuf>,
+    /// This node's name in the config.
+    #[arg(long, env = "NODE_NAME", required_unless_present = "pre")]
+    node: Option<String>,
+    /// The proxy's state directory (the CNI plugin's pods, the WireGuard control socket).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/nodemesh")]
+    state_dir: PathBuf,
+    /// The capture backend the proxy uses: `iptables` (with ipset) or `nftables`.
+    #[arg(long, default_value = "iptables")]
+    capture_backend: Backend,
+    /// The proxy's admin API (for `/certs`).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// The proxy's readiness port.
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    readiness_addr: SocketAddr,
+    /// The CA's plain HTTP port [default: the config's CA host, port 15014].
+    #[arg(long, value_name = "ADDR")]
+    ca_http_addr: Option<SocketAddr>,
+    /// Expect WireGuard, as the proxy's `--wireguard` [default: when the state directory has
+    /// its control socket].
+    #[arg(long)]
+    wireguard: bool,
+    /// A certificate expiring sooner than this is a warning.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    cert_expiry_warning: Duration,
+    /// Test only: shift this command's clock (`10m`, `-2h`) to fake a skewed node clock.
+    #[arg(
+        long,
+        hide = true,
+        env = "NODEMESH_CHECK_CLOCK_OFFSET",
+        hide_env = true,
+        default_value = "0s",
+        allow_hyphen_values = true
+    )]
+    clock_offset: SignedDuration,
+}
+
+/// How the checklist is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For a person: one line per item, hints below.
+    Text,
+    /// `{"status", "items": [{name, status, detail, hint}]}`.
+    Json,
+}
+
+/// The CA's plain HTTP port.
+const CA_HTTP_PORT: u16 = 15014;
+
+/// Runs the checks, prints them, and exits 0 (all ok), 1 (warnings) or 2 (failures).
+pub fn run(args: CheckArgs) -> ExitCode {
+    let clock = OffsetClock {
+        offset: args.clock_offset,
+    };
+    let report = Report {
+        items: gather(&args, &clock),
+    };
+    match args.output {
+        Output::Text => print!("{}", report.to_text()),
+        Output::Json => println!("{:#}", report.to_json()),
+    }
+    ExitCode::from(report.exit_code())
+}
+
+/// Every item, in reading order.
+fn gather(args: &CheckArgs, clock: &dyn Clock) -> Vec<Item> {
+    let expect_wireguard = args.wireguard || wireguard_socket(args).exists();
+    let mut items = kernel::evaluate(&kernel::observe(
+        args.capture_backend,
+        expect_wireguard,
+        args.pre,
+    ));
+    let config = args
+        .config
+        .as_ref()
+        .map(|path| (path, Config::from_file(path).map_err(|e| e.to_string())));
+    if args.pre {
+        match config {
+            Some((_, Ok(config))) => items.push(clock_item(args, &config, clock)),
+            Some((path, Err(e))) => items.push(Item::fail(
+                clock::NAME,
+                format!("not measured: {e}"),
+                format!("fix {} (`nodemesh config check`)", path.display()),
+            )),
+            None => items.push(Item::ok(
+                clock::NAME,
+                "not measured: no --config, so no CA to compare with",
+            )),
+        }
+        return items;
+    }
+    let (Some((path, config)), Some(node)) = (config, args.node.as_deref()) else {
+        // clap requires both without --pre.
+        return items;
+    };
+    let config = match config {
+        Ok(c) if c.node(node).is_some() => c,
+        Ok(_) => {
+            items.push(Item::fail(
+                "config",
+                format!("{}: no node {node:?}", path.display()),
+                "pass the node's name as in the config's nodes[] (--node or NODE_NAME)",
+            ));
+            return items;
+        }
+        Err(e) => {
+            items.push(Item::fail(
+                "config",
+                e,
+                "fix the file (`nodemesh config check` lists every mistake); the rest needs it",
+            ));
+            return items;
+        }
+    };
+    let local: Vec<_> = config.mesh_workloads_on_node(node).collect();
+    items.push(Item::ok(
+        "config",
+        format!(
+            "{}: node {node} with {} mesh workloads",
+            path.display(),
+            local.len()
+        ),
+    ));
+    items.push(policy::evaluate(
+        &policy::compile(&config, node),
+        &path.display().to_string(),
+    ));
+    let rules = capture::desired(&config, node, args.capture_backend, &args.state_dir);
+    let status = capture::observe(&rules);
+    let install = format!(
+        "nodemesh redirect install --config {} --node {node} --backend {}",
+        path.display(),
+        args.capture_backend
+    );
+    items.push(capture::evaluate(&status, &install));
+    let dropped = nodemesh_redirect::ipv6_dropped(&Host::local(), args.capture_backend).ok();
+    let pods6 = local.iter().filter(|w| w.ipv6.is_some()).count();
+    items.push(ipv6::evaluate(&status, pods6, dropped));
+    items.push(ready::evaluate(
+        args.readiness_addr,
+        &http::get(args.readiness_addr, "/healthz/ready"),
+    ));
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for w in &local {
+        expected
+            .entry(config.spiffe_id(w).to_string())
+            .or_default()
+            .push(format!("{}/{}", w.namespace, w.name));
+    }
+    let held = http::get(args.admin_addr, "/certs").and_then(|r| match r.status {
+        200 => certs::parse(&r.body),
+        s => Err(format!("{}/certs: {s}", args.admin_addr)),
+    });
+    items.push(certs::evaluate(
+        &expected,
+        &held,
+        clock.now(),
+        args.cert_expiry_warning,
+    ));
+    items.extend(ca_items(args, &config, clock));
+    if expect_wireguard {
+        let peers: Vec<_> = config
+            .nodes()
+            .iter()
+            .filter(|n| n.name != node)
+            .filter_map(|n| Some((n.name.clone(), n.wireguard_public_key?)))
+            .collect();
+        let device =
+            nodemesh_wireguard::control::query(&wireguard_socket(args)).map_err(|e| e.to_string());
+        items.push(wireguard::evaluate(&peers, &device, clock.now()));
+    } else {
+        items.push(Item::ok(
+            wireguard::NAME,
+            "not enabled (no --wireguard, no control socket in the state directory)",
+        ));
+    }
+    items
+}
+
+fn wireguard_socket(args: &CheckArgs) -> PathBuf {
+    nodemesh_wireguard::NodeOptions::new(&args.state_dir).control_socket()
+}
+
+/// Where the CA is: its gRPC address as written and resolved, and its HTTP address.
+fn ca_addresses(
+    args: &CheckArgs,
+    config: &Config,
+) -> Result<(String, Option<SocketAddr>, SocketAddr), String> {
+    let ca = config
+        .ca()
+        .ok_or("the config has no ca: section (address and rootCert)")?;
+    let host = ca.address.host().ok_or("ca.address has no host")?;
+    let port = ca.address.port_u16().unwrap_or(15012);
+    let grpc = format!("{host}:{port}");
+    let resolved = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("ca.address {grpc}: {e}"))?
+        .next();
+    let http = match (args.ca_http_addr, resolved) {
+        (Some(addr), _) => addr,
+        (None, Some(addr)) => SocketAddr::new(addr.ip(), CA_HTTP_PORT),
+        (None, None) => return Err(format!("ca.address {grpc} resolves to nothing")),
+    };
+    Ok((grpc, resolved, http))
+}
+
+/// CA reachable, trust bundle, clock skew.
+fn ca_items(args: &CheckArgs, config: &Config, clock: &dyn Clock) -> Vec<Item> {
+    let (grpc, resolved, http_addr) = match ca_addresses(args, config) {
+        Ok(a) => a,
+        Err(why) => {
+            let hint = "give the config a ca: section, as the proxy needs";
+            return vec![
+                Item::fail(ca::REACHABLE, why.clone(), hint),
+                Item::fail(ca::BUNDLE, why.clone(), hint),
+                clock::evaluate(Err(why)),
+            ];
+        }
+    };
+    let grpc_reach = match resolved {
+        Some(addr) => TcpStream::connect_timeout(&addr, http::TIMEOUT)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        None => Err("resolves to nothing".to_owned()),
+    };
+    let (ready, sample) = sampled_get(http_addr, "/healthz/ready", clock);
+    let facts = ca::CaFacts {
+        grpc: (grpc, grpc_reach),
+        ready: (http_addr, ready),
+        bundle: http::get(http_addr, "/trust-bundle"),
+    };
+    let mut items = vec![ca::reachable(&facts)];
+    if let Some(ca_config) = config.ca() {
+        let path = &ca_config.root_cert;
+        let local = std::fs::read_to_string(path).map_err(|e| e.to_string());
+        items.push(ca::bundle(path, &local, &facts));
+    }
+    items.push(clock::evaluate(sample));
+    items
+}
+
+/// The clock item in `--pre` mode: the CA's clock, when the config names a CA.
+fn clock_item(args: &CheckArgs, config: &Config, clock: &dyn Clock) -> Item {
+    match ca_addresses(args, config) {
+        Ok((_, _, http_addr)) => clock::evaluate(sampled_get(http_addr, "/healthz/ready", clock).1),
+        Err(why) => clock::evaluate(Err(why)),
+    }
+}
+
+/// `GET path`, with our clock read around it and the answer's `Date` for a skew sample.
+fn sampled_get(
+    addr: SocketAddr,
+    path: &str,
+    clock: &dyn Clock,
+) -> (Result<http::Response, String>, Result<ClockSample, String>) {
+    let sent = clock.now();
+    let answer = http::get(addr, path);
+    let received = clock.now();
+    let sample = match &answer {
+        Err(e) => Err(e.clone()),
+        Ok(r) => match r.header("date") {
+            None => Err(format!("{addr}{path} sent no Date header")),
+            Some(date) => httpdate::parse_http_date(date)
+                .map(|ca_date| ClockSample {
+                    sent,
+                    received,
+                    ca_date,
+                })
+                .map_err(|e| format!("Date {date:?}: {e}")),
+        },
+    };
+    (answer, sample)
+}

@@ -1,0 +1,307 @@
+//! `nodemesh check` on a testbed (root tier): the shop's mesh with capture and WireGuard
+//! passes every item (exit 0); then each item is broken on purpose and that item fails (or
+//! warns) with its hint: a capture rule removed, the clock skewed (the hidden test-only
+//! `NODEMESH_CHECK_CLOCK_OFFSET`), a certificate expired (the same fake clock, a day on) or
+//! near expiry, a policy that does not compile, the proxy stopped, the CA stopped. Every test
+//! runs once per capture backend; with `NODEMESH_E2E=1` a missing privilege or tool is a
+//! failure.
+#![allow(clippy::unwrap_used)] // Test code: a panic is a failed test.
+
+use std::process::Command;
+
+use nix::sys::signal::Signal;
+use nodemesh_redirect::Backend;
+use nodemesh_testbed::{MeshOptions, Testbed, scenario};
+use serde_json::{Value, json};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
+/// The node checked: it runs the CA too.
+const NODE: &str = "node-a";
+
+fn mesh(backend: Backend) -> Testbed {
+    let mut bed = Testbed::build(scenario::shop_for(backend)).unwrap();
+    let mut opts = MeshOptions::new(BINARY);
+    opts.backend = backend;
+    opts.wireguard = true;
+    if let Err(e) = bed.start_mesh(&opts) {
+        panic!(
+            "mesh did not start: {e}\n--- proxy {NODE} ---\n{}",
+            bed.log_tail(&format!("proxy/{NODE}"), 25)
+        );
+    }
+    bed
+}
+
+/// What one `nodemesh check --output json` on [`NODE`] printed, and its exit status.
+struct Checked {
+    code: i32,
+    json: Value,
+}
+
+impl Checked {
+    fn item(&self, name: &str) -> &Value {
+        self.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("no item {name:?} in {:#}", self.json))
+    }
+
+    fn status(&self, name: &str) -> &str {
+        self.item(name)["status"].as_str().unwrap()
+    }
+
+    /// Asserts that the `field` (`detail`, `hint`) of item `name` contains `needle`.
+    fn assert_says(&self, name: &str, field: &str, needle: &str) {
+        let item = self.item(name);
+        let text = item[field].as_str().unwrap_or_default();
+        assert!(
+            text.contains(needle),
+            "{name}: {field} should mention {needle:?}: {item:#}"
+        );
+    }
+
+    /// The items that are not `ok`, by name.
+    fn not_ok(&self) -> Vec<String> {
+        self.json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["status"] != "ok")
+            .map(|i| i["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Asserts that `name` has `status`, a detail containing `detail` and a hint.
+    fn assert_item(&self, name: &str, status: &str, detail: &str) {
+        let item = self.item(name);
+        assert_eq!(item["status"], status, "{name}: {item:#}");
+        assert!(
+            item["detail"].as_str().unwrap().contains(detail),
+            "{name}: detail should mention {detail:?}: {item:#}"
+        );
+        assert!(
+            item["hint"].as_str().is_some_and(|h| !h.is_empty()),
+            "{name}: a {status} has a hint: {item:#}"
+        );
+    }
+}
+
+/// `nodemesh check` on [`NODE`] with the proxy's config, state directory and backend.
+fn check_command(bed: &Testbed, backend: Backend) -> Command {
+    let mut cmd: Command = bed.node(NODE).unwrap().command(BINARY);
+    cmd.arg("check")
+        .arg("--config")
+        .arg(bed.config_file())
+        .args(["--node", NODE])
+        .arg("--state-dir")
+        .arg(bed.dir().join(NODE))
+        .args(["--capture-backend", &backend.to_string()])
+        .env_remove("NODEMESH_CHECK_CLOCK_OFFSET");
+    cmd
+}
+
+fn check(bed: &Testbed, backend: Backend, extra: &[&str], env: &[(&str, &str)]) -> Checked {
+    let mut cmd = check_command(bed, backend);
+    cmd.args(["--output", "json"]).args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "check printed no JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let code = out.status.code().unwrap();
+    let want = match json["status"].as_str().unwrap() {
+        "ok" => 0,
+        "warn" => 1,
+        _ => 2,
+    };
+    assert_eq!(code, want, "exit status follows the worst item: {json:#}");
+    Checked { code, json }
+}
+
+/// Waits (WireGuard's first handshakes, say) until the check passes, and returns it.
+fn healthy(bed: &Testbed, backend: Backend) -> Checked {
+    let mut last = None;
+    for _ in 0..40 {
+        let checked = check(bed, backend, &[], &[]);
+        if checked.code == 0 {
+            return checked;
+        }
+        last = Some(checked);
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!(
+        "a healthy testbed fails the check: {:#}",
+        last.map(|c| c.json).unwrap_or_default()
+    );
+}
+
+/// Removes the first rule of the capture chain, as someone else's firewall tool might.
+fn remove_a_capture_rule(bed: &Testbed, backend: Backend) {
+    let node = bed.node(NODE).unwrap();
+    match backend {
+        Backend::Iptables => {
+            node.exec(&["iptables", "-t", "mangle", "-D", "NODEMESH-PREROUTING", "1"])
+                .unwrap();
+        }
+        Backend::Nftables => {
+            let listed = node
+                .exec(&[
+                    "nft",
+                    "-a",
+                    "list",
+                    "chain",
+                    "ip",
+                    "nodemesh",
+                    "NODEMESH-PREROUTING",
+                ])
+                .unwrap();
+            let handle = listed
+                .lines()
+                .filter(|l| {
+                    let l = l.trim_start();
+                    !["table ", "chain ", "type "]
+                        .iter()
+                        .any(|p| l.starts_with(p))
+                })
+                .find_map(|l| l.split_once("# handle ").map(|(_, h)| h.trim().to_owned()))
+                .unwrap_or_else(|| panic!("no rule with a handle in {listed}"));
+            node.exec(&[
+                "nft",
+                "delete",
+                "rule",
+                "ip",
+                "nodemesh",
+                "NODEMESH-PREROUTING",
+                "handle",
+                &handle,
+            ])
+            .unwrap();
+        }
+    }
+}
+
+fn healthy_then_broken(backend: Backend) {
+    if !nodemesh_test_support::root_tier("check_healthy_then_broken", backend.tools()) {
+        return;
+    }
+    let mut bed = mesh(backend);
+
+    // Healthy: every item ok, the text form too.
+    let ok = healthy(&bed, backend);
+    for name in [
+        "kernel: TPROXY target",
+        "kernel: socket match",
+        "capture rules in sync",
+        "IPv6 stance",
+        "proxy ready",
+        "workload certificates",
+        "CA reachable",
+        "trust bundle matches the CA",
+        "clock skew against the CA",
+        "WireGuard peers",
+        "policies accepted",
+    ] {
+        assert_eq!(ok.status(name), "ok", "{name}: {:#}", ok.json);
+    }
+    ok.assert_says("WireGuard peers", "detail", "1 of 1 peers");
+    let text = check_command(&bed, backend).output().unwrap();
+    let text_out = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(0), "{text_out}");
+    assert!(
+        text_out
+            .lines()
+            .any(|l| l.starts_with("ok    capture rules in sync")),
+        "{text_out}"
+    );
+    assert!(text_out.ends_with("0 warnings, 0 failures\n"), "{text_out}");
+
+    // A certificate near expiry (closer than the warning window): a warning, exit 1.
+    let near = check(&bed, backend, &["--cert-expiry-warning", "3d"], &[]);
+    assert_eq!(near.code, 1, "{:#}", near.json);
+    near.assert_item("workload certificates", "warn", "expires in");
+    assert_eq!(near.not_ok(), ["workload certificates"]);
+
+    // The clock ten minutes ahead: the skew fails, and peers' handshakes look ten minutes old.
+    let skewed = check(
+        &bed,
+        backend,
+        &[],
+        &[("NODEMESH_CHECK_CLOCK_OFFSET", "10m")],
+    );
+    assert_eq!(skewed.code, 2);
+    // +10m as measured against a Date header of whole seconds: +9m 59s or +10m.
+    skewed.assert_item("clock skew against the CA", "fail", "is +");
+    skewed.assert_item("WireGuard peers", "fail", "no recent handshake");
+    assert_eq!(skewed.status("workload certificates"), "ok");
+
+    // A day on, the certificates (24 h) have expired.
+    let expired = check(
+        &bed,
+        backend,
+        &[],
+        &[("NODEMESH_CHECK_CLOCK_OFFSET", "1day")],
+    );
+    expired.assert_item("workload certificates", "fail", "expired");
+
+    // A capture rule removed: drift named, and back in sync once reinstalled.
+    remove_a_capture_rule(&bed, backend);
+    let drift = check(&bed, backend, &[], &[]);
+    drift.assert_item("capture rules in sync", "fail", "1 rule(s) missing");
+    drift.assert_says("capture rules in sync", "hint", "nodemesh redirect install");
+    assert_eq!(drift.not_ok(), ["capture rules in sync"]);
+    bed.node(NODE)
+        .unwrap()
+        .exec(&[
+            BINARY,
+            "redirect",
+            "install",
+            "--config",
+            bed.config_file().to_str().unwrap(),
+            "--node",
+            NODE,
+            "--backend",
+            &backend.to_string(),
+        ])
+        .unwrap();
+    assert_eq!(
+        check(&bed, backend, &[], &[]).status("capture rules in sync"),
+        "ok"
+    );
+
+    // A policy that does not compile: named with its error.
+    let mut policies = bed.spec().policies.clone();
+    policies.push(json!({
+        "apiVersion": "security.nodemesh.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "broken", "namespace": "shop"},
+        "spec": {"action": "ALLOW", "rules": [{"to": [{"operation": {"ports": ["not-a-port"]}}]}]},
+    }));
+    bed.set_policies(policies).unwrap();
+    let refused = check(&bed, backend, &[], &[]);
+    refused.assert_item("policies accepted", "fail", "shop/broken: ");
+    refused.assert_says("policies accepted", "detail", "ports");
+
+    // The CA stopped: reachability, the bundle comparison and the clock fail.
+    bed.stop_process("ca", Signal::SIGTERM).unwrap();
+    let no_ca = check(&bed, backend, &[], &[]);
+    no_ca.assert_item("CA reachable", "fail", "15012");
+    no_ca.assert_item("trust bundle matches the CA", "fail", "not compared");
+    no_ca.assert_item("clock skew against the CA", "fail", "not measured");
+    no_ca.assert_says("CA reachable", "hint", "nodemesh ca serve");
+
+    // The proxy stopped: not ready, no certificates to read.
+    bed.stop_proxy(NODE, Signal::SIGTERM).unwrap();
+    let no_proxy = check(&bed, backend, &[], &[]);
+    no_proxy.assert_item("proxy ready", "fail", "not reachable");
+    no_proxy.assert_item("workload certificates", "fail", "cannot read");
+}
+
+nodemesh_test_support::per_backend!(healthy_then_broken);
