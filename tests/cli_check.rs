@@ -143,47 +143,44 @@ fn healthy(bed: &Testbed, backend: Backend) -> Checked {
     );
 }
 
-/// Removes the first rule of the capture chain, as someone else's firewall tool might.
-fn remove_a_capture_rule(bed: &Testbed, backend: Backend) {
+/// Removes the first rule of the capture chain, as someone else's firewall tool might, and
+/// returns it as the tools print it.
+fn remove_a_capture_rule(bed: &Testbed, backend: Backend) -> String {
     let node = bed.node(NODE).unwrap();
+    let chain = "NODEMESH-PREROUTING";
     match backend {
         Backend::Iptables => {
-            node.exec(&["iptables", "-t", "mangle", "-D", "NODEMESH-PREROUTING", "1"])
+            let listed = node
+                .exec(&["iptables", "-t", "mangle", "-S", chain])
                 .unwrap();
+            let rule = listed
+                .lines()
+                .find(|l| l.starts_with("-A "))
+                .unwrap_or_else(|| panic!("no rule in {listed}"))
+                .to_owned();
+            node.exec(&["iptables", "-t", "mangle", "-D", chain, "1"])
+                .unwrap();
+            rule
         }
         Backend::Nftables => {
             let listed = node
-                .exec(&[
-                    "nft",
-                    "-a",
-                    "list",
-                    "chain",
-                    "ip",
-                    "nodemesh",
-                    "NODEMESH-PREROUTING",
-                ])
+                .exec(&["nft", "-a", "list", "chain", "ip", "nodemesh", chain])
                 .unwrap();
-            let handle = listed
+            let (rule, handle) = listed
                 .lines()
+                .map(str::trim)
                 .filter(|l| {
-                    let l = l.trim_start();
                     !["table ", "chain ", "type "]
                         .iter()
                         .any(|p| l.starts_with(p))
                 })
-                .find_map(|l| l.split_once("# handle ").map(|(_, h)| h.trim().to_owned()))
+                .find_map(|l| l.split_once(" # handle "))
                 .unwrap_or_else(|| panic!("no rule with a handle in {listed}"));
             node.exec(&[
-                "nft",
-                "delete",
-                "rule",
-                "ip",
-                "nodemesh",
-                "NODEMESH-PREROUTING",
-                "handle",
-                &handle,
+                "nft", "delete", "rule", "ip", "nodemesh", chain, "handle", handle,
             ])
             .unwrap();
+            rule.to_owned()
         }
     }
 }
@@ -252,9 +249,10 @@ fn healthy_then_broken(backend: Backend) {
     expired.assert_item("workload certificates", "fail", "expired");
 
     // A capture rule removed: drift named, and back in sync once reinstalled.
-    remove_a_capture_rule(&bed, backend);
+    let removed = remove_a_capture_rule(&bed, backend);
     let drift = check(&bed, backend, &[], &[]);
     drift.assert_item("capture rules in sync", "fail", "1 rule(s) missing");
+    drift.assert_says("capture rules in sync", "detail", &removed);
     drift.assert_says("capture rules in sync", "hint", "nodemesh redirect install");
     assert_eq!(drift.not_ok(), ["capture rules in sync"]);
     bed.node(NODE)
