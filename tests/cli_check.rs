@@ -4,7 +4,7 @@
 //! `NODEMESH_CHECK_CLOCK_OFFSET`), a certificate expired (the same fake clock, a day on) or
 //! near expiry, a policy that does not compile, the proxy stopped, the CA stopped. Every test
 //! runs once per capture backend; with `NODEMESH_E2E=1` a missing privilege or tool is a
-//! failure.
+//! failure. `--source kubernetes`'s cluster items run against the fake API server (no root).
 #![allow(clippy::unwrap_used)] // Test code: a panic is a failed test.
 
 use std::process::Command;
@@ -303,3 +303,137 @@ fn healthy_then_broken(backend: Backend) {
 }
 
 nodemesh_test_support::per_backend!(healthy_then_broken);
+
+mod kubernetes {
+    //! `nodemesh check --source kubernetes` against the fake API server (no root): the chart's
+    //! objects healthy, then each broken.
+
+    use nodemesh_test_support::kube::FakeApi;
+    use nodemesh_test_support::kube::objects::{NODES, node};
+    use serde_json::{Value, json};
+
+    const CRDS: &str = "apiextensions.k8s.io/v1/customresourcedefinitions";
+    const DAEMONSETS: &str = "apps/v1/daemonsets";
+    const DEPLOYMENTS: &str = "apps/v1/deployments";
+    const CRD: &str = "authorizationpolicies.security.nodemesh.io";
+    const KEY_ANNOTATION: &str = "nodemesh.io/wireguard-public-key";
+
+    fn keyed_node(name: &str, ip: &str, cidr: &str, key_byte: u8) -> Value {
+        let mut n = node(name, ip, cidr);
+        let key = nodemesh_config::WireguardPublicKey::from_bytes([key_byte; 32]).to_string();
+        n["metadata"]["annotations"] = json!({KEY_ANNOTATION: key});
+        n
+    }
+
+    fn daemonset(ready: i64) -> Value {
+        json!({"metadata": {"name": "nodemesh-proxy", "namespace": "nodemesh-system"},
+               "status": {"desiredNumberScheduled": 2, "numberReady": ready, "updatedNumberScheduled": 2}})
+    }
+
+    fn deployment(ready: i64) -> Value {
+        json!({"metadata": {"name": "nodemesh-ca", "namespace": "nodemesh-system"},
+               "spec": {"replicas": 1}, "status": {"readyReplicas": ready}})
+    }
+
+    /// Runs the check as node-a (no proxy there: its items fail) and returns the items by name.
+    async fn check(kubeconfig: &std::path::Path) -> Value {
+        let kubeconfig = kubeconfig.to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(super::BINARY)
+                .args(["check", "--source", "kubernetes", "--node", "node-a"])
+                .args(["--output", "json", "--readiness-addr", "127.0.0.1:9"])
+                .env("KUBECONFIG", &kubeconfig)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "the proxy is not running");
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let by_name = json["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["name"].as_str().unwrap().to_owned(), i.clone()))
+            .collect();
+        Value::Object(by_name)
+    }
+
+    fn assert_status(items: &Value, name: &str, status: &str, detail: &str) {
+        let item = &items[name];
+        assert_eq!(item["status"], status, "{name}: {items:#}");
+        assert!(
+            item["detail"].as_str().unwrap().contains(detail),
+            "{name}: detail should mention {detail:?}: {item:#}"
+        );
+        if status != "ok" {
+            assert!(item["hint"].is_string(), "{name} has a hint: {item:#}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_items_pass_then_fail_one_by_one() {
+        let api = FakeApi::start().await;
+        api.put(
+            CRDS,
+            json!({"metadata": {"name": CRD},
+                   "status": {"conditions": [{"type": "Established", "status": "True"}]}}),
+        );
+        api.put(DAEMONSETS, daemonset(2));
+        api.put(DEPLOYMENTS, deployment(1));
+        api.put(NODES, keyed_node("node-a", "10.0.0.1", "10.1.1.0/24", 1));
+        api.put(NODES, keyed_node("node-b", "10.0.0.2", "10.1.2.0/24", 2));
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig);
+
+        let items = check(&kubeconfig).await;
+        assert_status(&items, &format!("CRD {CRD}"), "ok", "established");
+        assert_status(
+            &items,
+            "CRD clusternetworkpolicies.policy.networking.k8s.io",
+            "ok",
+            "optional",
+        );
+        assert_status(
+            &items,
+            "DaemonSet nodemesh-proxy ready",
+            "ok",
+            "2 of 2 nodes ready",
+        );
+        assert_status(
+            &items,
+            "Deployment nodemesh-ca ready",
+            "ok",
+            "1 of 1 replicas",
+        );
+        assert_status(&items, "Nodes carry WireGuard keys", "ok", "all 2 Nodes");
+        assert_status(&items, "proxy ready", "fail", "not reachable");
+
+        api.delete(CRDS, "", CRD);
+        api.put(DAEMONSETS, daemonset(1));
+        api.put(DEPLOYMENTS, deployment(0));
+        api.put(NODES, node("node-b", "10.0.0.2", "10.1.2.0/24"));
+        let items = check(&kubeconfig).await;
+        assert_status(&items, &format!("CRD {CRD}"), "fail", "not installed");
+        assert_status(
+            &items,
+            "DaemonSet nodemesh-proxy ready",
+            "fail",
+            "1 of 2 nodes ready",
+        );
+        assert_status(
+            &items,
+            "Deployment nodemesh-ca ready",
+            "fail",
+            "0 of 1 replicas",
+        );
+        assert_status(
+            &items,
+            "Nodes carry WireGuard keys",
+            "fail",
+            "node-b (no key)",
+        );
+    }
+}

@@ -10,9 +10,11 @@ pub mod ca;
 pub mod capture;
 pub mod certs;
 pub mod clock;
+pub mod cluster;
 pub mod http;
 pub mod ipv6;
 pub mod kernel;
+pub mod kube;
 pub mod policy;
 pub mod ready;
 pub mod report;
@@ -43,9 +45,22 @@ pub struct CheckArgs {
     /// How to print the checklist.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Where the mesh comes from: the standalone YAML, or the Kubernetes API (then also the
+    /// CRDs, the DaemonSet, the CA Deployment and the Nodes' WireGuard keys).
+    #[arg(long, value_enum, default_value_t = super::Source::File)]
+    source: super::Source,
     /// The standalone YAML the node's proxy reads.
-    #[arg(long, value_name = "FILE", required_unless_present = "pre")]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Kubernetes: the release namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "nodemesh-system")]
+    namespace: String,
+    /// Kubernetes: the proxy DaemonSet's name.
+    #[arg(long, default_value = "nodemesh-proxy")]
+    daemonset: String,
+    /// Kubernetes: the CA Deployment's name.
+    #[arg(long, default_value = "nodemesh-ca")]
+    ca_deployment: String,
     /// This node's name in the config.
     #[arg(long, env = "NODE_NAME", required_unless_present = "pre")]
     node: Option<String>,
@@ -137,8 +152,20 @@ fn gather(args: &CheckArgs, clock: &dyn Clock) -> Vec<Item> {
         }
         return items;
     }
-    let (Some((path, config)), Some(node)) = (config, args.node.as_deref()) else {
-        // clap requires both without --pre.
+    let Some(node) = args.node.as_deref() else {
+        // clap requires it without --pre.
+        return items;
+    };
+    if args.source == super::Source::Kubernetes {
+        items.extend(kubernetes_items(args, node, clock));
+        return items;
+    }
+    let Some((path, config)) = config else {
+        items.push(Item::fail(
+            "config",
+            "no --config",
+            "pass the standalone YAML the proxy reads (--config), or --source kubernetes",
+        ));
         return items;
     };
     let config = match config {
@@ -206,23 +233,71 @@ fn gather(args: &CheckArgs, clock: &dyn Clock) -> Vec<Item> {
         args.cert_expiry_warning,
     ));
     items.extend(ca_items(args, &config, clock));
-    if expect_wireguard {
-        let peers: Vec<_> = config
-            .nodes()
-            .iter()
-            .filter(|n| n.name != node)
-            .filter_map(|n| Some((n.name.clone(), n.wireguard_public_key?)))
-            .collect();
-        let device =
-            nodemesh_wireguard::control::query(&wireguard_socket(args)).map_err(|e| e.to_string());
-        items.push(wireguard::evaluate(&peers, &device, clock.now()));
-    } else {
-        items.push(Item::ok(
+    let peers: Vec<_> = config
+        .nodes()
+        .iter()
+        .filter(|n| n.name != node)
+        .filter_map(|n| Some((n.name.clone(), n.wireguard_public_key?)))
+        .collect();
+    items.push(wireguard_item(args, expect_wireguard, &peers, clock));
+    items
+}
+
+/// Kubernetes mode: the cluster's objects, this node's proxy and its WireGuard peers (the other
+/// Nodes' published keys).
+fn kubernetes_items(args: &CheckArgs, node: &str, clock: &dyn Clock) -> Vec<Item> {
+    let facts = kube::observe(&kube::Names {
+        namespace: args.namespace.clone(),
+        daemonset: args.daemonset.clone(),
+        deployment: args.ca_deployment.clone(),
+    });
+    let keys = facts
+        .nodes
+        .as_deref()
+        .map(cluster::node_keys)
+        .map_err(Clone::clone);
+    let expect_wireguard = args.wireguard || wireguard_socket(args).exists();
+    let mut items = vec![
+        cluster::crd(cluster::POLICY_CRD, &facts.policy_crd, true),
+        cluster::crd(
+            cluster::CLUSTER_NETWORK_POLICY_CRD,
+            &facts.cluster_network_policy_crd,
+            false,
+        ),
+        cluster::daemonset(&args.daemonset, &facts.daemonset),
+        cluster::deployment(&args.ca_deployment, &facts.deployment),
+        cluster::nodes(&keys, expect_wireguard),
+        ready::evaluate(
+            args.readiness_addr,
+            &http::get(args.readiness_addr, "/healthz/ready"),
+        ),
+    ];
+    let peers: Vec<_> = keys
+        .iter()
+        .flatten()
+        .filter(|(name, _)| name != node)
+        .filter_map(|(name, key)| Some((name.clone(), *key.as_ref().ok()?)))
+        .collect();
+    items.push(wireguard_item(args, expect_wireguard, &peers, clock));
+    items
+}
+
+/// The WireGuard item: the device's peers against `peers` (every other node and its key).
+fn wireguard_item(
+    args: &CheckArgs,
+    expected: bool,
+    peers: &[(String, nodemesh_config::WireguardPublicKey)],
+    clock: &dyn Clock,
+) -> Item {
+    if !expected {
+        return Item::ok(
             wireguard::NAME,
             "not enabled (no --wireguard, no control socket in the state directory)",
-        ));
+        );
     }
-    items
+    let device =
+        nodemesh_wireguard::control::query(&wireguard_socket(args)).map_err(|e| e.to_string());
+    wireguard::evaluate(peers, &device, clock.now())
 }
 
 fn wireguard_socket(args: &CheckArgs) -> PathBuf {
