@@ -302,7 +302,49 @@ fn healthy_then_broken(backend: Backend) {
     no_proxy.assert_item("workload certificates", "fail", "cannot read");
 }
 
-nodemesh_test_support::per_backend!(healthy_then_broken);
+/// `--pre` in a fresh network namespace (nothing installed, forwarding off): every item ok;
+/// without the tools on PATH, the tools item fails naming their packages.
+fn pre_install(backend: Backend) {
+    if !nodemesh_test_support::root_tier("check_pre_install", backend.tools()) {
+        return;
+    }
+    let pre = |path: &str| {
+        let out = Command::new("/usr/bin/unshare")
+            .args(["--net", "--", BINARY, "check", "--pre", "--output", "json"])
+            .args(["--capture-backend", &backend.to_string()])
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        Checked {
+            code: out.status.code().unwrap(),
+            json,
+        }
+    };
+    let ok = pre(&std::env::var("PATH").unwrap());
+    assert_eq!(ok.code, 0, "{:#}", ok.json);
+    assert_eq!(
+        ok.json["items"].as_array().unwrap().len(),
+        6,
+        "{:#}",
+        ok.json
+    );
+    ok.assert_says(
+        "kernel: net.ipv4.ip_forward",
+        "detail",
+        "installing the capture rules turns it on",
+    );
+    let bare = pre("/nonexistent");
+    let tools = format!("tools: {backend} backend");
+    bare.assert_item(&tools, "fail", "missing: ip");
+    let package = match backend {
+        Backend::Iptables => "iptables",
+        Backend::Nftables => "nftables",
+    };
+    bare.assert_says(&tools, "hint", package);
+}
+
+nodemesh_test_support::per_backend!(healthy_then_broken, pre_install);
 
 mod kubernetes {
     //! `nodemesh check --source kubernetes` against the fake API server (no root): the chart's

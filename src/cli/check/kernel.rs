@@ -119,11 +119,10 @@ fn registered(path: &str, name: &str) -> Option<Probe> {
         .then_some(Probe::Registered)
 }
 
-/// Where `program` is on `PATH` (and the sbin directories, which a non-login root may lack).
+/// Where `program` is on `PATH`, where the proxy looks for it too.
 fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
 }
@@ -259,7 +258,10 @@ fn tools_item(facts: &KernelFacts) -> Item {
     Item::fail(
         name,
         format!("missing: {}", names.join(", ")),
-        format!("install the Debian package(s) {}", packages.join(" ")),
+        format!(
+            "install the Debian package(s) {} (the proxy runs them from PATH)",
+            packages.join(" ")
+        ),
     )
 }
 
@@ -323,7 +325,7 @@ mod tests {
         assert_eq!(item.detail, "missing: iptables-save, ipset");
         assert_eq!(
             item.hint.as_deref(),
-            Some("install the Debian package(s) iptables ipset")
+            Some("install the Debian package(s) iptables ipset (the proxy runs them from PATH)")
         );
     }
 
