@@ -15,6 +15,8 @@ use nodemesh_testbed::{MeshOptions, Testbed, scenario};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
+
+mod kube_testbed;
 /// The node checked: it runs the CA too.
 const NODE: &str = "node-a";
 
@@ -346,6 +348,91 @@ fn pre_install(backend: Backend) {
 
 nodemesh_test_support::per_backend!(healthy_then_broken, pre_install);
 
+/// Kubernetes mode on a testbed whose proxies follow the fake API (with WireGuard keys on the
+/// Nodes): with the chart's objects in the API, every item passes, the node's items judged
+/// against the proxy's view; a policy put through the API that does not compile fails the
+/// policies item as the proxy compiled it.
+#[test]
+fn kubernetes_mode_on_a_testbed() {
+    let backend = Backend::Nftables;
+    if !nodemesh_test_support::root_tier("kubernetes_mode_on_a_testbed", backend.tools()) {
+        return;
+    }
+    let mut bed = Testbed::build(scenario::shop()).unwrap();
+    let api = kube_testbed::fake_api_for(&bed);
+    kubernetes::put_chart(&api);
+    let kubeconfig = bed.dir().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig);
+    let mut opts = MeshOptions::new(BINARY);
+    opts.backend = backend;
+    opts.kubeconfig = Some(kubeconfig.clone());
+    opts.wireguard = true;
+    if let Err(e) = bed.start_mesh(&opts) {
+        panic!("mesh did not start: {e}");
+    }
+    let kube_check = || {
+        let out = bed
+            .node(NODE)
+            .unwrap()
+            .command(BINARY)
+            .args(["check", "--source", "kubernetes", "--node", NODE])
+            .arg("--state-dir")
+            .arg(bed.dir().join(NODE))
+            .args([
+                "--capture-backend",
+                &backend.to_string(),
+                "--output",
+                "json",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        Checked {
+            code: out.status.code().unwrap(),
+            json: serde_json::from_slice(&out.stdout).unwrap(),
+        }
+    };
+    let mut last = kube_check();
+    for _ in 0..40 {
+        if last.code == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        last = kube_check();
+    }
+    assert_eq!(last.code, 0, "{:#}", last.json);
+    for name in [
+        "CRD authorizationpolicies.security.nodemesh.io",
+        "Nodes carry WireGuard keys",
+        "capture rules in sync",
+        "workload certificates",
+        "CA reachable",
+        "trust bundle matches the CA",
+        "WireGuard peers",
+        "policies accepted",
+    ] {
+        assert_eq!(last.status(name), "ok", "{name}: {:#}", last.json);
+    }
+    api.put(
+        nodemesh_test_support::kube::objects::POLICIES,
+        nodemesh_test_support::kube::objects::policy(
+            "shop",
+            "broken",
+            json!({"action": "ALLOW", "rules": [{"to": [{"operation": {"ports": ["not-a-port"]}}]}]}),
+        ),
+    );
+    let mut refused = kube_check();
+    for _ in 0..40 {
+        if refused.status("policies accepted") == "fail" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        refused = kube_check();
+    }
+    refused.assert_item("policies accepted", "fail", "shop/broken: ");
+}
+
 mod kubernetes {
     //! `nodemesh check --source kubernetes` against the fake API server (no root): the chart's
     //! objects healthy, then each broken.
@@ -354,10 +441,10 @@ mod kubernetes {
     use nodemesh_test_support::kube::objects::{NODES, node};
     use serde_json::{Value, json};
 
-    const CRDS: &str = "apiextensions.k8s.io/v1/customresourcedefinitions";
-    const DAEMONSETS: &str = "apps/v1/daemonsets";
-    const DEPLOYMENTS: &str = "apps/v1/deployments";
-    const CRD: &str = "authorizationpolicies.security.nodemesh.io";
+    pub const CRDS: &str = "apiextensions.k8s.io/v1/customresourcedefinitions";
+    pub const DAEMONSETS: &str = "apps/v1/daemonsets";
+    pub const DEPLOYMENTS: &str = "apps/v1/deployments";
+    pub const CRD: &str = "authorizationpolicies.security.nodemesh.io";
     const KEY_ANNOTATION: &str = "nodemesh.io/wireguard-public-key";
 
     fn keyed_node(name: &str, ip: &str, cidr: &str, key_byte: u8) -> Value {
@@ -367,12 +454,12 @@ mod kubernetes {
         n
     }
 
-    fn daemonset(ready: i64) -> Value {
+    pub fn daemonset(ready: i64) -> Value {
         json!({"metadata": {"name": "nodemesh-proxy", "namespace": "nodemesh-system"},
                "status": {"desiredNumberScheduled": 2, "numberReady": ready, "updatedNumberScheduled": 2}})
     }
 
-    fn deployment(ready: i64) -> Value {
+    pub fn deployment(ready: i64) -> Value {
         json!({"metadata": {"name": "nodemesh-ca", "namespace": "nodemesh-system"},
                "spec": {"replicas": 1}, "status": {"readyReplicas": ready}})
     }
@@ -414,9 +501,8 @@ mod kubernetes {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cluster_items_pass_then_fail_one_by_one() {
-        let api = FakeApi::start().await;
+    /// The chart's objects, healthy: the CRD, the DaemonSet on 2 nodes, the CA.
+    pub fn put_chart(api: &FakeApi) {
         api.put(
             CRDS,
             json!({"metadata": {"name": CRD},
@@ -424,6 +510,12 @@ mod kubernetes {
         );
         api.put(DAEMONSETS, daemonset(2));
         api.put(DEPLOYMENTS, deployment(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_items_pass_then_fail_one_by_one() {
+        let api = FakeApi::start().await;
+        put_chart(&api);
         api.put(NODES, keyed_node("node-a", "10.0.0.1", "10.1.1.0/24", 1));
         api.put(NODES, keyed_node("node-b", "10.0.0.2", "10.1.2.0/24", 2));
         let dir = tempfile::tempdir().unwrap();

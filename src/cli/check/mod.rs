@@ -11,6 +11,7 @@ pub mod capture;
 pub mod certs;
 pub mod clock;
 pub mod cluster;
+pub mod dump;
 pub mod http;
 pub mod ipv6;
 pub mod kernel;
@@ -187,27 +188,57 @@ fn gather(args: &CheckArgs, clock: &dyn Clock) -> Vec<Item> {
             return items;
         }
     };
-    let local: Vec<_> = config.mesh_workloads_on_node(node).collect();
     items.push(Item::ok(
         "config",
         format!(
             "{}: node {node} with {} mesh workloads",
             path.display(),
-            local.len()
+            config.mesh_workloads_on_node(node).count()
         ),
     ));
-    items.push(policy::evaluate(
-        &policy::compile(&config, node),
-        &path.display().to_string(),
-    ));
-    let rules = capture::desired(&config, node, args.capture_backend, &args.state_dir);
-    let status = capture::observe(&rules);
     let install = format!(
         "nodemesh redirect install --config {} --node {node} --backend {}",
         path.display(),
         args.capture_backend
     );
-    items.push(capture::evaluate(&status, &install));
+    let mesh = Mesh {
+        config: &config,
+        node,
+        compiled: policy::compile(&config, node),
+        source: path.display().to_string(),
+        install,
+    };
+    items.extend(mesh_items(args, &mesh, clock));
+    let peers: Vec<_> = config
+        .nodes()
+        .iter()
+        .filter(|n| n.name != node)
+        .filter_map(|n| Some((n.name.clone(), n.wireguard_public_key?)))
+        .collect();
+    items.push(wireguard_item(args, expect_wireguard, &peers, clock));
+    items
+}
+
+/// The mesh as this node's proxy sees it, for the node's items.
+struct Mesh<'a> {
+    config: &'a Config,
+    node: &'a str,
+    /// Its policies, compiled.
+    compiled: policy::Compiled,
+    /// Where the policies come from, for hints.
+    source: String,
+    /// The command that reinstalls the capture rules, for hints.
+    install: String,
+}
+
+/// Policies, capture, IPv6, proxy ready, certificates and the CA items.
+fn mesh_items(args: &CheckArgs, mesh: &Mesh<'_>, clock: &dyn Clock) -> Vec<Item> {
+    let Mesh { config, node, .. } = *mesh;
+    let local: Vec<_> = config.mesh_workloads_on_node(node).collect();
+    let mut items = vec![policy::evaluate(&mesh.compiled, &mesh.source)];
+    let rules = capture::desired(config, node, args.capture_backend, &args.state_dir);
+    let status = capture::observe(&rules);
+    items.push(capture::evaluate(&status, &mesh.install));
     let dropped = nodemesh_redirect::ipv6_dropped(&Host::local(), args.capture_backend).ok();
     let pods6 = local.iter().filter(|w| w.ipv6.is_some()).count();
     items.push(ipv6::evaluate(&status, pods6, dropped));
@@ -232,14 +263,7 @@ fn gather(args: &CheckArgs, clock: &dyn Clock) -> Vec<Item> {
         clock.now(),
         args.cert_expiry_warning,
     ));
-    items.extend(ca_items(args, &config, clock));
-    let peers: Vec<_> = config
-        .nodes()
-        .iter()
-        .filter(|n| n.name != node)
-        .filter_map(|n| Some((n.name.clone(), n.wireguard_public_key?)))
-        .collect();
-    items.push(wireguard_item(args, expect_wireguard, &peers, clock));
+    items.extend(ca_items(args, config, clock));
     items
 }
 
@@ -267,11 +291,34 @@ fn kubernetes_items(args: &CheckArgs, node: &str, clock: &dyn Clock) -> Vec<Item
         cluster::daemonset(&args.daemonset, &facts.daemonset),
         cluster::deployment(&args.ca_deployment, &facts.deployment),
         cluster::nodes(&keys, expect_wireguard),
-        ready::evaluate(
-            args.readiness_addr,
-            &http::get(args.readiness_addr, "/healthz/ready"),
-        ),
     ];
+    let view = http::get(args.admin_addr, "/config_dump").and_then(|r| match r.status {
+        200 => dump::parse(&r.body),
+        s => Err(format!("{}/config_dump: {s}", args.admin_addr)),
+    });
+    match view {
+        Ok(view) => {
+            let mesh = Mesh {
+                config: &view.config,
+                node,
+                compiled: view.compiled,
+                source: "the cluster's policies".to_owned(),
+                install: "kubectl -n <namespace> delete pod <this node's nodemesh-proxy pod> (its successor reinstalls them)".to_owned(),
+            };
+            items.extend(mesh_items(args, &mesh, clock));
+        }
+        Err(why) => {
+            items.push(Item::fail(
+                dump::NAME,
+                why,
+                "start the node's proxy: in Kubernetes mode the node's items follow its view of the mesh (admin /config_dump, --admin-addr)",
+            ));
+            items.push(ready::evaluate(
+                args.readiness_addr,
+                &http::get(args.readiness_addr, "/healthz/ready"),
+            ));
+        }
+    }
     let peers: Vec<_> = keys
         .iter()
         .flatten()
