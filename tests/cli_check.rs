@@ -213,6 +213,7 @@ fn healthy_then_broken(backend: Backend) {
     ok.assert_says("WireGuard peers", "detail", "1 of 1 peers");
     let text = check_command(&bed, backend).output().unwrap();
     let text_out = String::from_utf8_lossy(&text.stdout);
+    eprintln!("{text_out}");
     assert_eq!(text.status.code(), Some(0), "{text_out}");
     assert!(
         text_out

@@ -83,9 +83,13 @@ impl std::str::FromStr for SignedDuration {
 
 impl std::fmt::Display for SignedDuration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sign = if self.negative { "-" } else { "+" };
         // Whole seconds, rounded: the Date header has a resolution of one second anyway.
         let rounded = Duration::from_secs((self.amount + Duration::from_millis(500)).as_secs());
+        let sign = match (rounded.is_zero(), self.negative) {
+            (true, _) => "",
+            (false, true) => "-",
+            (false, false) => "+",
+        };
         write!(f, "{sign}{}", humantime::format_duration(rounded))
     }
 }
@@ -183,6 +187,7 @@ mod tests {
         // Ours at 1000.495 + 5 ms, theirs 1000 (i.e. 1000.5): 0 off.
         let item = evaluate(Ok(sample(at(1000, 495), 1000)));
         assert_eq!(item.status, Status::Ok, "{item:?}");
+        assert_eq!(item.detail, "this node's clock is 0s off the CA's");
         assert!(item.hint.is_none());
     }
 

@@ -27,10 +27,14 @@ pub fn evaluate(status: &Result<Status, String>, pods6: usize, dropped: Option<u
     };
     if set.in_sync() && guard.in_sync() {
         let counted = dropped.map_or_else(String::new, |n| format!("; {n} packets dropped so far"));
+        let which = match pods6 {
+            0 => "mesh pods (none here has an IPv6 address)".to_owned(),
+            n => format!("the {n} mesh pods with an IPv6 address"),
+        };
         return Item::ok(
             NAME,
             format!(
-                "IPv4 captured (mTLS); IPv6 to or from the {pods6} mesh pods with an IPv6 address is dropped by the guard{counted}"
+                "IPv4 captured (mTLS); IPv6 forwarded to or from {which} is dropped by the guard{counted}"
             ),
         );
     }

@@ -355,7 +355,7 @@ fn wireguard_socket(args: &CheckArgs) -> PathBuf {
 fn ca_addresses(
     args: &CheckArgs,
     config: &Config,
-) -> Result<(String, Option<SocketAddr>, SocketAddr), String> {
+) -> Result<(String, Result<SocketAddr, String>, SocketAddr), String> {
     let ca = config
         .ca()
         .ok_or("the config has no ca: section (address and rootCert)")?;
@@ -364,12 +364,13 @@ fn ca_addresses(
     let grpc = format!("{host}:{port}");
     let resolved = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("ca.address {grpc}: {e}"))?
-        .next();
-    let http = match (args.ca_http_addr, resolved) {
+        .map_err(|e| e.to_string())
+        .and_then(|mut a| a.next().ok_or_else(|| "resolves to nothing".to_owned()))
+        .map_err(|e| format!("cannot resolve {grpc} from this node: {e}"));
+    let http = match (args.ca_http_addr, &resolved) {
         (Some(addr), _) => addr,
-        (None, Some(addr)) => SocketAddr::new(addr.ip(), CA_HTTP_PORT),
-        (None, None) => return Err(format!("ca.address {grpc} resolves to nothing")),
+        (None, Ok(addr)) => SocketAddr::new(addr.ip(), CA_HTTP_PORT),
+        (None, Err(e)) => return Err(format!("{e} (or pass --ca-http-addr)")),
     };
     Ok((grpc, resolved, http))
 }
@@ -387,12 +388,11 @@ fn ca_items(args: &CheckArgs, config: &Config, clock: &dyn Clock) -> Vec<Item> {
             ];
         }
     };
-    let grpc_reach = match resolved {
-        Some(addr) => TcpStream::connect_timeout(&addr, http::TIMEOUT)
+    let grpc_reach = resolved.and_then(|addr| {
+        TcpStream::connect_timeout(&addr, http::TIMEOUT)
             .map(drop)
-            .map_err(|e| e.to_string()),
-        None => Err("resolves to nothing".to_owned()),
-    };
+            .map_err(|e| e.to_string())
+    });
     let (ready, sample) = sampled_get(http_addr, "/healthz/ready", clock);
     let facts = ca::CaFacts {
         grpc: (grpc, grpc_reach),
