@@ -90,12 +90,12 @@ impl Checked {
     }
 }
 
-/// `nodemesh check` on [`NODE`] with the proxy's config, state directory and backend.
-fn check_command(bed: &Testbed, backend: Backend) -> Command {
+/// `nodemesh check` on [`NODE`] with `config`, the proxy's state directory and backend.
+fn check_command(bed: &Testbed, backend: Backend, config: &std::path::Path) -> Command {
     let mut cmd: Command = bed.node(NODE).unwrap().command(BINARY);
     cmd.arg("check")
         .arg("--config")
-        .arg(bed.config_file())
+        .arg(config)
         .args(["--node", NODE])
         .arg("--state-dir")
         .arg(bed.dir().join(NODE))
@@ -104,8 +104,19 @@ fn check_command(bed: &Testbed, backend: Backend) -> Command {
     cmd
 }
 
+/// `nodemesh check --output json` with the proxy's config, `extra` arguments and `env`.
 fn check(bed: &Testbed, backend: Backend, extra: &[&str], env: &[(&str, &str)]) -> Checked {
-    let mut cmd = check_command(bed, backend);
+    check_with(bed, backend, &bed.config_file(), extra, env)
+}
+
+fn check_with(
+    bed: &Testbed,
+    backend: Backend,
+    config: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Checked {
+    let mut cmd = check_command(bed, backend, config);
     cmd.args(["--output", "json"]).args(extra);
     for (k, v) in env {
         cmd.env(k, v);
@@ -211,7 +222,9 @@ fn healthy_then_broken(backend: Backend) {
         assert_eq!(ok.status(name), "ok", "{name}: {:#}", ok.json);
     }
     ok.assert_says("WireGuard peers", "detail", "1 of 1 peers");
-    let text = check_command(&bed, backend).output().unwrap();
+    let text = check_command(&bed, backend, &bed.config_file())
+        .output()
+        .unwrap();
     let text_out = String::from_utf8_lossy(&text.stdout);
     eprintln!("{text_out}");
     assert_eq!(text.status.code(), Some(0), "{text_out}");
@@ -289,6 +302,23 @@ fn healthy_then_broken(backend: Backend) {
     let refused = check(&bed, backend, &[], &[]);
     refused.assert_item("policies accepted", "fail", "shop/broken: ");
     refused.assert_says("policies accepted", "detail", "ports");
+
+    // The node trusting another root: the bundle differs from the CA's, and the CA's serving
+    // certificate does not verify (as it would not for the proxy).
+    let mut other =
+        serde_json::from_str::<Value>(&std::fs::read_to_string(bed.config_file()).unwrap())
+            .unwrap();
+    other["ca"]["rootCert"] = json!("other-root.pem");
+    let other_root = nodemesh_test_support::TestCa::new("another CA")
+        .bundle()
+        .to_pem();
+    std::fs::write(bed.dir().join("other-root.pem"), other_root).unwrap();
+    let other_config = bed.dir().join("other-root.yaml");
+    std::fs::write(&other_config, other.to_string()).unwrap();
+    let untrusted = check_with(&bed, backend, &other_config, &[], &[]);
+    untrusted.assert_item("trust bundle matches the CA", "fail", "1 not in the file");
+    untrusted.assert_item("CA reachable", "fail", "TLS: ");
+    untrusted.assert_says("CA reachable", "hint", "--serving-names");
 
     // The CA stopped: reachability, the bundle comparison and the clock fail.
     bed.stop_process("ca", Signal::SIGTERM).unwrap();

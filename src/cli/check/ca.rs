@@ -1,5 +1,6 @@
-//! The CA: reachable (its gRPC port accepts, its HTTP `/healthz/ready` answers 200), and the
-//! node's trust bundle consistent with the CA's `/trust-bundle` (the same roots).
+//! The CA: reachable (a TLS handshake with its gRPC port verifies as a proxy's would, its HTTP
+//! `/healthz/ready` answers 200), and the node's trust bundle consistent with the CA's
+//! `/trust-bundle` (the same roots).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use nodemesh_identity::TrustBundle;
 
 use super::http::Response;
 use super::report::Item;
+use super::tls::Refused;
 
 /// The reachability item's name.
 pub const REACHABLE: &str = "CA reachable";
@@ -18,8 +20,8 @@ pub const BUNDLE: &str = "trust bundle matches the CA";
 /// What was seen of the CA.
 #[derive(Debug, Clone)]
 pub struct CaFacts {
-    /// The gRPC address (15012) and whether a TCP connection to it opened.
-    pub grpc: (String, Result<(), String>),
+    /// The gRPC address (15012) and whether a TLS handshake with it verified, as a proxy's.
+    pub grpc: (String, Result<(), Refused>),
     /// The HTTP address (15014) and its `/healthz/ready` answer.
     pub ready: (SocketAddr, Result<Response, String>),
     /// Its `/trust-bundle` answer.
@@ -35,9 +37,20 @@ pub fn reachable(facts: &CaFacts) -> Item {
     match (grpc, ready) {
         (Ok(()), Ok(r)) if r.status == 200 => Item::ok(
             REACHABLE,
-            format!("gRPC {grpc_addr} accepts; {http_addr}/healthz/ready: 200"),
+            format!(
+                "gRPC {grpc_addr}: TLS verified with the trust bundle; {http_addr}/healthz/ready: 200"
+            ),
         ),
-        (Err(e), _) => Item::fail(REACHABLE, format!("gRPC {grpc_addr}: {e}"), hint),
+        (Err(Refused::Connect(e)), _) => {
+            Item::fail(REACHABLE, format!("gRPC {grpc_addr}: {e}"), hint)
+        }
+        (Err(Refused::Tls(e)), _) => Item::fail(
+            REACHABLE,
+            format!("gRPC {grpc_addr}: TLS: {e}"),
+            "proxies cannot verify the CA either: its serving certificate must chain to a root of \
+             this node's trust bundle (see the trust bundle item) and name the host of ca.address \
+             (`nodemesh ca serve --serving-names`)",
+        ),
         (Ok(()), Ok(r)) => Item::fail(
             REACHABLE,
             format!("{http_addr}/healthz/ready: {}", r.status),
@@ -140,11 +153,20 @@ mod tests {
     fn reachable_needs_both_ports() {
         assert_eq!(reachable(&facts(ok(""))).status, Status::Ok);
         let mut f = facts(ok(""));
-        f.grpc.1 = Err("connection refused".into());
+        f.grpc.1 = Err(Refused::Connect("connection refused".into()));
         let item = reachable(&f);
         assert_eq!(item.status, Status::Fail);
         assert!(item.detail.contains("connection refused"));
         assert!(item.hint.unwrap().contains("nodemesh ca serve"));
+        f.grpc.1 = Err(Refused::Tls(
+            "invalid peer certificate: UnknownIssuer".into(),
+        ));
+        let item = reachable(&f);
+        assert_eq!(
+            item.detail,
+            "gRPC 10.0.0.1:15012: TLS: invalid peer certificate: UnknownIssuer"
+        );
+        assert!(item.hint.unwrap().contains("--serving-names"));
     }
 
     #[test]

@@ -19,10 +19,11 @@ pub mod kube;
 pub mod policy;
 pub mod ready;
 pub mod report;
+pub mod tls;
 pub mod wireguard;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -388,11 +389,25 @@ fn ca_items(args: &CheckArgs, config: &Config, clock: &dyn Clock) -> Vec<Item> {
             ];
         }
     };
-    let grpc_reach = resolved.and_then(|addr| {
-        TcpStream::connect_timeout(&addr, http::TIMEOUT)
-            .map(drop)
-            .map_err(|e| e.to_string())
-    });
+    let (path, local) = match config.ca() {
+        Some(ca) => (
+            ca.root_cert.clone(),
+            std::fs::read_to_string(&ca.root_cert).map_err(|e| e.to_string()),
+        ),
+        None => (PathBuf::new(), Err("no ca: section".to_owned())),
+    };
+    let host = config
+        .ca()
+        .and_then(|ca| ca.address.host())
+        .unwrap_or_default();
+    let grpc_reach = match (&resolved, &local) {
+        (Err(e), _) => Err(tls::Refused::Connect(e.clone())),
+        (Ok(_), Err(e)) => Err(tls::Refused::Tls(format!(
+            "not tried: the trust bundle {}: {e}",
+            path.display()
+        ))),
+        (Ok(addr), Ok(pem)) => tls::handshake(*addr, host, pem),
+    };
     let (ready, sample) = sampled_get(http_addr, "/healthz/ready", clock);
     let facts = ca::CaFacts {
         grpc: (grpc, grpc_reach),
@@ -400,11 +415,7 @@ fn ca_items(args: &CheckArgs, config: &Config, clock: &dyn Clock) -> Vec<Item> {
         bundle: http::get(http_addr, "/trust-bundle"),
     };
     let mut items = vec![ca::reachable(&facts)];
-    if let Some(ca_config) = config.ca() {
-        let path = &ca_config.root_cert;
-        let local = std::fs::read_to_string(path).map_err(|e| e.to_string());
-        items.push(ca::bundle(path, &local, &facts));
-    }
+    items.push(ca::bundle(&path, &local, &facts));
     items.push(clock::evaluate(sample));
     items
 }
