@@ -303,6 +303,25 @@ fn healthy_then_broken(backend: Backend) {
     refused.assert_item("policies accepted", "fail", "shop/broken: ");
     refused.assert_says("policies accepted", "detail", "ports");
 
+    // The config naming another key for node-b: its device peer is not the one expected.
+    let mut rekeyed: Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.config_file()).unwrap()).unwrap();
+    let other_key = nodemesh_config::WireguardPublicKey::from_bytes([9; 32]).to_string();
+    for n in rekeyed["nodes"].as_array_mut().unwrap() {
+        if n["name"] == "node-b" {
+            n["wireguardPublicKey"] = json!(other_key);
+        }
+    }
+    let rekeyed_config = bed.dir().join("rekeyed.yaml");
+    std::fs::write(&rekeyed_config, rekeyed.to_string()).unwrap();
+    let stranger = check_with(&bed, backend, &rekeyed_config, &[], &[]);
+    stranger.assert_item(
+        "WireGuard peers",
+        "fail",
+        "node-b (not a peer of the device)",
+    );
+    assert_eq!(stranger.status("CA reachable"), "ok");
+
     // The node trusting another root: the bundle differs from the CA's, and the CA's serving
     // certificate does not verify (as it would not for the proxy).
     let mut other =
