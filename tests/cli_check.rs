@@ -222,11 +222,12 @@ fn healthy_then_broken(backend: Backend) {
         assert_eq!(ok.status(name), "ok", "{name}: {:#}", ok.json);
     }
     ok.assert_says("WireGuard peers", "detail", "1 of 1 peers");
+    let started = std::time::Instant::now();
     let text = check_command(&bed, backend, &bed.config_file())
         .output()
         .unwrap();
     let text_out = String::from_utf8_lossy(&text.stdout);
-    eprintln!("{text_out}");
+    eprintln!("{text_out}(took {:?})", started.elapsed());
     assert_eq!(text.status.code(), Some(0), "{text_out}");
     assert!(
         text_out
