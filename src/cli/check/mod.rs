@@ -7,6 +7,7 @@
 //! from how that turns into items (pure `evaluate` functions, unit-tested).
 
 pub mod ca;
+pub mod ca_probe;
 pub mod capture;
 pub mod certs;
 pub mod clock;
@@ -23,7 +24,7 @@ pub mod tls;
 pub mod wireguard;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,7 +32,7 @@ use std::time::Duration;
 use nodemesh_config::Config;
 use nodemesh_redirect::{Backend, Host};
 
-use self::clock::{Clock, ClockSample, OffsetClock, SignedDuration};
+use self::clock::{Clock, OffsetClock, SignedDuration};
 use self::report::{Item, Report};
 
 /// Check the node: kernel features and tools, capture rules in sync with the mesh, the proxy's
@@ -109,9 +110,6 @@ pub enum Output {
     Json,
 }
 
-/// The CA's plain HTTP port.
-const CA_HTTP_PORT: u16 = 15014;
-
 /// Runs the checks, prints them, and exits 0 (all ok), 1 (warnings) or 2 (failures).
 pub fn run(args: CheckArgs) -> ExitCode {
     let clock = OffsetClock {
@@ -141,7 +139,9 @@ fn gather(args: &CheckArgs, clock: &dyn Clock) -> Vec<Item> {
         .map(|path| (path, Config::from_file(path).map_err(|e| e.to_string())));
     if args.pre {
         match config {
-            Some((_, Ok(config))) => items.push(clock_item(args, &config, clock)),
+            Some((_, Ok(config))) => {
+                items.push(ca_probe::clock_item(args.ca_http_addr, &config, clock))
+            }
             Some((path, Err(e))) => items.push(Item::fail(
                 clock::NAME,
                 format!("not measured: {e}"),
@@ -264,7 +264,7 @@ fn mesh_items(args: &CheckArgs, mesh: &Mesh<'_>, clock: &dyn Clock) -> Vec<Item>
         clock.now(),
         args.cert_expiry_warning,
     ));
-    items.extend(ca_items(args, config, clock));
+    items.extend(ca_probe::items(args.ca_http_addr, config, clock));
     items
 }
 
@@ -350,105 +350,4 @@ fn wireguard_item(
 
 fn wireguard_socket(args: &CheckArgs) -> PathBuf {
     nodemesh_wireguard::NodeOptions::new(&args.state_dir).control_socket()
-}
-
-/// Where the CA is: its gRPC address as written and resolved, and its HTTP address.
-fn ca_addresses(
-    args: &CheckArgs,
-    config: &Config,
-) -> Result<(String, Result<SocketAddr, String>, SocketAddr), String> {
-    let ca = config
-        .ca()
-        .ok_or("the config has no ca: section (address and rootCert)")?;
-    let host = ca.address.host().ok_or("ca.address has no host")?;
-    let port = ca.address.port_u16().unwrap_or(15012);
-    let grpc = format!("{host}:{port}");
-    let resolved = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())
-        .and_then(|mut a| a.next().ok_or_else(|| "resolves to nothing".to_owned()))
-        .map_err(|e| format!("cannot resolve {grpc} from this node: {e}"));
-    let http = match (args.ca_http_addr, &resolved) {
-        (Some(addr), _) => addr,
-        (None, Ok(addr)) => SocketAddr::new(addr.ip(), CA_HTTP_PORT),
-        (None, Err(e)) => return Err(format!("{e} (or pass --ca-http-addr)")),
-    };
-    Ok((grpc, resolved, http))
-}
-
-/// CA reachable, trust bundle, clock skew.
-fn ca_items(args: &CheckArgs, config: &Config, clock: &dyn Clock) -> Vec<Item> {
-    let (grpc, resolved, http_addr) = match ca_addresses(args, config) {
-        Ok(a) => a,
-        Err(why) => {
-            let hint = "give the config a ca: section, as the proxy needs";
-            return vec![
-                Item::fail(ca::REACHABLE, why.clone(), hint),
-                Item::fail(ca::BUNDLE, why.clone(), hint),
-                clock::evaluate(Err(why)),
-            ];
-        }
-    };
-    let (path, local) = match config.ca() {
-        Some(ca) => (
-            ca.root_cert.clone(),
-            std::fs::read_to_string(&ca.root_cert).map_err(|e| e.to_string()),
-        ),
-        None => (PathBuf::new(), Err("no ca: section".to_owned())),
-    };
-    let host = config
-        .ca()
-        .and_then(|ca| ca.address.host())
-        .unwrap_or_default();
-    let grpc_reach = match (&resolved, &local) {
-        (Err(e), _) => Err(tls::Refused::Connect(e.clone())),
-        (Ok(_), Err(e)) => Err(tls::Refused::Tls(format!(
-            "not tried: the trust bundle {}: {e}",
-            path.display()
-        ))),
-        (Ok(addr), Ok(pem)) => tls::handshake(*addr, host, pem),
-    };
-    let (ready, sample) = sampled_get(http_addr, "/healthz/ready", clock);
-    let facts = ca::CaFacts {
-        grpc: (grpc, grpc_reach),
-        ready: (http_addr, ready),
-        bundle: http::get(http_addr, "/trust-bundle"),
-    };
-    let mut items = vec![ca::reachable(&facts)];
-    items.push(ca::bundle(&path, &local, &facts));
-    items.push(clock::evaluate(sample));
-    items
-}
-
-/// The clock item in `--pre` mode: the CA's clock, when the config names a CA.
-fn clock_item(args: &CheckArgs, config: &Config, clock: &dyn Clock) -> Item {
-    match ca_addresses(args, config) {
-        Ok((_, _, http_addr)) => clock::evaluate(sampled_get(http_addr, "/healthz/ready", clock).1),
-        Err(why) => clock::evaluate(Err(why)),
-    }
-}
-
-/// `GET path`, with our clock read around it and the answer's `Date` for a skew sample.
-fn sampled_get(
-    addr: SocketAddr,
-    path: &str,
-    clock: &dyn Clock,
-) -> (Result<http::Response, String>, Result<ClockSample, String>) {
-    let sent = clock.now();
-    let answer = http::get(addr, path);
-    let received = clock.now();
-    let sample = match &answer {
-        Err(e) => Err(e.clone()),
-        Ok(r) => match r.header("date") {
-            None => Err(format!("{addr}{path} sent no Date header")),
-            Some(date) => httpdate::parse_http_date(date)
-                .map(|ca_date| ClockSample {
-                    sent,
-                    received,
-                    ca_date,
-                })
-                .map_err(|e| format!("Date {date:?}: {e}")),
-        },
-    };
-    (answer, sample)
 }
