@@ -1,10 +1,13 @@
 //! `nodemesh check`: a checklist of what the node needs for the mesh to work, read top to
 //! bottom, each item `ok`, `warn` or `fail` with a hint for what to do next. It reads the same
-//! config and state directory as the node's `nodemesh proxy` and asks the running proxy and
-//! the CA over their plain HTTP ports; it changes nothing.
+//! config and state directory as the node's `nodemesh proxy` (or, with `--source kubernetes`,
+//! the API's objects and the proxy's own view from its admin `/config_dump`), asks the running
+//! proxy and the CA over their plain HTTP ports, and shakes hands with the CA's gRPC port as a
+//! proxy would; it changes nothing.
 //!
-//! Each concern has its module: what it observes (I/O, here or in `observe` functions) apart
-//! from how that turns into items (pure `evaluate` functions, unit-tested).
+//! Each concern has its module: what it observes (I/O, here or in `observe` functions and the
+//! `*_probe`/`kube` modules) apart from how that turns into items (pure `evaluate` functions,
+//! unit-tested). "Now" comes from an injectable [`Clock`], shifted only by tests.
 
 pub mod ca;
 pub mod ca_probe;
