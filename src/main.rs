@@ -23,6 +23,9 @@ enum Command {
     /// The in-cluster CA: serve it, manage its root, issue certificates offline.
     #[command(subcommand)]
     Ca(cli::ca::CaCommand),
+    /// Check the node top to bottom: kernel, capture rules, proxy, certificates, CA, clock,
+    /// WireGuard, policies, IPv6. Exit status: 0 all ok, 1 warnings, 2 failures.
+    Check(cli::check::CheckArgs),
     /// Install or remove the CNI plugin that captures new pods before they run.
     #[command(subcommand)]
     Cni(cli::cni::CniCommand),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         .init();
     nodemesh_identity::install_default_provider();
     match cli.command {
+        Command::Check(args) => cli::check::run(args),
         Command::Cni(cmd) => cli::cni::run(cmd),
         Command::Config(cmd) => cli::config::run(cmd),
         Command::Policy(cmd) => cli::policy::run(cmd),

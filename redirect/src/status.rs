@@ -323,15 +323,35 @@ fn compare_nft(installed: &NftState, desired: &RuleSet) -> [Item; 4] {
     [pod_set, capture, nat, forward]
 }
 
+/// How many rules are missing and unexpected, each followed by the rules themselves (the first
+/// [`SHOWN_RULES`]) in parentheses.
 fn diff_lines(installed: &[String], desired: &[String]) -> String {
-    let missing = desired.iter().filter(|l| !installed.contains(l)).count();
-    let extra = installed.iter().filter(|l| !desired.contains(l)).count();
-    if missing == 0 && extra == 0 {
-        "rules in another order".to_owned()
-    } else {
-        format!("{missing} rule(s) missing, {extra} unexpected")
+    let missing: Vec<&String> = desired.iter().filter(|l| !installed.contains(l)).collect();
+    let extra: Vec<&String> = installed.iter().filter(|l| !desired.contains(l)).collect();
+    if missing.is_empty() && extra.is_empty() {
+        return "rules in another order".to_owned();
     }
+    let named = |rules: &[&String]| {
+        if rules.is_empty() {
+            return String::new();
+        }
+        let mut shown: Vec<&str> = rules.iter().take(SHOWN_RULES).map(|r| r.trim()).collect();
+        if rules.len() > SHOWN_RULES {
+            shown.push("...");
+        }
+        format!(" ({})", shown.join("; "))
+    };
+    format!(
+        "{} rule(s) missing{}, {} unexpected{}",
+        missing.len(),
+        named(&missing),
+        extra.len(),
+        named(&extra)
+    )
 }
+
+/// How many missing or unexpected rules a drift names.
+const SHOWN_RULES: usize = 3;
 
 fn members_state<A: Ord + Display>(
     members: Option<&BTreeSet<A>>,
@@ -503,20 +523,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn drift_names_the_rules() {
+        let want: Vec<String> = (1..=5).map(|i| format!("-A C rule{i}")).collect();
+        let seen = vec!["-A C rule1".to_owned(), "-A C stray".to_owned()];
+        assert_eq!(
+            diff_lines(&seen, &want),
+            "4 rule(s) missing (-A C rule2; -A C rule3; -A C rule4; ...), 1 unexpected (-A C stray)"
+        );
+    }
+
+    #[test]
     fn a_missing_nft_rule_is_drift() {
         let r = rules(Backend::Nftables);
         let mut seen = installed(&r);
+        let mut removed = String::new();
         if let Firewall::Nftables(NftState {
             chains: Some(c), ..
         }) = &mut seen.firewall
         {
-            c.get_mut(CHAIN_PREROUTING).unwrap().pop();
+            removed = c.get_mut(CHAIN_PREROUTING).unwrap().pop().unwrap();
             c.remove(CHAIN_FORWARD);
         }
         let st = compare(&seen, &r);
         assert_eq!(
             st.capture.state,
-            ItemState::Drift("NODEMESH-PREROUTING: 1 rule(s) missing, 0 unexpected".into()),
+            ItemState::Drift(format!(
+                "NODEMESH-PREROUTING: 1 rule(s) missing ({}), 0 unexpected",
+                removed.trim()
+            )),
             "{st}"
         );
         assert_eq!(st.forward.state, ItemState::Missing);

@@ -2,6 +2,7 @@
 
 pub mod ca;
 pub mod capture;
+pub mod check;
 pub mod cni;
 pub mod config;
 pub mod deadlines;
