@@ -2,9 +2,9 @@
 //! passes every item (exit 0); then each item is broken on purpose and that item fails (or
 //! warns) with its hint: a capture rule removed, the clock skewed (the hidden test-only
 //! `NODEMESH_CHECK_CLOCK_OFFSET`), a certificate expired (the same fake clock, a day on) or
-//! near expiry, a policy that does not compile, the proxy stopped, the CA stopped. Every test
-//! runs once per capture backend; with `NODEMESH_E2E=1` a missing privilege or tool is a
-//! failure. `--source kubernetes`'s cluster items run against the fake API server (no root).
+//! near expiry, a policy that does not compile, the handoff socket gone, the proxy stopped, the
+//! CA stopped. Every test runs once per capture backend; with `NODEMESH_E2E=1` a missing
+//! privilege or tool is a failure. `--source kubernetes`'s cluster items run against the fake API server (no root).
 #![allow(clippy::unwrap_used)] // Test code: a panic is a failed test.
 
 use std::process::Command;
@@ -212,6 +212,7 @@ fn healthy_then_broken(backend: Backend) {
         "capture rules in sync",
         "IPv6 stance",
         "proxy ready",
+        "upgrade handoff",
         "workload certificates",
         "CA reachable",
         "trust bundle matches the CA",
@@ -242,6 +243,17 @@ fn healthy_then_broken(backend: Backend) {
     assert_eq!(near.code, 1, "{:#}", near.json);
     near.assert_item("workload certificates", "warn", "expires in");
     assert_eq!(near.not_ok(), ["workload certificates"]);
+
+    // No handoff socket (moved away): an upgrade would cut connections, a warning.
+    let socket = bed.dir().join(NODE).join("handoff.sock");
+    let aside = bed.dir().join(NODE).join("handoff.sock.aside");
+    std::fs::rename(&socket, &aside).unwrap();
+    let no_handoff = check(&bed, backend, &[], &[]);
+    std::fs::rename(&aside, &socket).unwrap();
+    assert_eq!(no_handoff.code, 1, "{:#}", no_handoff.json);
+    no_handoff.assert_item("upgrade handoff", "warn", "no handoff socket");
+    no_handoff.assert_says("upgrade handoff", "hint", "--state-dir");
+    assert_eq!(no_handoff.not_ok(), ["upgrade handoff"]);
 
     // The clock ten minutes ahead: the skew fails, and peers' handshakes look ten minutes old.
     let skewed = check(

@@ -16,6 +16,7 @@ pub mod certs;
 pub mod clock;
 pub mod cluster;
 pub mod dump;
+pub mod handoff;
 pub mod http;
 pub mod ipv6;
 pub mod kernel;
@@ -250,6 +251,8 @@ fn mesh_items(args: &CheckArgs, mesh: &Mesh<'_>, clock: &dyn Clock) -> Vec<Item>
         args.readiness_addr,
         &http::get(args.readiness_addr, "/healthz/ready"),
     ));
+    let socket = crate::cli::upgrade::socket_path(&args.state_dir);
+    items.push(handoff::evaluate(&socket, handoff::observe(&socket)));
     let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for w in &local {
         expected
