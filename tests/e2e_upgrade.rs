@@ -412,7 +412,8 @@ fn swap_keeps_every_connection(backend: Backend) {
         "iperf3 ran {seconds} s"
     );
     assert!(
-        stream.failures.is_empty() && stream.ok > 400,
+        // One echo per 50 ms plus its round trip: well over 200 in 30 s on a busy machine.
+        stream.failures.is_empty() && stream.ok > 200,
         "long stream: {} echoes, failures {:?}\n{}",
         stream.ok,
         stream.failures,
