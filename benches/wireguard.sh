@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# iperf3 pod -> pod between two nodes (network namespaces, veth underlay), in one run:
+# iperf3 pod -> pod between two nodes (network namespaces, veth underlay), then ping's round
+# trip on the idle path, in one run:
 #   plain   : routed over the veth underlay, no encryption (the ceiling);
 #   nodemesh: `nodemesh wireguard up` on both nodes (userspace gotatun on TUN);
 #   wg-go   : Debian's wireguard-go + wg on both nodes.
@@ -54,7 +55,11 @@ run_iperf() { # label
   out=$(ip netns exec "$PA" iperf3 -c 10.201.2.10 -p "$port" -t "$secs" -f g 2>&1 || true)
   gbps=$(echo "$out" | awk '/receiver/{print $(NF-2)}')
   echo "$1: ${gbps:-FAILED} Gbit/s"
-  [ -n "${BENCH_VERBOSE:-}" ] && echo "$out" | tail -4; true
+  [ -n "${BENCH_VERBOSE:-}" ] && echo "$out" | tail -4
+  # Round trip on the idle path: 50 pings, 20 ms apart (min/avg/max/mdev in ms).
+  local rtt
+  rtt=$(ip netns exec "$PA" ping -q -c 50 -i 0.02 -W 2 10.201.2.10 2>&1 | awk -F' = ' '/rtt/{print $2}')
+  echo "$1: ping rtt ${rtt:-FAILED}"
 }
 
 # 1. plain veth routing
