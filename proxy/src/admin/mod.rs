@@ -2,15 +2,17 @@
 //! readiness: [`AdminServer`] serves them on its own thread (`server`), this module answers them
 //! from a running proxy.
 
+mod handle;
 mod query;
 mod response;
 mod server;
 
+pub use handle::AdminHandle;
 pub use query::parse_query;
 pub use response::{AdminResponse, PROMETHEUS_CONTENT_TYPE};
 pub use server::{
-    AdminError, AdminHandle, AdminListeners, AdminServer, AdminState, CertInfo,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    AdminError, AdminListeners, AdminServer, AdminState, CertInfo, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
 };
 
 use std::net::SocketAddr;

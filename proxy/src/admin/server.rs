@@ -16,12 +16,10 @@
 //! Anything else is `404` (`405` for a known path with the wrong method).
 
 use std::convert::Infallible;
-use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -36,6 +34,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::observe::rfc3339_millis;
 
+use super::handle::AdminHandle;
 use super::response::{AdminResponse, PROMETHEUS_CONTENT_TYPE};
 /// Default connections served at once per listener; more wait in the accept queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
@@ -353,74 +352,5 @@ fn route(role: Role, req: &Request<Incoming>, ctx: &Context) -> Response<Full<By
             }
         }),
         _ => AdminResponse::text(StatusCode::NOT_FOUND, "not found\n").into_response(),
-    }
-}
-
-/// The running admin servers. Dropping it stops them (as does [`AdminHandle::shutdown`]).
-pub struct AdminHandle {
-    admin_addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    readiness_addr: SocketAddr,
-    /// Copies of the three listening sockets (admin, metrics, readiness), to hand to the
-    /// process that takes over.
-    fds: [OwnedFd; 3],
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl AdminHandle {
-    /// Where the admin API listens.
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
-    }
-
-    /// Where `/metrics` is served.
-    pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics_addr
-    }
-
-    /// Where `/healthz/ready` is served.
-    pub fn readiness_addr(&self) -> SocketAddr {
-        self.readiness_addr
-    }
-
-    /// The listening sockets with their addresses, named `admin`, `metrics` and `readiness`:
-    /// what an upgrade hands to the new process. They stay open as long as this handle.
-    pub fn listener_fds(&self) -> [(&'static str, SocketAddr, BorrowedFd<'_>); 3] {
-        [
-            ("admin", self.admin_addr, self.fds[0].as_fd()),
-            ("metrics", self.metrics_addr, self.fds[1].as_fd()),
-            ("readiness", self.readiness_addr, self.fds[2].as_fd()),
-        ]
-    }
-
-    /// Stops the servers (open connections are closed) and waits for the admin thread to end.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        self.stop.send_replace(true);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("admin: the admin thread panicked");
-        }
-    }
-}
-
-impl Drop for AdminHandle {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-impl fmt::Debug for AdminHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdminHandle")
-            .field("admin_addr", &self.admin_addr)
-            .field("metrics_addr", &self.metrics_addr)
-            .field("readiness_addr", &self.readiness_addr)
-            .finish()
     }
 }

@@ -1,12 +1,18 @@
 //! Wiring: start (state, certificates, listeners), the accept loops that hand each connection to
 //! its side, drain. What the proxy is told is [`options`]; what keeps it in step is [`tasks`].
 
+mod accept;
+mod listeners;
 mod options;
 mod tasks;
 
+pub use listeners::InheritedListeners;
 pub use options::{ProxyOptions, StartError, StateSource};
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use self::accept::{accept_loop, bound, dispatch};
+use self::listeners::Listeners;
+
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,21 +21,19 @@ use std::time::Duration;
 use nodemesh_identity::{Clock, SystemClock};
 use nodemesh_net::marks;
 use nodemesh_state::{FileSource, MeshStore};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::admin::{self, AdminError, AdminListeners, AdminServer, ProxyAdmin};
-use crate::bounds::{Bounds, ConnPermit, Listener};
+use crate::bounds::{Bounds, Listener};
 use crate::certs::{CaSettings, CertManager};
 use crate::ctx::Ctx;
-use crate::flow::{Flow, FlowSink, Refused};
+use crate::flow::FlowSink;
 use crate::hbone::HboneClient;
-use crate::observe::{Direction, DrainOutcome, DrainTrigger, FlowLog, Metrics, RefusalReason};
-use crate::socket::{self, ConnectOptions};
+use crate::inbound;
+use crate::observe::{DrainOutcome, DrainTrigger, FlowLog, Metrics};
+use crate::socket::ConnectOptions;
 use crate::tls::TlsConfigs;
-use crate::{inbound, outbound};
 
 /// Addresses the proxy listens on.
 #[derive(Debug, Clone)]
@@ -57,102 +61,6 @@ pub struct ProxyHandle {
     /// Set while an upgrade's handoff is under way: readiness then reports not ready, so the
     /// new process's pod is not taken for ready on this one's answers.
     hold_readiness: Arc<AtomicBool>,
-}
-
-/// Listening sockets received from the process this one takes over from (the upgrade
-/// handoff). The proxy accepts on them only once every local workload's certificate is
-/// loaded: until then the running process keeps accepting on the same sockets.
-#[derive(Debug)]
-pub struct InheritedListeners {
-    /// Outbound capture.
-    pub outbound: StdTcpListener,
-    /// HBONE.
-    pub hbone: Vec<StdTcpListener>,
-    /// Inbound plaintext.
-    pub plaintext: Vec<StdTcpListener>,
-}
-
-/// The bound listeners, before any connection is accepted.
-struct Listeners {
-    outbound: TcpListener,
-    hbone: Vec<TcpListener>,
-    plaintext: Vec<TcpListener>,
-}
-
-impl Listeners {
-    fn inherit(inherited: InheritedListeners) -> Result<Self, StartError> {
-        let adopt = |l: StdTcpListener| {
-            let error = |source| StartError::Bind {
-                addr: l
-                    .local_addr()
-                    .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)),
-                source,
-            };
-            l.set_nonblocking(true).map_err(error)?;
-            TcpListener::from_std(l).map_err(|source| StartError::Bind {
-                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-                source,
-            })
-        };
-        let all =
-            |ls: Vec<StdTcpListener>| ls.into_iter().map(adopt).collect::<Result<Vec<_>, _>>();
-        Ok(Self {
-            outbound: adopt(inherited.outbound)?,
-            hbone: all(inherited.hbone)?,
-            plaintext: all(inherited.plaintext)?,
-        })
-    }
-
-    /// Copies of every socket, with its side and address.
-    fn dup(&self) -> Result<Vec<(Listener, SocketAddr, OwnedFd)>, StartError> {
-        let one = |side, l: &TcpListener| {
-            let addr = l.local_addr().map_err(|source| StartError::Bind {
-                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-                source,
-            })?;
-            let fd = l
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| StartError::Bind { addr, source })?;
-            Ok((side, addr, fd))
-        };
-        std::iter::once(one(Listener::Outbound, &self.outbound))
-            .chain(self.hbone.iter().map(|l| one(Listener::Hbone, l)))
-            .chain(self.plaintext.iter().map(|l| one(Listener::Plaintext, l)))
-            .collect()
-    }
-
-    fn bind(opts: &ProxyOptions) -> Result<Self, StartError> {
-        let bind = |addr: SocketAddr| {
-            socket::listen(addr, opts.transparent)
-                .map_err(|source| StartError::Bind { addr, source })
-        };
-        let all = |addr: SocketAddr| {
-            per_bind(addr, &opts.inbound_binds)
-                .into_iter()
-                .map(bind)
-                .collect::<Result<Vec<_>, _>>()
-        };
-        Ok(Self {
-            outbound: bind(opts.outbound_addr)?,
-            hbone: all(opts.inbound_addr)?,
-            plaintext: all(opts.inbound_plaintext_addr)?,
-        })
-    }
-
-    fn addresses(&self) -> Result<Listening, StartError> {
-        let local = |l: &TcpListener| {
-            l.local_addr().map_err(|source| StartError::Bind {
-                addr: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
-                source,
-            })
-        };
-        Ok(Listening {
-            outbound: local(&self.outbound)?,
-            inbound: self.hbone.iter().map(local).collect::<Result<_, _>>()?,
-            inbound_plaintext: self.plaintext.iter().map(local).collect::<Result<_, _>>()?,
-        })
-    }
 }
 
 impl ProxyHandle {
@@ -418,103 +326,5 @@ impl ProxyHandle {
             task.abort();
         }
         outcome
-    }
-}
-
-fn per_bind(addr: SocketAddr, binds: &[IpAddr]) -> Vec<SocketAddr> {
-    if binds.is_empty() {
-        vec![addr]
-    } else {
-        binds
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, addr.port()))
-            .collect()
-    }
-}
-
-async fn accept_loop(
-    ctx: Arc<Ctx>,
-    listener: TcpListener,
-    side: Listener,
-    gate: Option<watch::Receiver<bool>>,
-) {
-    if let Some(mut ready) = gate {
-        // Inherited: the running process accepts until this one can serve.
-        tokio::select! {
-            became = ready.wait_for(|r| *r) => if became.is_err() { return },
-            () = ctx.drain.signaled() => return,
-        }
-    }
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(error) => {
-                    tracing::warn!(?side, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            () = ctx.drain.signaled() => return,
-        };
-        let Some(permit) = bound(&ctx, side, &stream, peer, None) else {
-            inbound::reset(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let ctx = Arc::clone(&ctx);
-        let guard = ctx.drain.guard();
-        tokio::spawn(async move {
-            dispatch(ctx, side, stream, peer, None).await;
-            drop((permit, guard));
-        });
-    }
-}
-
-/// Lets a connection in under its listener's bounds (its share goes back when the permit
-/// drops), or reports it refused `overloaded`; the caller then resets it.
-fn bound(
-    ctx: &Ctx,
-    side: Listener,
-    stream: &tokio::net::TcpStream,
-    peer: SocketAddr,
-    orig_dst: Option<SocketAddr>,
-) -> Option<ConnPermit> {
-    let overload = match ctx.bounds.admit(side, peer.ip()) {
-        Ok(permit) => return Some(permit),
-        Err(overload) => overload,
-    };
-    tracing::debug!(?side, %peer, %overload, "connection refused");
-    let local = orig_dst
-        .or_else(|| stream.local_addr().ok())
-        .unwrap_or(peer);
-    let direction = match side {
-        Listener::Outbound => Direction::Outbound,
-        Listener::Hbone | Listener::Plaintext => Direction::Inbound,
-    };
-    ctx.flows
-        .start(Flow::new(direction, ClientAddr(peer), OrigDstAddr(local)))
-        .finish(Err(Refused::new(RefusalReason::Overloaded)));
-    None
-}
-
-/// Hands an accepted connection to its side. Under TPROXY the original destination is the
-/// accepted socket's local address; tests without capture pass it in.
-async fn dispatch(
-    ctx: Arc<Ctx>,
-    side: Listener,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    orig_dst: Option<SocketAddr>,
-) {
-    let peer = ClientAddr(peer);
-    let orig_dst = match orig_dst.map_or_else(|| stream.local_addr(), Ok) {
-        Ok(addr) => OrigDstAddr(addr),
-        Err(error) => return tracing::debug!(%error, "no original destination"),
-    };
-    match side {
-        Listener::Outbound => outbound::handle(ctx, stream, peer, orig_dst).await,
-        Listener::Hbone => inbound::hbone::serve_connection(ctx, stream, peer.0).await,
-        Listener::Plaintext => inbound::plaintext::serve(&ctx, stream, peer, orig_dst).await,
     }
 }

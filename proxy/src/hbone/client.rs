@@ -5,12 +5,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 // One short lock per new tunnel (a list scan, never I/O), none per byte: see `Slot`.
 #[allow(clippy::disallowed_types)]
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,13 +17,13 @@ use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use nodemesh_identity::{Credentials, SpiffeId};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::HboneError;
 use super::conn::{Conn, dial};
 use super::pool::{self, ConnView, PoolLimits};
 use super::request::{Caller, connect_request};
+use super::tunnel::{StreamGuard, Tunnel, millis};
 use crate::observe::{ErrorChain, RefusalReason};
 use crate::socket::ConnectOptions;
 use crate::tls::TlsConfigs;
@@ -141,62 +139,6 @@ pub struct HboneClient {
 impl std::fmt::Debug for HboneClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HboneClient").finish_non_exhaustive()
-    }
-}
-
-/// An open CONNECT tunnel: raw bytes to and from the destination pod.
-pub struct Tunnel {
-    io: TokioIo<hyper::upgrade::Upgraded>,
-    _guard: StreamGuard,
-}
-
-impl std::fmt::Debug for Tunnel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel").finish_non_exhaustive()
-    }
-}
-
-struct StreamGuard {
-    streams: Arc<AtomicUsize>,
-    last_used: Arc<AtomicU64>,
-    epoch: Instant,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.streams.fetch_sub(1, Ordering::AcqRel);
-        self.last_used
-            .store(millis(self.epoch.elapsed()), Ordering::Relaxed);
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -9,9 +9,11 @@ mod conn;
 mod error;
 pub mod pool;
 pub mod request;
+mod tunnel;
 
-pub use client::{HboneClient, PoolKey, Tunnel};
+pub use client::{HboneClient, PoolKey};
 pub use error::HboneError;
+pub use tunnel::Tunnel;
 
 /// The HBONE port on every pod IP.
 pub const HBONE_PORT: u16 = nodemesh_net::ports::HBONE;
