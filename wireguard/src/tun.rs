@@ -23,7 +23,6 @@ use crate::error::WireguardError;
 pub const MTU: u16 = 1420;
 
 /// An open TUN interface; the interface goes away when the last clone is dropped.
-#[derive(Clone)]
 pub struct Tun {
     dev: Arc<tun_rs::AsyncDevice>,
     mtu: u16,
@@ -33,19 +32,47 @@ pub struct Tun {
     scratch: Option<Box<Scratch>>,
 }
 
-#[derive(Clone)]
 struct Scratch {
     original: Vec<u8>,
-    bufs: Vec<Vec<u8>>,
+    /// Packets from the device's pool that tun-rs splits into directly (no copy afterwards);
+    /// each one handed on is replaced by a fresh one from the pool.
+    slots: Vec<Slot>,
     sizes: Vec<usize>,
 }
 
 impl Scratch {
-    fn new(mtu: u16) -> Self {
+    fn new(pool: &PacketBufPool) -> Self {
         Self {
             original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
-            bufs: vec![vec![0; usize::from(mtu) + 80]; IDEAL_BATCH_SIZE],
+            slots: (0..IDEAL_BATCH_SIZE).map(|_| Slot(pool.get())).collect(),
             sizes: vec![0; IDEAL_BATCH_SIZE],
+        }
+    }
+}
+
+/// A pool packet as a buffer tun-rs can write into.
+struct Slot(Packet);
+
+impl AsRef<[u8]> for Slot {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsMut<[u8]> for Slot {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Clone for Tun {
+    /// Another handle on the same interface (its read buffers are its own, made on first use).
+    fn clone(&self) -> Self {
+        Self {
+            dev: Arc::clone(&self.dev),
+            mtu: self.mtu,
+            offload: self.offload,
+            scratch: None,
         }
     }
 }
@@ -211,20 +238,15 @@ impl IpRecv for Tun {
         loop {
             let mut packets = Vec::new();
             if self.offload {
-                let mtu = self.mtu;
                 let s = self
                     .scratch
-                    .get_or_insert_with(|| Box::new(Scratch::new(mtu)));
+                    .get_or_insert_with(|| Box::new(Scratch::new(pool)));
                 let n = self
                     .dev
-                    .recv_multiple(&mut s.original, &mut s.bufs, &mut s.sizes, 0)
+                    .recv_multiple(&mut s.original, &mut s.slots, &mut s.sizes, 0)
                     .await?;
-                for (buf, &size) in s.bufs.iter().zip(&s.sizes).take(n) {
-                    let mut packet = pool.get();
-                    let (Some(dst), Some(src)) = (packet.get_mut(..size), buf.get(..size)) else {
-                        continue;
-                    };
-                    dst.copy_from_slice(src);
+                for (slot, &size) in s.slots.iter_mut().zip(&s.sizes).take(n) {
+                    let mut packet = std::mem::replace(&mut slot.0, pool.get());
                     packet.truncate(size);
                     packets.extend(packet.try_into_ip().ok());
                 }
