@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest::{Context, SHA256};
 use nodemesh_redirect::Backend;
-use nodemesh_testbed::{MeshOptions, Testbed, scenario};
+use nodemesh_testbed::{Testbed, scenario};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_nodemesh");
@@ -123,21 +123,7 @@ fn a_gib_keeps_its_content_through_hbone_and_wireguard() {
     ) {
         return;
     }
-    // The shop without `web-deny-admin`: a DENY with HTTP conditions refuses every non-HTTP
-    // connection to web (Istio's semantics), and the sink is not HTTP.
-    let mut spec = scenario::shop_for(backend);
-    spec.policies
-        .retain(|p| p["metadata"]["name"] != "web-deny-admin");
-    let mut bed = Testbed::build(spec).unwrap();
-    let mut opts = MeshOptions::new(BINARY);
-    opts.backend = backend;
-    opts.wireguard = true;
-    if let Err(e) = bed.start_mesh(&opts) {
-        panic!(
-            "mesh did not start: {e}\n--- proxy node-a ---\n{}",
-            bed.log_tail("proxy/node-a", 25)
-        );
-    }
+    let bed = scenario::wireguard_mesh(scenario::shop_for_tcp(backend), BINARY, backend);
 
     let before = tunnel_tx_bytes(&bed, "node-a");
     relay_gib(&bed, "frontend-a", "web-b", "HBONE");

@@ -26,22 +26,7 @@ const TRAFFIC: Duration = Duration::from_secs(30);
 const UDP_INTERVAL: Duration = Duration::from_millis(20);
 
 fn mesh(backend: Backend) -> Testbed {
-    // The shop without `web-deny-admin`: a DENY with HTTP conditions refuses every non-HTTP
-    // connection to web (Istio's semantics), and iperf3 and the echo are not HTTP.
-    let mut spec = scenario::shop_for(backend);
-    spec.policies
-        .retain(|p| p["metadata"]["name"] != "web-deny-admin");
-    let mut bed = Testbed::build(spec).unwrap();
-    let mut opts = MeshOptions::new(BINARY);
-    opts.backend = backend;
-    opts.wireguard = true;
-    if let Err(e) = bed.start_mesh(&opts) {
-        panic!(
-            "mesh did not start: {e}\n--- proxy node-a ---\n{}",
-            bed.log_tail("proxy/node-a", 25)
-        );
-    }
-    bed
+    scenario::wireguard_mesh(scenario::shop_for_tcp(backend), BINARY, backend)
 }
 
 /// The node's capture rules as the tools print them, counters and comments left out: equal

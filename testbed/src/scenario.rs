@@ -99,6 +99,36 @@ pub fn shop_for(backend: nodemesh_redirect::Backend) -> ClusterSpec {
     }
 }
 
+/// [`shop_for`] without `web-deny-admin`, for raw TCP to web (iperf3, echo, bulk sinks): a DENY
+/// with HTTP conditions refuses every non-HTTP connection to what it selects (Istio's
+/// semantics).
+pub fn shop_for_tcp(backend: nodemesh_redirect::Backend) -> ClusterSpec {
+    let mut spec = shop_for(backend);
+    spec.policies
+        .retain(|p| p["metadata"]["name"] != "web-deny-admin");
+    spec
+}
+
+/// Builds `spec` and starts its mesh with WireGuard between the nodes; panics with the proxy's
+/// log when it does not come up (tests).
+pub fn wireguard_mesh(
+    spec: ClusterSpec,
+    binary: &str,
+    backend: nodemesh_redirect::Backend,
+) -> Testbed {
+    let mut bed = Testbed::build(spec).unwrap_or_else(|e| panic!("testbed: {e}"));
+    let mut opts = crate::MeshOptions::new(binary);
+    opts.backend = backend;
+    opts.wireguard = true;
+    if let Err(e) = bed.start_mesh(&opts) {
+        panic!(
+            "mesh did not start: {e}\n--- proxy node-a ---\n{}",
+            bed.log_tail("proxy/node-a", 25)
+        );
+    }
+    bed
+}
+
 /// The NodePort of the shop's `web` Service.
 pub const WEB_NODE_PORT: u16 = 30080;
 
