@@ -336,30 +336,27 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         idle_timeout: args.admin_idle_timeout,
     };
     let handoff_path = upgrade::socket_path(&args.state_dir);
-    let (proxy, admin, handoff) =
+    let (proxy, admin, handoff, took_over) =
         match upgrade::prepare(&args.state_dir, &addresses(&opts, &servers)).await {
-            Start::Takeover(taken) => take_over(*taken, opts, servers).await?,
-            Start::Fresh if !upgrade::admin_in_use(args.admin_addr) => {
-                start_fresh(opts, servers, &handoff_path).await?
+            Start::Takeover(taken) => {
+                let (proxy, admin, handoff) = take_over(*taken, opts, servers).await?;
+                (proxy, admin, handoff, true)
             }
-            Start::Fresh => {
-                let why = "it serves no handoff socket (an older version, or another --state-dir)";
-                upgrade::replace_classically(
-                    args.admin_addr,
-                    why,
-                    args.drain_timeout + CLASSIC_MARGIN,
-                )
-                .await?;
-                start_fresh(opts, servers, &handoff_path).await?
-            }
-            Start::Classic(why) => {
-                upgrade::replace_classically(
-                    args.admin_addr,
-                    &why,
-                    args.drain_timeout + CLASSIC_MARGIN,
-                )
-                .await?;
-                start_fresh(opts, servers, &handoff_path).await?
+            start => {
+                let classic = match start {
+                    Start::Classic(why) => Some(why),
+                    _ if upgrade::admin_in_use(args.admin_addr) => Some(
+                        "it serves no handoff socket (an older version, or another --state-dir)"
+                            .to_owned(),
+                    ),
+                    _ => None,
+                };
+                if let Some(why) = classic {
+                    let patience = args.drain_timeout + CLASSIC_MARGIN;
+                    upgrade::replace_classically(args.admin_addr, &why, patience).await?;
+                }
+                let (proxy, admin, handoff) = start_fresh(opts, servers, &handoff_path).await?;
+                (proxy, admin, handoff, false)
             }
         };
     // From here on this process owns the node: WireGuard, the capture rules, the firewall.
@@ -367,9 +364,11 @@ async fn serve(args: ProxyArgs) -> Result<()> {
         Some(list) => {
             let mut options = nodemesh_wireguard::NodeOptions::new(&args.state_dir);
             options.port = args.wireguard_port;
-            // After a handoff the old process's device lets go of the port a moment after it
-            // reports stopped.
-            upgrade::await_udp_port(args.wireguard_port, Duration::from_secs(5)).await;
+            if took_over {
+                // The old process's device lets go of the port a moment after it reports
+                // stopped.
+                upgrade::await_udp_port(args.wireguard_port, Duration::from_secs(5)).await;
+            }
             let handle =
                 nodemesh_wireguard::WireguardHandle::start_from(list, &wireguard_node, options)
                     .await
@@ -484,20 +483,13 @@ const CLASSIC_MARGIN: Duration = Duration::from_secs(10);
 
 /// What this process would listen on, by role, for checking an offer.
 fn addresses(opts: &ProxyOptions, servers: &nodemesh_proxy::admin::AdminServer) -> Addresses {
-    let per_bind = |addr: SocketAddr| -> Vec<SocketAddr> {
-        if opts.inbound_binds.is_empty() {
-            vec![addr]
-        } else {
-            opts.inbound_binds
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, addr.port()))
-                .collect()
-        }
-    };
     Addresses(BTreeMap::from([
         (Role::Outbound, vec![opts.outbound_addr]),
-        (Role::Hbone, per_bind(opts.inbound_addr)),
-        (Role::Plaintext, per_bind(opts.inbound_plaintext_addr)),
+        (Role::Hbone, opts.listen_addrs(opts.inbound_addr)),
+        (
+            Role::Plaintext,
+            opts.listen_addrs(opts.inbound_plaintext_addr),
+        ),
         (Role::Admin, vec![servers.admin_addr]),
         (Role::Metrics, vec![servers.metrics_addr]),
         (Role::Readiness, vec![servers.readiness_addr]),

@@ -101,6 +101,22 @@ impl GsoUdp {
     }
 }
 
+impl GsoUdp {
+    /// Sends the collected single datagrams with one `sendmmsg`; after an error they are
+    /// dropped, not sent late.
+    async fn send_singles(&self, buf: &mut GsoBuf) -> io::Result<()> {
+        if buf.singles.is_empty() {
+            return Ok(());
+        }
+        let sent = self
+            .inner
+            .send_many_to(&mut buf.inner, &mut buf.singles)
+            .await;
+        buf.singles.clear();
+        sent
+    }
+}
+
 /// The length of the GSO run at the start of `packets`: one target, equal sizes, the last may
 /// be shorter, within [`GSO_SEGMENTS`] and [`GSO_BYTES`].
 fn gso_run(packets: &[(Packet, SocketAddr)]) -> usize {
@@ -127,8 +143,16 @@ fn gso_run(packets: &[(Packet, SocketAddr)]) -> usize {
     n
 }
 
+/// [`GsoUdp`]'s reused buffers: gotatun's, and the datagrams that form no run (sent together
+/// with one `sendmmsg`).
+#[derive(Default)]
+pub struct GsoBuf {
+    inner: <UdpSocket as UdpSend>::SendManyBuf,
+    singles: Vec<(Packet, SocketAddr)>,
+}
+
 impl UdpSend for GsoUdp {
-    type SendManyBuf = <UdpSocket as UdpSend>::SendManyBuf;
+    type SendManyBuf = GsoBuf;
 
     async fn send_to(&self, packet: Packet, target: SocketAddr) -> io::Result<()> {
         self.inner.send_to(packet, target).await
@@ -140,40 +164,35 @@ impl UdpSend for GsoUdp {
 
     async fn send_many_to(
         &self,
-        buf: &mut Self::SendManyBuf,
+        buf: &mut GsoBuf,
         packets: &mut Vec<(Packet, SocketAddr)>,
     ) -> io::Result<()> {
-        let mut sent = 0;
-        while self.gso.load(Ordering::Relaxed) && sent < packets.len() {
-            let n = gso_run(&packets[sent..]);
-            if n == 1 {
-                let (packet, target) = &packets[sent];
-                self.inner.socket().send_to(packet, *target).await?;
-            } else {
-                let segment = u16::try_from(packets[sent].0.len()).unwrap_or(u16::MAX);
-                match self.send_run(&packets[sent..sent + n], segment).await {
-                    Ok(()) => {}
-                    // No GSO on this kernel or egress device: sendmmsg from now on.
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(nix::libc::EIO | nix::libc::EINVAL | nix::libc::ENOPROTOOPT)
-                        ) =>
-                    {
-                        tracing::warn!("UDP GSO refused ({e}); sending datagram by datagram");
-                        self.gso.store(false, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
+        while !packets.is_empty() {
+            let gso = self.gso.load(Ordering::Relaxed);
+            let n = if gso { gso_run(packets) } else { packets.len() };
+            if n == 1 || !gso {
+                buf.singles.extend(packets.drain(..n));
+                continue;
             }
-            sent += n;
+            // Earlier datagrams first: a peer's packets stay in order.
+            self.send_singles(buf).await?;
+            let segment = u16::try_from(packets[0].0.len()).unwrap_or(u16::MAX);
+            match self.send_run(&packets[..n], segment).await {
+                Ok(()) => drop(packets.drain(..n)),
+                // No GSO on this kernel or egress device: sendmmsg from now on.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::EIO | nix::libc::EINVAL | nix::libc::ENOPROTOOPT)
+                    ) =>
+                {
+                    tracing::warn!("UDP GSO refused ({e}); sending datagram by datagram");
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        packets.drain(..sent);
-        if packets.is_empty() {
-            return Ok(());
-        }
-        self.inner.send_many_to(buf, packets).await
+        self.send_singles(buf).await
     }
 
     fn local_addr(&self) -> io::Result<Option<SocketAddr>> {

@@ -1,7 +1,7 @@
 //! The proxy's listening sockets: bound afresh, or inherited from the process this one takes
 //! over from (the upgrade handoff).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::net::TcpListener;
@@ -79,7 +79,7 @@ impl Listeners {
                 .map_err(|source| StartError::Bind { addr, source })
         };
         let all = |addr: SocketAddr| {
-            per_bind(addr, &opts.inbound_binds)
+            opts.listen_addrs(addr)
                 .into_iter()
                 .map(bind)
                 .collect::<Result<Vec<_>, _>>()
@@ -103,17 +103,5 @@ impl Listeners {
             inbound: self.hbone.iter().map(local).collect::<Result<_, _>>()?,
             inbound_plaintext: self.plaintext.iter().map(local).collect::<Result<_, _>>()?,
         })
-    }
-}
-
-/// One address per `binds` IP (on `addr`'s port), or `addr` itself without binds.
-pub(super) fn per_bind(addr: SocketAddr, binds: &[IpAddr]) -> Vec<SocketAddr> {
-    if binds.is_empty() {
-        vec![addr]
-    } else {
-        binds
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, addr.port()))
-            .collect()
     }
 }

@@ -80,6 +80,21 @@ pub struct ProxyOptions {
     pub bounds: BoundsConfig,
 }
 
+impl ProxyOptions {
+    /// Where an inbound listener configured at `addr` binds: one address per
+    /// [`inbound_binds`](Self::inbound_binds) IP on `addr`'s port, or `addr` itself.
+    pub fn listen_addrs(&self, addr: SocketAddr) -> Vec<SocketAddr> {
+        if self.inbound_binds.is_empty() {
+            vec![addr]
+        } else {
+            self.inbound_binds
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, addr.port()))
+                .collect()
+        }
+    }
+}
+
 impl Default for ProxyOptions {
     fn default() -> Self {
         let any = |port| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);

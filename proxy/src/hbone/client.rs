@@ -260,13 +260,13 @@ impl HboneClient {
         target: SocketAddr,
         caller: &Caller<'_>,
     ) -> Result<Tunnel, HboneError> {
-        let request = || {
+        let build = || {
             connect_request(target, caller)
                 .map(|r| r.map(|()| Empty::<Bytes>::new()))
                 .map_err(HboneError::Request)
         };
-        // Checked before any connection is taken.
-        request()?;
+        // Built (and so checked) before any connection is taken; built again only to retry.
+        let mut request = Some(build()?);
         let slot = self.slot(key);
         // A pooled connection whose peer has since sent GOAWAY (it drains for an upgrade or a
         // restart) refuses the stream before anything reached the destination: that
@@ -279,7 +279,11 @@ impl HboneClient {
                 last_used,
                 epoch: self.epoch,
             };
-            match self.send(sender, request()?).await {
+            let request = match request.take() {
+                Some(request) => request,
+                None => build()?,
+            };
+            match self.send(sender, request).await {
                 Err(HboneError::Http(error)) if !retried && is_refused_before_sent(&error) => {
                     tracing::debug!(addr = %key.addr, %error, "HBONE stream refused by a draining peer; retrying on a new connection");
                     retried = true;
