@@ -14,16 +14,17 @@ use nodemesh_testbed::{ClusterSpec, PodSpec, Testbed};
 pub const CLIENT: &str = "zclient-a";
 pub const SERVER: &str = "zserver-b";
 const NAMESPACE: &str = "legacy";
+/// Each ztunnel pod: (pod, node, service account).
+const PODS: [(&str, &str, &str); 2] =
+    [(CLIENT, "node-a", "zclient"), (SERVER, "node-b", "zserver")];
 const MARK: &str = "1337";
 
 /// Adds the two ztunnel pods to `spec` (outside the mesh, in the legacy namespace).
 pub fn add_pods(spec: &mut ClusterSpec) {
-    spec.nodes[0]
-        .pods
-        .push(PodSpec::new(CLIENT, NAMESPACE, "zclient"));
-    spec.nodes[1]
-        .pods
-        .push(PodSpec::new(SERVER, NAMESPACE, "zserver"));
+    for (pod, node, sa) in PODS {
+        let node = spec.nodes.iter_mut().find(|n| n.name == node).unwrap();
+        node.pods.push(PodSpec::new(pod, NAMESPACE, sa));
+    }
 }
 
 /// Starts a ztunnel in each pod with `workers` worker threads, redirects the client pod's
@@ -31,7 +32,7 @@ pub fn add_pods(spec: &mut ClusterSpec) {
 pub fn start(bed: &mut Testbed, binary: &Path, workers: usize) {
     let xds = bed.dir().join("ztunnel-xds.yaml");
     std::fs::write(&xds, xds_yaml(bed)).unwrap();
-    for (pod, node, sa) in [(CLIENT, "node-a", "zclient"), (SERVER, "node-b", "zserver")] {
+    for (pod, node, sa) in PODS {
         let ns = bed.pod(pod).unwrap().clone();
         let env = [
             "FAKE_CA=true".to_owned(),
@@ -48,7 +49,7 @@ pub fn start(bed: &mut Testbed, binary: &Path, workers: usize) {
         ];
         let mut argv: Vec<&str> = vec!["env"];
         argv.extend(env.iter().map(String::as_str));
-        argv.push(binary.to_str().unwrap());
+        argv.push(binary.to_str().expect("the ztunnel path is UTF-8"));
         bed.start_process(&format!("ztunnel/{pod}"), &ns, &argv)
             .unwrap();
     }
@@ -77,7 +78,7 @@ pub fn start(bed: &mut Testbed, binary: &Path, workers: usize) {
             "15001",
         ])
         .unwrap();
-    for pod in [CLIENT, SERVER] {
+    for (pod, _, _) in PODS {
         wait_ready(bed, pod);
     }
 }
@@ -94,9 +95,8 @@ pub fn connections_opened(bed: &Testbed, pod: &str) -> f64 {
 
 /// The pids of both ztunnels.
 pub fn pids(bed: &Testbed) -> Vec<u32> {
-    [CLIENT, SERVER]
-        .iter()
-        .map(|pod| bed.pid(&format!("ztunnel/{pod}")).unwrap())
+    PODS.iter()
+        .map(|(pod, _, _)| bed.pid(&format!("ztunnel/{pod}")).unwrap())
         .collect()
 }
 
@@ -118,7 +118,7 @@ fn wait_ready(bed: &Testbed, pod: &str) {
 
 fn xds_yaml(bed: &Testbed) -> String {
     let mut yaml = String::from("workloads:\n");
-    for (pod, node, sa) in [(CLIENT, "node-a", "zclient"), (SERVER, "node-b", "zserver")] {
+    for (pod, node, sa) in PODS {
         let ip = bed.pod_ip(pod).unwrap();
         yaml.push_str(&format!(
             "- uid: Kubernetes//Pod/{NAMESPACE}/{pod}\n  name: {pod}\n  namespace: {NAMESPACE}\n  \
