@@ -12,10 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::StatusCode;
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::TokioIo;
 use nodemesh_identity::{Credentials, SpiffeId};
 use tokio::sync::watch;
 
@@ -23,6 +21,7 @@ use super::HboneError;
 use super::conn::{Conn, dial};
 use super::pool::{self, ConnView, PoolLimits};
 use super::request::{Caller, connect_request};
+use super::stream::H2Stream;
 use super::tunnel::{StreamGuard, Tunnel, millis};
 use crate::observe::{ErrorChain, RefusalReason};
 use crate::socket::ConnectOptions;
@@ -119,7 +118,7 @@ impl Drop for DialTicket {
 /// What a caller does after looking at its slot.
 enum Next {
     /// Take this connection: (sender, streams, last used).
-    Use(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>, Arc<AtomicU64>),
+    Use(SendRequest<Bytes>, Arc<AtomicUsize>, Arc<AtomicU64>),
     /// Dial a new connection.
     Dial(DialTicket, Option<Arc<Credentials>>),
     /// Wait for another caller's dial.
@@ -170,7 +169,11 @@ impl HboneClient {
             return 0;
         };
         let state = slot.lock();
-        state.conns.iter().filter(|c| !c.sender.is_closed()).count()
+        state
+            .conns
+            .iter()
+            .filter(|c| !c.closed.load(Ordering::Acquire))
+            .count()
     }
 
     /// Keys the pool holds a slot for (connections or a dial under way).
@@ -201,8 +204,9 @@ impl HboneClient {
     /// How `conn` looks to the pool's rules now.
     fn view(&self, conn: &Conn, current: Option<&Arc<Credentials>>, now_ms: u64) -> ConnView {
         ConnView {
-            closed: conn.sender.is_closed(),
-            ready: conn.sender.is_ready(),
+            closed: conn.closed.load(Ordering::Acquire),
+            // h2 queues a stream over the peer's concurrency limit until one ends.
+            ready: true,
             streams: conn.streams.load(Ordering::Acquire),
             idle: Duration::from_millis(
                 now_ms.saturating_sub(conn.last_used.load(Ordering::Relaxed)),
@@ -260,11 +264,7 @@ impl HboneClient {
         target: SocketAddr,
         caller: &Caller<'_>,
     ) -> Result<Tunnel, HboneError> {
-        let build = || {
-            connect_request(target, caller)
-                .map(|r| r.map(|()| Empty::<Bytes>::new()))
-                .map_err(HboneError::Request)
-        };
+        let build = || connect_request(target, caller).map_err(HboneError::Request);
         // Built (and so checked) before any connection is taken; built again only to retry.
         let mut request = Some(build()?);
         let slot = self.slot(key);
@@ -284,35 +284,43 @@ impl HboneClient {
                 None => build()?,
             };
             match self.send(sender, request).await {
-                Err(HboneError::Http(error)) if !retried && is_refused_before_sent(&error) => {
+                Err(Sent::Not(error)) | Err(Sent::Refused(error)) if !retried => {
                     tracing::debug!(addr = %key.addr, %error, "HBONE stream refused by a draining peer; retrying on a new connection");
                     retried = true;
                     slot.lock()
                         .conns
                         .retain(|c| !Arc::ptr_eq(&c.streams, &guard.streams));
                 }
-                Err(error) => return Err(error),
-                Ok(upgraded) => {
-                    return Ok(Tunnel {
-                        io: TokioIo::new(upgraded),
-                        _guard: guard,
-                    });
+                Err(Sent::Not(error) | Sent::Refused(error) | Sent::Failed(error)) => {
+                    return Err(error);
                 }
+                Ok(io) => return Ok(Tunnel { io, _guard: guard }),
             }
         }
     }
 
-    /// Sends the CONNECT request and waits for its upgrade.
+    /// Sends the CONNECT request and waits for the answer; 200 opens the tunnel.
     async fn send(
         &self,
-        mut sender: SendRequest<Empty<Bytes>>,
-        request: http::Request<Empty<Bytes>>,
-    ) -> Result<hyper::upgrade::Upgraded, HboneError> {
-        let response = sender.send_request(request).await?;
+        sender: SendRequest<Bytes>,
+        request: http::Request<()>,
+    ) -> Result<H2Stream, Sent> {
+        // Until the request is handed to h2, nothing has left: any failure may be retried.
+        let mut sender = sender.ready().await.map_err(|e| Sent::Not(e.into()))?;
+        let (response, send) = sender
+            .send_request(request, false)
+            .map_err(|e| Sent::Not(e.into()))?;
+        let response = response.await.map_err(|e| {
+            if is_refused_before_processed(&e) {
+                Sent::Refused(e.into())
+            } else {
+                Sent::Failed(e.into())
+            }
+        })?;
         if response.status() != StatusCode::OK {
-            return Err(HboneError::Status(response.status()));
+            return Err(Sent::Failed(HboneError::Status(response.status())));
         }
-        Ok(hyper::upgrade::on(response).await?)
+        Ok(H2Stream::new(send, response.into_body()))
     }
 
     /// A connection for one new stream of `key`: pooled, joined or dialed.
@@ -320,7 +328,7 @@ impl HboneClient {
         &self,
         slot: &Arc<Slot>,
         key: &PoolKey,
-    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>, Arc<AtomicU64>), HboneError> {
+    ) -> Result<(SendRequest<Bytes>, Arc<AtomicUsize>, Arc<AtomicU64>), HboneError> {
         loop {
             match self.next(slot, key) {
                 Next::Use(sender, streams, last_used) => return Ok((sender, streams, last_used)),
@@ -354,20 +362,19 @@ impl HboneClient {
     }
 }
 
-/// Whether the peer refused a stream before it was processed: the request was cancelled on a
-/// closing connection, or refused by HTTP/2 (`REFUSED_STREAM`, or a GOAWAY that excluded it).
-/// Nothing reached the destination, so the stream may be tried again.
-fn is_refused_before_sent(error: &hyper::Error) -> bool {
-    if error.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
-        }
-        source = cause.source();
-    }
-    false
+/// How a CONNECT failed, as far as retrying goes.
+enum Sent {
+    /// Before the request was handed to HTTP/2 (the connection had closed or was going away).
+    Not(HboneError),
+    /// The peer refused the stream unprocessed (`REFUSED_STREAM`, or a GOAWAY that excluded it).
+    Refused(HboneError),
+    /// Anything else: the destination may have seen the connection.
+    Failed(HboneError),
+}
+
+/// Whether the peer refused a stream before it was processed (`REFUSED_STREAM`, or a graceful
+/// GOAWAY that excluded it). Nothing reached the destination, so the stream may be tried again.
+fn is_refused_before_processed(error: &h2::Error) -> bool {
+    error.reason() == Some(h2::Reason::REFUSED_STREAM)
+        || (error.is_go_away() && error.reason() == Some(h2::Reason::NO_ERROR))
 }

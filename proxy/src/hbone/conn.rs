@@ -2,12 +2,10 @@
 //! must present the destination's SPIFFE ID), HTTP/2 with the shared settings.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::SendRequest;
 use nodemesh_identity::{Credentials, placeholder_server_name};
 use nodemesh_net::timeouts::TLS_HANDSHAKE;
 use tokio_rustls::TlsConnector;
@@ -20,7 +18,9 @@ use crate::tls::TlsConfigs;
 
 /// A pooled connection.
 pub(super) struct Conn {
-    pub(super) sender: SendRequest<Empty<Bytes>>,
+    pub(super) sender: SendRequest<Bytes>,
+    /// Set once the connection has ended (the peer closed it, an error, an unanswered PING).
+    pub(super) closed: Arc<AtomicBool>,
     /// The source certificate the connection was authenticated with: once it is replaced, the
     /// connection takes no new streams (it drains), so new tunnels present the new certificate.
     pub(super) creds: Option<Arc<Credentials>>,
@@ -55,23 +55,41 @@ pub(super) async fn dial(
             });
         }
     };
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
+    let (sender, mut connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_header_list_size(MAX_HEADER_LIST)
-        .keep_alive_interval(KEEPALIVE)
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(tls))
+        .handshake::<_, Bytes>(tls)
         .await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%addr, %error, "HBONE connection closed with an error");
+    let closed = Arc::new(AtomicBool::new(false));
+    let ping = connection.ping_pong();
+    tokio::spawn({
+        let closed = Arc::clone(&closed);
+        async move {
+            // The connection's one task: it moves every stream's frames. It ends when the
+            // connection does, or when the peer stops answering PINGs (dropping it then ends
+            // every stream with an error).
+            let keepalive = async {
+                match ping {
+                    Some(ping) => super::keepalive::until_unanswered(ping).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%addr, %error, "HBONE connection closed with an error");
+                    }
+                }
+                () = keepalive => {}
+            }
+            closed.store(true, Ordering::Release);
         }
     });
     Ok(Conn {
         sender,
+        closed,
         creds,
         streams: Arc::new(AtomicUsize::new(0)),
         last_used: Arc::new(AtomicU64::new(now_ms)),

@@ -58,7 +58,7 @@ pub enum HboneError {
     },
     /// HTTP/2 failed.
     #[error("HTTP/2")]
-    Http(#[from] hyper::Error),
+    Http(#[from] h2::Error),
     /// The peer answered the CONNECT with a non-200 status (401 policy, 503 unavailable...).
     #[error("peer answered {0}")]
     Status(StatusCode),

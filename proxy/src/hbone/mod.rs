@@ -1,18 +1,21 @@
 //! HBONE: TCP tunnelled in HTTP/2 CONNECT streams over mutual TLS, wire-compatible with Istio
 //! ambient's ztunnel. The protocol, not the proxy's decisions: [`request`] is what a CONNECT must
 //! look like (sans-IO), [`pool`] which connection a stream takes (sans-IO), [`conn`] dials one
-//! connection, [`client`] is the pool that opens tunnels. The server side (15008) is
+//! connection, [`client`] is the pool that opens tunnels, [`H2Stream`] is one stream's bytes. The server side (15008) is
 //! [`crate::inbound`]'s.
 
 pub mod client;
 mod conn;
 mod error;
+pub(crate) mod keepalive;
 pub mod pool;
 pub mod request;
+mod stream;
 mod tunnel;
 
 pub use client::{HboneClient, PoolKey};
 pub use error::HboneError;
+pub use stream::H2Stream;
 pub use tunnel::Tunnel;
 
 /// The HBONE port on every pod IP.
@@ -36,6 +39,8 @@ pub mod settings {
     pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
     /// Keep-alive PING interval.
     pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+    /// A keep-alive PING unanswered this long closes the connection.
+    pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 }
 
 /// Read buffer under TLS on HBONE connections. rustls reads at most 4 KiB per call; without a

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::H2Stream;
 
 /// An open CONNECT tunnel: raw bytes to and from the destination pod.
 pub struct Tunnel {
-    pub(super) io: TokioIo<hyper::upgrade::Upgraded>,
+    pub(super) io: H2Stream,
     pub(super) _guard: StreamGuard,
 }
 

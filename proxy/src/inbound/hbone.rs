@@ -1,15 +1,14 @@
 //! The HBONE server (15008): TLS with the certificate of the pod that owns the accepted socket's
-//! local address, HTTP/2, one CONNECT stream per tunnelled connection, each admitted like any
-//! other arrival.
+//! local address, HTTP/2 (`h2` directly: one task per stream, which admits it and relays it),
+//! one CONNECT stream per tunnelled connection, each admitted like any other arrival.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nodemesh_identity::{SpiffeId, peer_identity};
 use nodemesh_net::timeouts::TLS_HANDSHAKE;
 use tokio::net::TcpStream;
@@ -19,12 +18,13 @@ use super::{Arrival, preface};
 use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, Refused};
+use crate::hbone::H2Stream;
 use crate::hbone::request::{check_connect, forwarded_for};
 use crate::hbone::settings::*;
 use crate::observe::{Direction, LogLimit, RefusalReason};
 
-fn status(code: StatusCode) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
+fn status(code: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
     *r.status_mut() = code;
     r
 }
@@ -91,10 +91,21 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
     let Some(peer_id) = peer_identity(tls.get_ref().1.peer_certificates()) else {
         return refuse(&ctx, peer, local, RefusalReason::TlsHandshake);
     };
-    // A peer that completed TLS has this long to start HTTP/2 (the server's own timers start
-    // only once it has).
-    let tls = match tokio::time::timeout(ctx.bounds.h2_preface_timeout, preface::read(tls)).await {
-        Ok(Ok(tls)) => tls,
+    // A peer that completed TLS has this long to start HTTP/2 (the preface and its SETTINGS).
+    let start = async {
+        let tls = preface::read(tls).await.map_err(|e| e.to_string())?;
+        h2::server::Builder::new()
+            .max_concurrent_streams(SERVER_MAX_STREAMS)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let mut conn = match tokio::time::timeout(ctx.bounds.h2_preface_timeout, start).await {
+        Ok(Ok(conn)) => conn,
         Ok(Err(error)) => {
             if let Some(suppressed) = REFUSALS_LOG.admit() {
                 tracing::info!(%peer, %local, %error, suppressed, "HBONE connection without an HTTP/2 preface");
@@ -109,46 +120,55 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
         }
     };
     drop(handshake);
-    let service_ctx = Arc::clone(&ctx);
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let ctx = Arc::clone(&service_ctx);
-        let peer_id = peer_id.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(handle_stream(ctx, req, peer_id, peer, local).await)
+    let ping = conn.ping_pong();
+    let keepalive = async {
+        match ping {
+            Some(ping) => crate::hbone::keepalive::until_unanswered(ping).await,
+            None => std::future::pending().await,
         }
-    });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(SERVER_MAX_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .keep_alive_interval(KEEPALIVE)
-        .serve_connection(TokioIo::new(tls), service);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "HBONE connection ended with an error");
+    };
+    let mut keepalive = std::pin::pin!(keepalive);
+    let mut draining = false;
+    // Accepting drives the connection: every stream's frames move while this loop polls it.
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    let ctx = Arc::clone(&ctx);
+                    let peer_id = peer_id.clone();
+                    tokio::spawn(handle_stream(ctx, req, respond, peer_id, peer, local));
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(%peer, %error, "HBONE connection ended with an error");
+                    break;
+                }
+                None => break,
+            },
+            () = ctx.drain.signaled(), if !draining => {
+                // GOAWAY: no new streams; running ones finish (the drain deadline forces the
+                // rest), then `accept` ends.
+                conn.graceful_shutdown();
+                draining = true;
             }
-        }
-        () = ctx.drain.signaled() => {
-            // GOAWAY: no new streams; running ones finish (the drain deadline forces the rest).
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            () = &mut keepalive => break,
         }
     }
 }
 
-/// Answers one CONNECT stream; on success the tunnel is served in its own task.
+/// Answers one CONNECT stream and, once admitted, serves its tunnel.
 async fn handle_stream(
     ctx: Arc<Ctx>,
-    req: Request<Incoming>,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
     peer_id: SpiffeId,
     peer: ClientAddr,
     local: OrigDstAddr,
-) -> Response<Empty<Bytes>> {
+) {
+    let answer = |respond: &mut SendResponse<Bytes>, code: StatusCode| {
+        if let Err(error) = respond.send_response(status(code), true) {
+            tracing::debug!(%error, "HBONE refusal not sent: the stream is gone");
+        }
+    };
     let target = match check_connect(&req, local.ip()) {
         Ok(t) => OrigDstAddr(t),
         Err(error) => {
@@ -156,7 +176,7 @@ async fn handle_stream(
                 tracing::info!(peer = %peer_id, %error, suppressed, "HBONE request refused");
             }
             refuse(&ctx, peer, local, RefusalReason::BadRequest);
-            return status(error.status());
+            return answer(&mut respond, error.status());
         }
     };
     // One snapshot for the whole stream. The client pod's address, as the peer proxy reports
@@ -169,17 +189,17 @@ async fn handle_stream(
         target,
     };
     match super::admit(&ctx, state, arrival).await {
-        Err(code) => status(code),
+        Err(code) => answer(&mut respond, code),
         Ok(admitted) => {
             let guard = ctx.drain.guard();
-            tokio::spawn(async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => admitted.serve(&ctx, TokioIo::new(upgraded)).await,
-                    Err(error) => tracing::debug!(%error, "HBONE tunnel upgrade failed"),
+            match respond.send_response(status(StatusCode::OK), false) {
+                Ok(send) => {
+                    let tunnel = H2Stream::new(send, req.into_body());
+                    admitted.serve(&ctx, tunnel).await;
                 }
-                drop(guard);
-            });
-            status(StatusCode::OK)
+                Err(error) => tracing::debug!(%error, "HBONE tunnel gone before its answer"),
+            }
+            drop(guard);
         }
     }
 }
