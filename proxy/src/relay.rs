@@ -1,6 +1,6 @@
 //! Bidirectional byte relay: half-close passed on both ways, one buffer per direction reused for
-//! every chunk. Buffers start small ([`INITIAL_BUFFER`], so an idle connection costs little) and
-//! grow once to [`RELAY_BUFFER`] when a read fills them (large reads for throughput), if the
+//! every chunk. Buffers start small ([`INITIAL_BUFFER`]), are held only while bytes flow (an idle
+//! connection holds none) and grow once to [`RELAY_BUFFER`] when a read fills them (large reads for throughput), if the
 //! proxy's [`MemoryBudget`] (its buffer bytes, relays' and others') has room; every byte of them
 //! is accounted there.
 
@@ -133,7 +133,8 @@ struct Pipe {
 impl Pipe {
     fn new() -> Self {
         Self {
-            buf: vec![0; INITIAL_BUFFER],
+            // Allocated for the first read (see `poll_copy`).
+            buf: Vec::new(),
             pos: 0,
             end: 0,
             filled: false,
@@ -173,10 +174,19 @@ impl Pipe {
                 if self.filled {
                     self.grow(charge);
                 }
+                if self.buf.is_empty() {
+                    self.buf = vec![0; INITIAL_BUFFER];
+                }
                 let mut read = ReadBuf::new(&mut self.buf);
                 match reader.as_mut().poll_read(cx, &mut read) {
                     Poll::Pending => {
-                        // Nothing more to read now: push out what was written.
+                        // Nothing to read now. A first buffer that never grew goes back until
+                        // bytes come (an idle connection holds none); a grown one is kept for
+                        // the next burst.
+                        if self.buf.len() == INITIAL_BUFFER {
+                            self.buf = Vec::new();
+                        }
+                        // Push out what was written.
                         if self.need_flush {
                             ready!(writer.as_mut().poll_flush(cx))?;
                             self.need_flush = false;
@@ -352,6 +362,47 @@ mod tests {
             (4 + 512 * 1024, 3)
         );
         assert_eq!(budget.used(), 0, "a finished relay gives its bytes back");
+    }
+
+    #[tokio::test]
+    async fn an_idle_direction_holds_no_buffer_and_a_grown_one_keeps_it() {
+        let budget = MemoryBudget::unlimited();
+        let mut charge = budget.charge(2 * INITIAL_BUFFER);
+        let (mut client, mut reader) = tokio::io::duplex(256 * 1024);
+        let (mut writer, mut server) = tokio::io::duplex(256 * 1024);
+        let mut pipe = Pipe::new();
+        let mut step = |pipe: &mut Pipe, reader: &mut tokio::io::DuplexStream| {
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            let _ = pipe.poll_copy(
+                &mut cx,
+                &mut charge,
+                Pin::new(reader),
+                Pin::new(&mut writer),
+            );
+        };
+        step(&mut pipe, &mut reader);
+        assert_eq!(pipe.buf.capacity(), 0, "nothing read yet: no buffer");
+        client.write_all(b"ping").await.unwrap();
+        step(&mut pipe, &mut reader);
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        assert_eq!(
+            pipe.buf.capacity(),
+            0,
+            "idle again: the small buffer went back"
+        );
+        client
+            .write_all(&vec![1u8; 4 * INITIAL_BUFFER])
+            .await
+            .unwrap();
+        step(&mut pipe, &mut reader);
+        assert_eq!(
+            pipe.buf.len(),
+            RELAY_BUFFER,
+            "a read that filled it grew it, and it stays"
+        );
     }
 
     #[tokio::test]
