@@ -84,6 +84,10 @@ pub(super) fn bound(
 
 /// Hands an accepted connection to its side. Under TPROXY the original destination is the
 /// accepted socket's local address; tests without capture pass it in.
+///
+/// This future is the connection's task, allocated once for its whole life: whatever it holds
+/// across an await is paid by every idle connection. So each step that runs only before the
+/// bytes flow (dials, handshakes, admission) is boxed where it is awaited, and freed when done.
 pub(super) async fn dispatch(
     ctx: Arc<Ctx>,
     side: Listener,
@@ -98,7 +102,9 @@ pub(super) async fn dispatch(
     };
     match side {
         Listener::Outbound => outbound::handle(ctx, stream, peer, orig_dst).await,
-        Listener::Hbone => inbound::hbone::serve_connection(ctx, stream, peer.0).await,
+        // Boxed: a pooled HBONE connection is rare next to the tunnels it carries, and its
+        // TLS and HTTP/2 state would otherwise size every outbound connection's task.
+        Listener::Hbone => Box::pin(inbound::hbone::serve_connection(ctx, stream, peer.0)).await,
         Listener::Plaintext => inbound::plaintext::serve(&ctx, stream, peer, orig_dst).await,
     }
 }

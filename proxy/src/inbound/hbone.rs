@@ -188,7 +188,7 @@ async fn handle_stream(
         src,
         target,
     };
-    match super::admit(&ctx, state, arrival).await {
+    match Box::pin(super::admit(&ctx, state, arrival)).await {
         Err(code) => answer(&mut respond, code),
         Ok(admitted) => {
             let guard = ctx.drain.guard();

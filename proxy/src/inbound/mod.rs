@@ -135,7 +135,8 @@ impl Admitted {
         } = self;
         guard.opened(Reporter::Destination);
         let result = match upstream {
-            None => l7::serve(ctx, &state, on, downstream, &mut guard).await,
+            // Boxed: an L4 connection's task does not carry the size of the HTTP server's.
+            None => Box::pin(l7::serve(ctx, &state, on, downstream, &mut guard)).await,
             Some(mut upstream) => {
                 ctx.conns
                     .open(&state, on)
@@ -169,7 +170,7 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match admit(ctx, state, arrival).await {
+    match Box::pin(admit(ctx, state, arrival)).await {
         Ok(admitted) => {
             admitted.serve(ctx, stream).await;
             None

@@ -138,7 +138,7 @@ async fn passthrough(
     let source = ctx
         .outbound_source(src)
         .filter(|_| !crate::socket::is_local(target.ip()));
-    let connect = ctx.connect.connect(target, source);
+    let connect = Box::pin(ctx.connect.connect(target, source));
     let mut upstream = unless_client_resets(client, connect)
         .await?
         .map_err(|error| {
@@ -190,7 +190,9 @@ async fn hbone(
         addr: SocketAddr::new(hop.target.ip(), ctx.hbone_port),
         source_ip: ctx.outbound_source(src),
     };
-    let open = ctx.hbone.open(&key, hop.target, &caller);
+    // Boxed, as every step that only runs before the relay: the connection's task keeps the
+    // size of its relay, not of its dial (see `crate::app::accept::dispatch`).
+    let open = Box::pin(ctx.hbone.open(&key, hop.target, &caller));
     let mut tunnel = unless_client_resets(client, open)
         .await?
         .map_err(|error| {
