@@ -155,19 +155,42 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
     }
 }
 
-/// Answers one CONNECT stream and, once admitted, serves its tunnel.
-async fn handle_stream(
+/// Answers one CONNECT stream and, once admitted, serves its tunnel. The answer (checks,
+/// admission, the response) is boxed and freed before the tunnel's bytes flow: the stream's
+/// task keeps only what serving needs (see `crate::app::accept::dispatch`).
+fn handle_stream(
+    ctx: Arc<Ctx>,
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    peer_id: SpiffeId,
+    peer: ClientAddr,
+    local: OrigDstAddr,
+) -> impl Future<Output = ()> {
+    let guard = ctx.drain.guard();
+    let answering = Box::pin(answer(Arc::clone(&ctx), req, respond, peer_id, peer, local));
+    async move {
+        if let Some((admitted, tunnel)) = answering.await {
+            admitted.serve(&ctx, tunnel).await;
+        }
+        drop(guard);
+    }
+}
+
+/// Checks and admits one CONNECT stream and answers it: the admitted connection and its tunnel,
+/// or `None` once refused.
+async fn answer(
     ctx: Arc<Ctx>,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer_id: SpiffeId,
     peer: ClientAddr,
     local: OrigDstAddr,
-) {
-    let answer = |respond: &mut SendResponse<Bytes>, code: StatusCode| {
+) -> Option<(super::Admitted, H2Stream)> {
+    let refuse_with = |respond: &mut SendResponse<Bytes>, code: StatusCode| {
         if let Err(error) = respond.send_response(status(code), true) {
             tracing::debug!(%error, "HBONE refusal not sent: the stream is gone");
         }
+        None
     };
     let target = match check_connect(&req, local.ip()) {
         Ok(t) => OrigDstAddr(t),
@@ -176,7 +199,7 @@ async fn handle_stream(
                 tracing::info!(peer = %peer_id, %error, suppressed, "HBONE request refused");
             }
             refuse(&ctx, peer, local, RefusalReason::BadRequest);
-            return answer(&mut respond, error.status());
+            return refuse_with(&mut respond, error.status());
         }
     };
     // One snapshot for the whole stream. The client pod's address, as the peer proxy reports
@@ -188,18 +211,14 @@ async fn handle_stream(
         src,
         target,
     };
-    match Box::pin(super::admit(&ctx, state, arrival)).await {
-        Err(code) => answer(&mut respond, code),
-        Ok(admitted) => {
-            let guard = ctx.drain.guard();
-            match respond.send_response(status(StatusCode::OK), false) {
-                Ok(send) => {
-                    let tunnel = H2Stream::new(send, req.into_body());
-                    admitted.serve(&ctx, tunnel).await;
-                }
-                Err(error) => tracing::debug!(%error, "HBONE tunnel gone before its answer"),
+    match super::admit(&ctx, state, arrival).await {
+        Err(code) => refuse_with(&mut respond, code),
+        Ok(admitted) => match respond.send_response(status(StatusCode::OK), false) {
+            Ok(send) => Some((admitted, H2Stream::new(send, req.into_body()))),
+            Err(error) => {
+                tracing::debug!(%error, "HBONE tunnel gone before its answer");
+                None
             }
-            drop(guard);
-        }
+        },
     }
 }

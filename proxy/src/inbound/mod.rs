@@ -122,8 +122,13 @@ pub(crate) async fn admit(
 
 impl Admitted {
     /// Carries the connection's bytes (or HTTP requests, under L7) until both sides close, or
-    /// until a change of the state no longer allows it (`policy_changed`).
-    pub(crate) async fn serve<S>(self, ctx: &Ctx, mut downstream: S)
+    /// until a change of the state no longer allows it (`policy_changed`). The admission is
+    /// taken apart before the future is built, so the connection's task holds each part once.
+    pub(crate) fn serve<'a, S>(
+        self,
+        ctx: &'a Ctx,
+        mut downstream: S,
+    ) -> impl Future<Output = ()> + 'a
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -134,21 +139,22 @@ impl Admitted {
             upstream,
         } = self;
         guard.opened(Reporter::Destination);
-        let result = match upstream {
-            // Boxed: an L4 connection's task does not carry the size of the HTTP server's.
-            None => Box::pin(l7::serve(ctx, &state, on, downstream, &mut guard)).await,
-            Some(mut upstream) => {
-                ctx.conns
-                    .open(&state, on)
-                    .run(relay_logged_in(
+        async move {
+            let result = match upstream {
+                // Boxed: an L4 connection's task does not carry the size of the HTTP server's.
+                None => Box::pin(l7::serve(ctx, &state, on, downstream, &mut guard)).await,
+                Some(mut upstream) => {
+                    let open = ctx.conns.open(&state, on);
+                    open.run(relay_logged_in(
                         &ctx.bounds.memory,
                         &mut downstream,
                         &mut upstream,
                     ))
                     .await
-            }
-        };
-        guard.finish(result);
+                }
+            };
+            guard.finish(result);
+        }
     }
 }
 

@@ -19,8 +19,8 @@ pub use classify::{Route, Routed, classify};
 use crate::addr::{ClientAddr, OrigDstAddr};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, FlowGuard, Party, Refused};
-use crate::hbone::PoolKey;
 use crate::hbone::request::Caller;
+use crate::hbone::{PoolKey, Tunnel};
 use crate::inbound::{self, Arrival};
 use crate::observe::{Direction, ErrorChain, LogLimit, RefusalReason, Reporter};
 use crate::relay::{Transferred, relay_logged_in};
@@ -30,12 +30,66 @@ use gone::{ClientGone, unless_client_resets, was_reset};
 /// Handles one captured outbound connection from `src` whose original destination was
 /// `orig_dst` (the listener's accepted local address; tests pass it directly). A refused
 /// client is reset (RST), so it fails at once instead of reading an empty answer.
+///
+/// Everything before the relay (classification, policy, the dial) is boxed and freed once the
+/// upstream is open: the connection's task keeps only what its relay needs.
 pub(crate) async fn handle(
     ctx: Arc<Ctx>,
-    mut client: TcpStream,
+    client: TcpStream,
     src: ClientAddr,
     orig_dst: OrigDstAddr,
 ) {
+    if let Some(connected) = Box::pin(connect(&ctx, client, src, orig_dst)).await {
+        connected.relay(&ctx).await;
+    }
+}
+
+/// A connection whose upstream is open: what its relay needs.
+struct Connected {
+    guard: FlowGuard,
+    client: TcpStream,
+    upstream: Upstream,
+}
+
+/// Where a relayed connection's bytes go.
+enum Upstream {
+    /// Plain TCP outside the mesh.
+    Plain(TcpStream),
+    /// An HBONE tunnel to a mesh pod on another node.
+    Tunnel(Tunnel),
+}
+
+impl Connected {
+    /// Relays until both sides close, then reports the flow. Taken apart before the future is
+    /// built, so the task holds each part once.
+    fn relay(self, ctx: &Ctx) -> impl Future<Output = ()> + '_ {
+        let Connected {
+            guard,
+            mut client,
+            upstream,
+        } = self;
+        async move {
+            let moved = match upstream {
+                Upstream::Plain(mut up) => {
+                    relay_logged_in(&ctx.bounds.memory, &mut client, &mut up).await
+                }
+                Upstream::Tunnel(mut up) => {
+                    relay_logged_in(&ctx.bounds.memory, &mut client, &mut up).await
+                }
+            };
+            guard.finish(Ok(moved));
+        }
+    }
+}
+
+/// Classifies, decides and dials: the open upstream, or `None` once the connection is over
+/// (refused and reset, its client gone, or a same-node call served by the inbound side).
+async fn connect(
+    ctx: &Ctx,
+    mut client: TcpStream,
+    src: ClientAddr,
+    orig_dst: OrigDstAddr,
+) -> Option<Connected> {
     let state = ctx.store.load();
     let mut guard = ctx
         .flows
@@ -46,16 +100,18 @@ pub(crate) async fn handle(
         Err(reason) => {
             guard.flow().dst = Party::at(&state, orig_dst.0, None);
             guard.finish(Err(reason.into()));
-            return socket::reset(client);
+            socket::reset(client);
+            return None;
         }
     };
     guard.flow().service = routed.service;
     if let Some(refused) = network_policy(&state, src, &routed.route) {
         guard.flow().dst = Party::at(&state, routed.route.target(), None);
         guard.finish(Err(refused));
-        return socket::reset(client);
+        socket::reset(client);
+        return None;
     }
-    let result = match routed.route {
+    let upstream = match routed.route {
         Route::Local { source, target } => {
             // Same node: the source needs a valid certificate, as over HBONE; then the inbound
             // side decides and reports.
@@ -63,7 +119,8 @@ pub(crate) async fn handle(
                 tracing::warn!(identity = %source, "same-node call refused: no valid certificate");
                 guard.flow().dst = Party::at(&state, target, None);
                 guard.finish(Err(Refused::new(RefusalReason::NoCertificate)));
-                return socket::reset(client);
+                socket::reset(client);
+                return None;
             }
             guard.hand_over();
             let arrival = Arrival {
@@ -71,13 +128,15 @@ pub(crate) async fn handle(
                 src,
                 target: OrigDstAddr(target),
             };
-            if let Some(refused) = inbound::serve(&ctx, state, arrival, client).await {
+            if let Some(refused) = inbound::serve(ctx, state, arrival, client).await {
                 socket::reset(refused);
             }
-            return;
+            return None;
         }
         Route::Passthrough { target } => {
-            passthrough(&ctx, &state, &mut guard, &mut client, src, target).await
+            passthrough(ctx, &state, &mut guard, &mut client, src, target)
+                .await
+                .map(Upstream::Plain)
         }
         Route::Hbone {
             source,
@@ -89,16 +148,26 @@ pub(crate) async fn handle(
                 destination,
                 target,
             };
-            hbone(&ctx, &state, &mut guard, &mut client, src, hop).await
+            hbone(ctx, &state, &mut guard, &mut client, src, hop)
+                .await
+                .map(Upstream::Tunnel)
         }
     };
-    match result {
-        Ok(transferred) => guard.finish(Ok(transferred)),
+    match upstream {
+        Ok(upstream) => Some(Connected {
+            guard,
+            client,
+            upstream,
+        }),
         // The client left while the proxy was still connecting: nothing was sent for it.
-        Err(Outcome::ClientGone) => guard.finish(Ok(Transferred::default())),
+        Err(Outcome::ClientGone) => {
+            guard.finish(Ok(Transferred::default()));
+            None
+        }
         Err(Outcome::Refused(refused)) => {
             guard.finish(Err(refused));
             socket::reset(client);
+            None
         }
     }
 }
@@ -132,14 +201,14 @@ async fn passthrough(
     client: &mut TcpStream,
     src: ClientAddr,
     target: SocketAddr,
-) -> Result<Transferred, Outcome> {
+) -> Result<TcpStream, Outcome> {
     guard.flow().mtls = false;
     guard.flow().dst = Party::at(state, target, None);
     let source = ctx
         .outbound_source(src)
         .filter(|_| !crate::socket::is_local(target.ip()));
-    let connect = Box::pin(ctx.connect.connect(target, source));
-    let mut upstream = unless_client_resets(client, connect)
+    let connect = ctx.connect.connect(target, source);
+    let upstream = unless_client_resets(client, connect)
         .await?
         .map_err(|error| {
             tracing::debug!(%target, %error, "passthrough connect failed");
@@ -149,7 +218,7 @@ async fn passthrough(
         return Err(Outcome::ClientGone);
     }
     guard.opened(Reporter::Source);
-    Ok(relay_logged_in(&ctx.bounds.memory, client, &mut upstream).await)
+    Ok(upstream)
 }
 
 /// The HBONE hop to a mesh pod on another node.
@@ -166,7 +235,7 @@ async fn hbone(
     client: &mut TcpStream,
     src: ClientAddr,
     hop: Hop,
-) -> Result<Transferred, Outcome> {
+) -> Result<Tunnel, Outcome> {
     if ctx.certs.credentials(&hop.source).is_none() {
         tracing::warn!(identity = %hop.source, "outbound refused: no valid certificate");
         return Err(Refused::new(RefusalReason::NoCertificate).into());
@@ -190,10 +259,8 @@ async fn hbone(
         addr: SocketAddr::new(hop.target.ip(), ctx.hbone_port),
         source_ip: ctx.outbound_source(src),
     };
-    // Boxed, as every step that only runs before the relay: the connection's task keeps the
-    // size of its relay, not of its dial (see `crate::app::accept::dispatch`).
-    let open = Box::pin(ctx.hbone.open(&key, hop.target, &caller));
-    let mut tunnel = unless_client_resets(client, open)
+    let open = ctx.hbone.open(&key, hop.target, &caller);
+    let tunnel = unless_client_resets(client, open)
         .await?
         .map_err(|error| {
             static LOG: LogLimit = LogLimit::per_second();
@@ -206,7 +273,7 @@ async fn hbone(
         return Err(Outcome::ClientGone);
     }
     guard.opened(Reporter::Source);
-    Ok(relay_logged_in(&ctx.bounds.memory, client, &mut tunnel).await)
+    Ok(tunnel)
 }
 
 /// The network policies' decision on a connection from a local pod, for the routes this side
