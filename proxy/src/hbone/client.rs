@@ -203,11 +203,13 @@ impl HboneClient {
 
     /// How `conn` looks to the pool's rules now.
     fn view(&self, conn: &Conn, current: Option<&Arc<Credentials>>, now_ms: u64) -> ConnView {
+        let streams = conn.streams.load(Ordering::Acquire);
         ConnView {
             closed: conn.closed.load(Ordering::Acquire),
-            // h2 queues a stream over the peer's concurrency limit until one ends.
-            ready: true,
-            streams: conn.streams.load(Ordering::Acquire),
+            // Under the peer's SETTINGS_MAX_CONCURRENT_STREAMS: past it, h2 would queue the
+            // stream until another ends, so the pool opens a connection instead.
+            ready: streams < conn.sender.current_max_send_streams(),
+            streams,
             idle: Duration::from_millis(
                 now_ms.saturating_sub(conn.last_used.load(Ordering::Relaxed)),
             ),
@@ -285,7 +287,7 @@ impl HboneClient {
             };
             match self.send(sender, request).await {
                 Err(Sent::Not(error)) | Err(Sent::Refused(error)) if !retried => {
-                    tracing::debug!(addr = %key.addr, %error, "HBONE stream refused by a draining peer; retrying on a new connection");
+                    tracing::debug!(addr = %key.addr, %error, "HBONE stream not taken (connection closed, or its peer draining); retrying on a new connection");
                     retried = true;
                     slot.lock()
                         .conns

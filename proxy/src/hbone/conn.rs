@@ -63,19 +63,13 @@ pub(super) async fn dial(
         .handshake::<_, Bytes>(tls)
         .await?;
     let closed = Arc::new(AtomicBool::new(false));
-    let ping = connection.ping_pong();
+    let keepalive = super::keepalive::until_unanswered(connection.ping_pong());
     tokio::spawn({
         let closed = Arc::clone(&closed);
         async move {
             // The connection's one task: it moves every stream's frames. It ends when the
             // connection does, or when the peer stops answering PINGs (dropping it then ends
             // every stream with an error).
-            let keepalive = async {
-                match ping {
-                    Some(ping) => super::keepalive::until_unanswered(ping).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 result = &mut connection => {
                     if let Err(error) = result {

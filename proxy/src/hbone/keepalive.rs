@@ -6,9 +6,13 @@ use h2::{Ping, PingPong};
 
 use super::settings::{KEEPALIVE, KEEPALIVE_TIMEOUT};
 
-/// Pings the peer until it fails to answer in time or the connection ends; returns then. The
-/// connection must be driven meanwhile (pings travel with it).
-pub(crate) async fn until_unanswered(mut ping: PingPong) {
+/// Pings the peer until it fails to answer in time or the connection ends; returns then (never,
+/// without a `PingPong`: h2 hands it out once per connection). The connection must be driven
+/// meanwhile (pings travel with it).
+pub(crate) async fn until_unanswered(ping: Option<PingPong>) {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -1,8 +1,8 @@
 //! HBONE: TCP tunnelled in HTTP/2 CONNECT streams over mutual TLS, wire-compatible with Istio
 //! ambient's ztunnel. The protocol, not the proxy's decisions: [`request`] is what a CONNECT must
 //! look like (sans-IO), [`pool`] which connection a stream takes (sans-IO), [`conn`] dials one
-//! connection, [`client`] is the pool that opens tunnels, [`H2Stream`] is one stream's bytes. The server side (15008) is
-//! [`crate::inbound`]'s.
+//! connection, [`client`] is the pool that opens tunnels, [`H2Stream`] is one stream's bytes.
+//! The server side (15008) is [`crate::inbound`]'s.
 
 pub mod client;
 mod conn;

@@ -145,7 +145,7 @@ impl AsyncWrite for H2Stream {
 }
 
 /// An `h2` error as an I/O error (the I/O error itself when it is one).
-pub(crate) fn to_io(error: h2::Error) -> io::Error {
+fn to_io(error: h2::Error) -> io::Error {
     if error.is_io() {
         error
             .into_io()

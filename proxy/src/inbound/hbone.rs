@@ -120,14 +120,7 @@ pub(crate) async fn serve_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: S
         }
     };
     drop(handshake);
-    let ping = conn.ping_pong();
-    let keepalive = async {
-        match ping {
-            Some(ping) => crate::hbone::keepalive::until_unanswered(ping).await,
-            None => std::future::pending().await,
-        }
-    };
-    let mut keepalive = std::pin::pin!(keepalive);
+    let mut keepalive = std::pin::pin!(crate::hbone::keepalive::until_unanswered(conn.ping_pong()));
     let mut draining = false;
     // Accepting drives the connection: every stream's frames move while this loop polls it.
     loop {

@@ -99,17 +99,13 @@ async fn connect(
         Ok(routed) => routed,
         Err(reason) => {
             guard.flow().dst = Party::at(&state, orig_dst.0, None);
-            guard.finish(Err(reason.into()));
-            socket::reset(client);
-            return None;
+            return refuse(guard, client, reason.into());
         }
     };
     guard.flow().service = routed.service;
     if let Some(refused) = network_policy(&state, src, &routed.route) {
         guard.flow().dst = Party::at(&state, routed.route.target(), None);
-        guard.finish(Err(refused));
-        socket::reset(client);
-        return None;
+        return refuse(guard, client, refused);
     }
     let upstream = match routed.route {
         Route::Local { source, target } => {
@@ -118,9 +114,7 @@ async fn connect(
             if ctx.certs.credentials(&source).is_none() {
                 tracing::warn!(identity = %source, "same-node call refused: no valid certificate");
                 guard.flow().dst = Party::at(&state, target, None);
-                guard.finish(Err(Refused::new(RefusalReason::NoCertificate)));
-                socket::reset(client);
-                return None;
+                return refuse(guard, client, Refused::new(RefusalReason::NoCertificate));
             }
             guard.hand_over();
             let arrival = Arrival {
@@ -164,12 +158,15 @@ async fn connect(
             guard.finish(Ok(Transferred::default()));
             None
         }
-        Err(Outcome::Refused(refused)) => {
-            guard.finish(Err(refused));
-            socket::reset(client);
-            None
-        }
+        Err(Outcome::Refused(refused)) => refuse(guard, client, refused),
     }
+}
+
+/// Reports `refused` and resets the client (RST): the connection is over.
+fn refuse(guard: FlowGuard, client: TcpStream, refused: Refused) -> Option<Connected> {
+    guard.finish(Err(refused));
+    socket::reset(client);
+    None
 }
 
 /// How a connection that never reached its relay ended.
