@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::H2Stream;
+use crate::relay::RelayIo;
 
 /// An open CONNECT tunnel: raw bytes to and from the destination pod.
 pub struct Tunnel {
@@ -67,5 +69,25 @@ impl AsyncWrite for Tunnel {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl RelayIo for Tunnel {
+    const READS_INTO_BUFFER: bool = H2Stream::READS_INTO_BUFFER;
+
+    fn poll_recv_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<std::io::Result<Option<Bytes>>> {
+        self.io.poll_recv_chunk(cx, buf)
+    }
+
+    fn poll_send_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Bytes,
+    ) -> Poll<std::io::Result<()>> {
+        self.io.poll_send_chunk(cx, chunk)
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use nodemesh_policy::Verdict;
 use nodemesh_state::MeshState;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::conns::{AdmittedOn, Carried};
 use crate::ctx::Ctx;
@@ -19,7 +18,7 @@ use crate::observe::{
     ConnectionLabels, FlowLog, FlowVerdict, HttpFlow, Metrics, RefusalReason, Reporter,
     RequestProtocol,
 };
-use crate::relay::{Transferred, relay_logged_in};
+use crate::relay::{RelayIo, Transferred, relay_logged_in};
 
 /// Serves a tunnel to a destination that needs L7 authorization, admitted on `state`: each
 /// request is decided against the policies in force when it arrives, and the connection is
@@ -32,7 +31,7 @@ pub(super) async fn serve<S>(
     guard: &mut FlowGuard,
 ) -> Result<Transferred, Refused>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: RelayIo + Send + 'static,
 {
     let arrival = &on.arrival;
     let Some(dst) = state.workload(arrival.target.ip()) else {

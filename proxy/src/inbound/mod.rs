@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use nodemesh_state::MeshState;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub use admit::{Admission, decide, recheck, vouched};
@@ -24,7 +23,7 @@ use crate::conns::{AdmittedOn, Carried, Table};
 use crate::ctx::Ctx;
 use crate::flow::{Flow, FlowGuard, Party, Refused};
 use crate::observe::{Direction, RefusalReason, Reporter};
-use crate::relay::relay_logged_in;
+use crate::relay::{RelayIo, relay_logged_in};
 
 /// The HBONE answer to a refused CONNECT (ztunnel's: 401 for policy and STRICT, 400 for a
 /// malformed request, 503 for everything the client cannot fix).
@@ -130,7 +129,7 @@ impl Admitted {
         mut downstream: S,
     ) -> impl Future<Output = ()> + 'a
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: RelayIo + Send + 'static,
     {
         let Admitted {
             state,
@@ -174,7 +173,7 @@ pub(crate) async fn serve<S>(
     stream: S,
 ) -> Option<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: RelayIo + Send + 'static,
 {
     match Box::pin(admit(ctx, state, arrival)).await {
         Ok(admitted) => {

@@ -181,6 +181,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     }
 }
 
+/// Read through the relay's buffer: the sniffed prefix first, then the stream.
+impl<S: AsyncRead + AsyncWrite + Unpin> crate::relay::RelayIo for Rewind<S> {}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -1,17 +1,23 @@
-//! Bidirectional byte relay: half-close passed on both ways, one buffer per direction reused for
-//! every chunk. Buffers start small ([`INITIAL_BUFFER`]), are held only while bytes flow (an idle
-//! connection holds none) and grow once to [`RELAY_BUFFER`] when a read fills them (large reads for throughput), if the
-//! proxy's [`MemoryBudget`] (its buffer bytes, relays' and others') has room; every byte of them
-//! is accounted there.
+//! Bidirectional byte relay: half-close passed on both ways, one read buffer per direction reused
+//! for every chunk. Buffers start small ([`INITIAL_BUFFER`]), are held only while bytes flow (an
+//! idle connection holds none) and grow once to [`RELAY_BUFFER`] when a read fills them (large
+//! reads for throughput), if the proxy's [`MemoryBudget`] (its buffer bytes, relays' and others')
+//! has room; every byte of them is accounted there. An end that speaks in owned chunks (an
+//! HTTP/2 stream, see [`RelayIo`]) needs no buffer: its chunks pass through uncopied.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Bytes, BytesMut};
+
+mod budget;
+mod end;
+
+pub use budget::{Charge, MemoryBudget};
+pub use end::RelayIo;
 
 /// Largest buffer per direction: large enough for TLS records and big TCP reads.
 pub const RELAY_BUFFER: usize = 64 * 1024;
@@ -29,99 +35,17 @@ pub struct Transferred {
     pub upstream_to_downstream: u64,
 }
 
-/// The buffer bytes one proxy accounts for, against a budget. Charges are unconditional (a
-/// connection let in gets its first buffers); growing is allowed only within the budget; new
-/// connections are refused while the budget is used up ([`MemoryBudget::exhausted`]).
-#[derive(Debug)]
-pub struct MemoryBudget {
-    limit: usize,
-    used: AtomicUsize,
-}
-
-impl MemoryBudget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self {
-            limit,
-            used: AtomicUsize::new(0),
-        })
-    }
-
-    /// A budget nothing exhausts (relays outside a proxy).
-    pub fn unlimited() -> Arc<Self> {
-        Self::new(usize::MAX)
-    }
-
-    /// Accounts for `bytes` whatever the budget: the returned charge gives them back on drop.
-    pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
-        self.used.fetch_add(bytes, Ordering::AcqRel);
-        Charge {
-            budget: Arc::clone(self),
-            bytes,
-        }
-    }
-
-    /// Whether the budget is used up: new connections are refused.
-    pub fn exhausted(&self) -> bool {
-        self.used() >= self.limit
-    }
-
-    /// Bytes accounted for now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-
-    /// The budget.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-}
-
-/// Bytes accounted against a [`MemoryBudget`], given back on drop.
-#[derive(Debug)]
-#[must_use = "dropping the charge gives the bytes back"]
-pub struct Charge {
-    budget: Arc<MemoryBudget>,
-    bytes: usize,
-}
-
-impl Charge {
-    /// Accounts for `more` bytes, if the budget has room for them.
-    pub fn try_grow(&mut self, more: usize) -> bool {
-        let limit = self.budget.limit;
-        let grown = self
-            .budget
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                n.checked_add(more).filter(|&m| m <= limit)
-            })
-            .is_ok();
-        if grown {
-            self.bytes += more;
-        }
-        grown
-    }
-
-    /// Bytes this charge holds.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
-/// One direction: read into the buffer, write it all out, again; at EOF, flush and shut the
-/// writer down (half-close).
+/// One direction: take a chunk from the reader, write it all out, again; at EOF, flush and shut
+/// the writer down (half-close).
 #[derive(Debug)]
 struct Pipe {
-    buf: Vec<u8>,
-    /// Bytes `pos..end` of `buf` are read and not written yet.
-    pos: usize,
-    end: usize,
+    /// The read buffer of a reader that reads into one (empty until bytes come). Chunks are
+    /// split off its front; the rest of its capacity takes the next read.
+    buf: BytesMut,
+    /// The buffer's size now: [`INITIAL_BUFFER`], or [`RELAY_BUFFER`] once grown.
+    size: usize,
+    /// Read and not written yet.
+    chunk: Bytes,
     /// The last read filled the buffer: grow it before the next one.
     filled: bool,
     read_done: bool,
@@ -134,9 +58,9 @@ impl Pipe {
     fn new() -> Self {
         Self {
             // Allocated for the first read (see `poll_copy`).
-            buf: Vec::new(),
-            pos: 0,
-            end: 0,
+            buf: BytesMut::new(),
+            size: INITIAL_BUFFER,
+            chunk: Bytes::new(),
             filled: false,
             read_done: false,
             need_flush: false,
@@ -145,81 +69,80 @@ impl Pipe {
         }
     }
 
-    /// Grows the (empty) buffer to [`RELAY_BUFFER`] if the budget allows; zeroes the new part
-    /// once, never per chunk.
-    fn grow(&mut self, charge: &mut Charge) {
-        let more = RELAY_BUFFER - self.buf.len();
-        if more > 0 && charge.try_grow(more) {
-            self.buf.resize(RELAY_BUFFER, 0);
+    /// Makes room for the next read: grows the buffer to [`RELAY_BUFFER`] after a read that
+    /// filled it (if the budget allows), and takes a fresh (or reclaimed) buffer when less than
+    /// half of one is left. Nothing is zeroed: reads fill the capacity as it is.
+    fn make_room(&mut self, charge: &mut Charge) {
+        if self.filled {
+            self.filled = false;
+            let more = RELAY_BUFFER - self.size;
+            if more > 0 && charge.try_grow(more) {
+                self.size = RELAY_BUFFER;
+            }
         }
-        self.filled = false;
+        if self.buf.capacity() < self.size / 2 {
+            // Reclaims the allocation in place when every chunk split off it is gone.
+            self.buf.reserve(self.size);
+        }
     }
 
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         charge: &mut Charge,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
+        reader: &mut R,
+        writer: &mut W,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: RelayIo + ?Sized,
+        W: RelayIo + ?Sized,
     {
         if self.done {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if self.pos == self.end && !self.read_done {
-                if self.filled {
-                    self.grow(charge);
-                }
-                if self.buf.is_empty() {
-                    self.buf = vec![0; INITIAL_BUFFER];
-                }
-                let mut read = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut read) {
+            if self.chunk.is_empty() && !self.read_done {
+                let room = if R::READS_INTO_BUFFER {
+                    self.make_room(charge);
+                    self.buf.capacity()
+                } else {
+                    usize::MAX
+                };
+                match reader.poll_recv_chunk(cx, &mut self.buf) {
                     Poll::Pending => {
                         // Nothing to read now. A first buffer that never grew goes back until
                         // bytes come (an idle connection holds none), at the price of one
                         // 1 KiB allocation per burst of a small-message connection, served by
                         // the allocator's thread cache; a grown one is kept for the next burst.
-                        if self.buf.len() == INITIAL_BUFFER {
-                            self.buf = Vec::new();
+                        if self.size == INITIAL_BUFFER {
+                            self.buf = BytesMut::new();
                         }
                         // Push out what was written.
                         if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx))?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(result) => result?,
-                }
-                let n = read.filled().len();
-                if n == 0 {
-                    self.read_done = true;
-                } else {
-                    (self.pos, self.end) = (0, n);
-                    self.filled = n == self.buf.len();
+                    Poll::Ready(Ok(Some(chunk))) => {
+                        self.filled = chunk.len() >= room;
+                        self.chunk = chunk;
+                    }
+                    Poll::Ready(Ok(None)) => self.read_done = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 }
             }
-            while self.pos < self.end {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.buf[self.pos..self.end])
-                )?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                self.pos += n;
-                self.moved += n as u64;
+            while !self.chunk.is_empty() {
+                let before = self.chunk.len();
+                ready!(writer.poll_send_chunk(cx, &mut self.chunk))?;
+                self.moved += (before - self.chunk.len()) as u64;
                 self.need_flush = true;
             }
+            // Let go of the written chunk: its buffer can be reclaimed for the next read.
+            self.chunk = Bytes::new();
             if self.read_done {
-                ready!(writer.as_mut().poll_flush(cx))?;
-                ready!(writer.as_mut().poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -236,24 +159,14 @@ pub async fn relay_in<D, U>(
     upstream: &mut U,
 ) -> io::Result<Transferred>
 where
-    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    D: RelayIo + ?Sized,
+    U: RelayIo + ?Sized,
 {
     let mut charge = budget.charge(2 * INITIAL_BUFFER);
     let (mut down, mut up) = (Pipe::new(), Pipe::new());
     poll_fn(|cx| {
-        let d = down.poll_copy(
-            cx,
-            &mut charge,
-            Pin::new(&mut *downstream),
-            Pin::new(&mut *upstream),
-        )?;
-        let u = up.poll_copy(
-            cx,
-            &mut charge,
-            Pin::new(&mut *upstream),
-            Pin::new(&mut *downstream),
-        )?;
+        let d = down.poll_copy(cx, &mut charge, &mut *downstream, &mut *upstream)?;
+        let u = up.poll_copy(cx, &mut charge, &mut *upstream, &mut *downstream)?;
         match (d, u) {
             (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok::<(), io::Error>(())),
             _ => Poll::Pending,
@@ -269,8 +182,8 @@ where
 /// [`relay_in`] with buffers no proxy accounts for.
 pub async fn relay<D, U>(downstream: &mut D, upstream: &mut U) -> io::Result<Transferred>
 where
-    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    D: RelayIo + ?Sized,
+    U: RelayIo + ?Sized,
 {
     relay_in(&MemoryBudget::unlimited(), downstream, upstream).await
 }
@@ -283,8 +196,8 @@ pub async fn relay_logged_in<D, U>(
     upstream: &mut U,
 ) -> Transferred
 where
-    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    D: RelayIo + ?Sized,
+    U: RelayIo + ?Sized,
 {
     relay_in(budget, downstream, upstream)
         .await
@@ -297,8 +210,8 @@ where
 /// [`relay_logged_in`] with buffers no proxy accounts for.
 pub async fn relay_logged<D, U>(downstream: &mut D, upstream: &mut U) -> Transferred
 where
-    D: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    D: RelayIo + ?Sized,
+    U: RelayIo + ?Sized,
 {
     relay_logged_in(&MemoryBudget::unlimited(), downstream, upstream).await
 }
@@ -375,12 +288,7 @@ mod tests {
         let mut step = |pipe: &mut Pipe, reader: &mut tokio::io::DuplexStream| {
             let waker = std::task::Waker::noop();
             let mut cx = Context::from_waker(waker);
-            let _ = pipe.poll_copy(
-                &mut cx,
-                &mut charge,
-                Pin::new(reader),
-                Pin::new(&mut writer),
-            );
+            let _ = pipe.poll_copy(&mut cx, &mut charge, reader, &mut writer);
         };
         step(&mut pipe, &mut reader);
         assert_eq!(pipe.buf.capacity(), 0, "nothing read yet: no buffer");
@@ -400,8 +308,8 @@ mod tests {
             .unwrap();
         step(&mut pipe, &mut reader);
         assert_eq!(
-            pipe.buf.len(),
-            RELAY_BUFFER,
+            (pipe.size, pipe.buf.capacity() >= RELAY_BUFFER / 2),
+            (RELAY_BUFFER, true),
             "a read that filled it grew it, and it stays"
         );
     }
