@@ -96,7 +96,9 @@ fn main() {
     );
     let table = Table::new(&paths);
     table.header();
-    // Memory per idle connection first, before the load grows the allocators' pools.
+    // What the proxies hold before any connection, then memory per idle connection, before the
+    // load grows the allocators' pools.
+    let at_start = proxy_rss_mib(&bed, &paths);
     let idle: Vec<Option<f64>> = paths
         .iter()
         .map(|p| {
@@ -133,15 +135,8 @@ fn main() {
         1,
     );
     std::thread::sleep(Duration::from_secs(2));
-    let rss = paths
-        .iter()
-        .map(|p| {
-            let pids = proxy_pids(&bed, p.name);
-            (!pids.is_empty()).then(|| {
-                pids.iter().map(|&pid| rss_bytes(pid)).sum::<f64>() / pids.len() as f64 / 1048576.0
-            })
-        })
-        .collect();
+    let rss = proxy_rss_mib(&bed, &paths);
+    table.row("RSS at start, per proxy (MiB)", at_start, 1);
     table.row("RSS after the runs, per proxy (MiB)", rss, 1);
     if ztunnel_binary.is_some() {
         let opened = ztunnel::connections_opened(&bed, ztunnel::SERVER);
@@ -305,6 +300,19 @@ fn millis(text: &str) -> f64 {
         "s" => n * 1000.0,
         other => panic!("unknown wrk unit {other}"),
     }
+}
+
+/// Each path's proxies' mean RSS in MiB (none for the direct path).
+fn proxy_rss_mib(bed: &Testbed, paths: &[Route]) -> Vec<Option<f64>> {
+    paths
+        .iter()
+        .map(|p| {
+            let pids = proxy_pids(bed, p.name);
+            (!pids.is_empty()).then(|| {
+                pids.iter().map(|&pid| rss_bytes(pid)).sum::<f64>() / pids.len() as f64 / 1048576.0
+            })
+        })
+        .collect()
 }
 
 fn rss_bytes(pid: u32) -> f64 {

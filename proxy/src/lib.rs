@@ -19,6 +19,7 @@
 //!                 the open connections, re-decided on every change of the state)
 //!  flow           one FlowGuard per connection: metrics + one flow-log line, on drop
 //!  bounds         connection caps, handshakes in progress, the buffer budget (sans IO)
+//!  heap           freed memory back to the kernel after a burst of connections (sans-IO policy)
 //!  hbone/ l7/ observe/ tls certs socket relay addr   the parts below
 //! ```
 //!
@@ -35,6 +36,7 @@ pub mod conns;
 mod ctx;
 pub mod flow;
 pub mod hbone;
+pub mod heap;
 pub mod inbound;
 pub mod l7;
 pub mod observe;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("addr", 0),
     ("certs", 0),
+    ("heap", 0),
     ("observe", 0),
     ("pending", 0),
     ("relay", 0),

@@ -180,6 +180,10 @@ impl ProxyHandle {
             Arc::clone(&ctx),
             opts.reload_interval,
         )));
+        running.push(tokio::spawn(tasks::trim_heap(
+            Arc::clone(&ctx),
+            tasks::TRIM_INTERVAL,
+        )));
         let hold_readiness = Arc::new(AtomicBool::new(false));
         running.push(tokio::spawn(tasks::track_readiness(
             Arc::clone(&ctx),
