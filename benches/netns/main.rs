@@ -136,8 +136,16 @@ fn main() {
     );
     std::thread::sleep(Duration::from_secs(2));
     let rss = proxy_rss_mib(&bed, &paths);
+    let [at_start, anon_at_start] = at_start;
+    let [rss, anon] = rss;
     table.row("RSS at start, per proxy (MiB)", at_start, 1);
     table.row("RSS after the runs, per proxy (MiB)", rss, 1);
+    table.row(
+        "anonymous RSS (heap, stacks) at start (MiB)",
+        anon_at_start,
+        1,
+    );
+    table.row("anonymous RSS (heap, stacks) after the runs (MiB)", anon, 1);
     if ztunnel_binary.is_some() {
         let opened = ztunnel::connections_opened(&bed, ztunnel::SERVER);
         assert!(
@@ -302,24 +310,33 @@ fn millis(text: &str) -> f64 {
     }
 }
 
-/// Each path's proxies' mean RSS in MiB (none for the direct path).
-fn proxy_rss_mib(bed: &Testbed, paths: &[Route]) -> Vec<Option<f64>> {
-    paths
-        .iter()
-        .map(|p| {
-            let pids = proxy_pids(bed, p.name);
-            (!pids.is_empty()).then(|| {
-                pids.iter().map(|&pid| rss_bytes(pid)).sum::<f64>() / pids.len() as f64 / 1048576.0
+/// Each path's proxies' mean RSS and its anonymous part (heap and stacks; the rest is the
+/// binary's and libraries' pages), in MiB (none for the direct path).
+fn proxy_rss_mib(bed: &Testbed, paths: &[Route]) -> [Vec<Option<f64>>; 2] {
+    ["VmRSS:", "RssAnon:"].map(|field| {
+        paths
+            .iter()
+            .map(|p| {
+                let pids = proxy_pids(bed, p.name);
+                (!pids.is_empty()).then(|| {
+                    let sum: f64 = pids.iter().map(|&pid| status_bytes(pid, field)).sum();
+                    sum / pids.len() as f64 / 1048576.0
+                })
             })
-        })
-        .collect()
+            .collect()
+    })
 }
 
 fn rss_bytes(pid: u32) -> f64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A size field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`), in bytes.
+fn status_bytes(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();

@@ -1,32 +1,48 @@
-//! Freed heap goes back to the kernel after a burst of connections ends. glibc returns memory
-//! only from the top of its heaps: after a thousand connections close, the pages they used stay
-//! resident, scattered between live allocations, until the process asks for them to be released
-//! (`malloc_trim`). [`TrimPolicy`] (sans IO) says when a burst has ended, from the bytes the
-//! proxy's connections hold (their peak, [`MemoryBudget::take_peak`](crate::relay::MemoryBudget::take_peak),
-//! and now); [`trim`] releases.
+//! Freed heap goes back to the kernel after a burst ends. glibc returns memory only from the top
+//! of its heaps: after a thousand connections close, or a bulk transfer's HTTP/2 windows drain,
+//! the pages they used stay resident, scattered between live allocations, until the process asks
+//! for them to be released (`malloc_trim`). [`TrimPolicy`] (sans IO) says when, from the
+//! resident memory no allocation uses ([`slack_bytes`]); [`trim`] releases it.
 
-/// A burst smaller than this (bytes of connection buffers) is not worth a trim: 512 KiB is 256
-/// idle connections, or eight busy ones.
-pub const MIN_DROP: usize = 512 * 1024;
+/// Slack worth a trim: 2 MiB, a hundred idle connections' worth or one bulk transfer's.
+pub const MIN_SLACK: usize = 2 * 1024 * 1024;
 
-/// Decides when to trim: when the bytes held fell to half of their peak since the last trim (or
-/// less), by at least [`MIN_DROP`].
+/// Decides when to trim: when the slack rose by [`MIN_SLACK`] above its lowest since the last
+/// trim. (What a trim cannot release, pages shared with live allocations, stays in the low point
+/// and never triggers another.)
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TrimPolicy {
-    peak: usize,
+    low: Option<usize>,
 }
 
 impl TrimPolicy {
-    /// Takes the most bytes held since the last call (`peak`) and the bytes held now; `true`
-    /// when the heap should be trimmed now.
-    pub fn observe(&mut self, peak: usize, held: usize) -> bool {
-        self.peak = self.peak.max(peak).max(held);
-        let ended = self.peak - held >= MIN_DROP && held <= self.peak / 2;
-        if ended {
-            self.peak = held;
-        }
-        ended
+    /// Takes the slack now; `true` when the heap should be trimmed. The look after a trim sets
+    /// the new low point.
+    pub fn observe(&mut self, slack: usize) -> bool {
+        let low = self.low.map_or(slack, |low| low.min(slack));
+        let trim = slack - low >= MIN_SLACK;
+        self.low = (!trim).then_some(low);
+        trim
     }
+}
+
+/// Resident anonymous memory that no allocation uses: the process's anonymous RSS less the
+/// allocator's bytes in use (`/proc/self/status`, `mallinfo2`: tens of microseconds). `None`
+/// where either cannot be read.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn slack_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let anon_kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's statistics.
+    #[allow(unsafe_code)]
+    let info = unsafe { libc::mallinfo2() };
+    Some((anon_kib * 1024).saturating_sub(info.uordblks + info.hblkhd))
 }
 
 /// Releases the allocator's free pages to the kernel; whether any were released. It walks every
@@ -40,6 +56,12 @@ pub fn trim() -> bool {
     released == 1
 }
 
+/// Other allocators return memory by themselves: nothing to measure.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn slack_bytes() -> Option<usize> {
+    None
+}
+
 /// Other allocators return memory by themselves: nothing to do.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim() -> bool {
@@ -50,52 +72,46 @@ pub fn trim() -> bool {
 mod tests {
     use super::*;
 
+    const MIB: usize = 1024 * 1024;
+
     #[test]
-    fn trims_once_when_a_burst_has_ended() {
+    fn trims_when_the_slack_rose_enough_and_once() {
         let mut policy = TrimPolicy::default();
-        assert!(!policy.observe(0, 0));
+        assert!(!policy.observe(MIB), "the first look sets the low point");
+        assert!(!policy.observe(2 * MIB), "1 MiB more: not worth it");
+        assert!(policy.observe(3 * MIB), "2 MiB more than the low point");
         assert!(
-            !policy.observe(4 * MIN_DROP, 4 * MIN_DROP),
-            "rising: no trim"
+            !policy.observe(MIB),
+            "the look after the trim sets the new low point"
         );
-        assert!(
-            !policy.observe(3 * MIN_DROP, 3 * MIN_DROP),
-            "still above half the peak"
-        );
-        assert!(
-            policy.observe(MIN_DROP, MIN_DROP),
-            "fell to a quarter: trim"
-        );
-        assert!(!policy.observe(MIN_DROP, MIN_DROP), "once per burst");
-        assert!(
-            !policy.observe(MIN_DROP / 2, MIN_DROP / 2),
-            "a drop under MIN_DROP is not worth it"
-        );
+        assert!(!policy.observe(2 * MIB));
     }
 
     #[test]
-    fn a_burst_between_two_looks_counts() {
+    fn what_a_trim_cannot_release_does_not_trim_again() {
         let mut policy = TrimPolicy::default();
-        assert!(!policy.observe(0, 0));
-        assert!(
-            policy.observe(4 * MIN_DROP, 0),
-            "it came and went between two looks"
-        );
+        policy.observe(0);
+        assert!(policy.observe(10 * MIB));
+        for _ in 0..5 {
+            assert!(
+                !policy.observe(5 * MIB),
+                "5 MiB stayed: it is the new low point"
+            );
+        }
+        assert!(policy.observe(7 * MIB), "and 2 MiB above it trims again");
     }
 
     #[test]
-    fn small_bursts_are_left_alone() {
+    fn a_heap_that_keeps_its_slack_is_left_alone() {
         let mut policy = TrimPolicy::default();
-        assert!(!policy.observe(MIN_DROP - 1, MIN_DROP - 1));
-        assert!(!policy.observe(0, 0));
+        for slack in [5 * MIB, 6 * MIB, 5 * MIB, 6 * MIB, 5 * MIB] {
+            assert!(!policy.observe(slack));
+        }
     }
 
     #[test]
-    fn a_new_burst_after_a_trim_is_measured_from_where_it_started() {
-        let mut policy = TrimPolicy::default();
-        policy.observe(4 * MIN_DROP, 4 * MIN_DROP);
-        assert!(policy.observe(0, 0));
-        policy.observe(3 * MIN_DROP, 3 * MIN_DROP);
-        assert!(policy.observe(MIN_DROP, MIN_DROP));
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn the_slack_is_read() {
+        assert!(slack_bytes().is_some());
     }
 }

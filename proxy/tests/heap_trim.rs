@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use nodemesh_test_support::mesh::{Mesh, dial};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use nodemesh_test_support::mesh::{Mesh, open_idle};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// A port of pod 2.21 (node-b) that nothing else serves.
@@ -26,24 +26,6 @@ fn rss() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap();
     kib * 1024
-}
-
-/// Opens `n` connections from pod 1.11 (node-a) to the hold server through both proxies, each
-/// carrying one byte, and returns them once the server has read every byte.
-async fn open(mesh: &Mesh, web: &str, got: &mut mpsc::Receiver<()>, n: usize) -> Vec<TcpStream> {
-    let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = dial(&mesh.a, web, mesh.addr("2.21", HOLD)).await;
-        s.write_all(b"x").await.unwrap();
-        held.push(s);
-    }
-    for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(10), got.recv())
-            .await
-            .expect("every connection reaches the server")
-            .unwrap();
-    }
-    held
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,11 +54,11 @@ async fn the_memory_of_a_burst_of_connections_goes_back_when_it_ends() {
     });
     // Warm with a burst of the same size: the pooled HBONE connections it takes (a hundred
     // streams each) stay open for the next one, as do certificates and the runtime's tables.
-    drop(open(&mesh, &web, &mut got, BURST).await);
+    drop(open_idle(&mesh.a, &web, mesh.addr("2.21", HOLD), &mut got, BURST).await);
     release.send(()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = rss();
-    let burst = open(&mesh, &web, &mut got, BURST).await;
+    let burst = open_idle(&mesh.a, &web, mesh.addr("2.21", HOLD), &mut got, BURST).await;
     let during = rss();
     let grown = during.saturating_sub(before);
     println!("RSS before the burst {before} B, during {during} B (+{grown})");

@@ -8,9 +8,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use nodemesh_test_support::mesh::{Mesh, dial};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use nodemesh_test_support::mesh::{Mesh, open_idle};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 
 struct Counting;
 
@@ -51,29 +51,6 @@ const HELD: usize = 200;
 /// HTTP-server state for life and hyper kept a task and a channel per stream; 10.4 KB now.
 const BOUND: usize = 14 * 1024;
 
-/// Opens `n` connections from pod 1.11 (node-a) to the hold server through both proxies, each
-/// carrying one byte; returns them once the server has read every byte.
-async fn open_idle(
-    mesh: &Mesh,
-    web: &str,
-    got: &mut tokio::sync::mpsc::Receiver<()>,
-    n: usize,
-) -> Vec<TcpStream> {
-    let mut held = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut s = dial(&mesh.a, web, mesh.addr("2.21", HOLD)).await;
-        s.write_all(b"x").await.unwrap();
-        held.push(s);
-    }
-    for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(10), got.recv())
-            .await
-            .expect("every idle connection reaches the server")
-            .unwrap();
-    }
-    held
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_costs_the_proxies_little_heap() {
     let mesh = Mesh::start("").await;
@@ -92,10 +69,10 @@ async fn an_idle_connection_costs_the_proxies_little_heap() {
         }
     });
     // Warm: the pooled HBONE connection, certificates, the allocator's and runtime's tables.
-    let warm = open_idle(&mesh, &web, &mut got, 50).await;
+    let warm = open_idle(&mesh.a, &web, mesh.addr("2.21", HOLD), &mut got, 50).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = LIVE.load(Ordering::Relaxed);
-    let held = open_idle(&mesh, &web, &mut got, HELD).await;
+    let held = open_idle(&mesh.a, &web, mesh.addr("2.21", HOLD), &mut got, HELD).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = LIVE.load(Ordering::Relaxed);
     let per_connection = usize::try_from(after - before).unwrap_or(0) / HELD;

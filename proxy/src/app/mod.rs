@@ -180,10 +180,7 @@ impl ProxyHandle {
             Arc::clone(&ctx),
             opts.reload_interval,
         )));
-        running.push(tokio::spawn(tasks::trim_heap(
-            Arc::clone(&ctx),
-            tasks::TRIM_INTERVAL,
-        )));
+        running.push(tokio::spawn(tasks::trim_heap(tasks::TRIM_INTERVAL)));
         let hold_readiness = Arc::new(AtomicBool::new(false));
         running.push(tokio::spawn(tasks::track_readiness(
             Arc::clone(&ctx),

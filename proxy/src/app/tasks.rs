@@ -50,24 +50,27 @@ fn prune_series(ctx: &Ctx) {
         .prune_workloads(|namespace, name| alive.contains(&(namespace, name)));
 }
 
-/// How often [`trim_heap`] looks at the bytes connections hold.
+/// How often [`trim_heap`] looks at the heap's slack.
 pub(super) const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Gives freed heap back to the kernel once a burst of connections has ended ([`TrimPolicy`]):
-/// otherwise a thousand closed connections stay in the proxy's RSS for good.
-pub(super) async fn trim_heap(ctx: Arc<Ctx>, interval: Duration) {
+/// Gives freed heap back to the kernel once a burst has ended ([`TrimPolicy`]): otherwise a
+/// thousand closed connections, or a bulk transfer's drained HTTP/2 windows, stay in the proxy's
+/// RSS for good.
+pub(super) async fn trim_heap(interval: Duration) {
     let mut policy = TrimPolicy::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let memory = &ctx.bounds.memory;
-        if policy.observe(memory.take_peak(), memory.used()) {
+        let Some(slack) = heap::slack_bytes() else {
+            return;
+        };
+        if policy.observe(slack) {
             // Off the data path: the walk over the arenas takes about a millisecond.
             let released = tokio::task::spawn_blocking(heap::trim)
                 .await
                 .unwrap_or(false);
-            tracing::debug!(released, "a burst of connections ended: heap trimmed");
+            tracing::debug!(released, "a burst ended: free heap given back");
         }
     }
 }

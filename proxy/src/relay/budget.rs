@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct MemoryBudget {
     limit: usize,
     used: AtomicUsize,
-    /// The most bytes accounted at once since [`MemoryBudget::take_peak`] last read it.
-    peak: AtomicUsize,
 }
 
 impl MemoryBudget {
@@ -21,7 +19,6 @@ impl MemoryBudget {
         Arc::new(Self {
             limit,
             used: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
         })
     }
 
@@ -32,8 +29,7 @@ impl MemoryBudget {
 
     /// Accounts for `bytes` whatever the budget: the returned charge gives them back on drop.
     pub fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
-        let used = self.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        self.raise_peak(used);
+        self.used.fetch_add(bytes, Ordering::AcqRel);
         Charge {
             budget: Arc::clone(self),
             bytes,
@@ -53,21 +49,6 @@ impl MemoryBudget {
     /// The budget.
     pub fn limit(&self) -> usize {
         self.limit
-    }
-
-    /// The most bytes accounted at once since the last call (or since the start); the peak
-    /// starts again from what is accounted now. A burst shorter than the caller's polling
-    /// interval still shows.
-    pub fn take_peak(&self) -> usize {
-        let now = self.used();
-        self.peak.swap(now, Ordering::AcqRel).max(now)
-    }
-
-    /// Records `used` as the peak if it is one (a read, and a write only when it is).
-    fn raise_peak(&self, used: usize) {
-        if used > self.peak.load(Ordering::Relaxed) {
-            self.peak.fetch_max(used, Ordering::AcqRel);
-        }
     }
 }
 
@@ -92,7 +73,6 @@ impl Charge {
             .is_ok();
         if grown {
             self.bytes += more;
-            self.budget.raise_peak(self.budget.used());
         }
         grown
     }

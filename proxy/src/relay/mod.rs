@@ -237,19 +237,6 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
-    #[test]
-    fn the_peak_shows_a_burst_that_ended_before_it_was_read() {
-        let budget = MemoryBudget::new(1000);
-        let mut a = budget.charge(100);
-        assert!(a.try_grow(300));
-        let b = budget.charge(200);
-        drop((a, b));
-        assert_eq!((budget.take_peak(), budget.used()), (600, 0));
-        assert_eq!(budget.take_peak(), 0, "read again: it starts from now");
-        let _c = budget.charge(50);
-        assert_eq!(budget.take_peak(), 50);
-    }
-
     #[tokio::test]
     async fn buffers_start_small_and_grow_when_reads_fill_them() {
         let budget = MemoryBudget::new(1024 * 1024);

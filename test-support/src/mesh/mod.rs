@@ -195,3 +195,29 @@ pub async fn dial(proxy: &ProxyHandle, src: &str, dst: SocketAddr) -> TcpStream 
     proxy.outbound_entry(accepted, dst);
     client
 }
+
+/// Opens `n` connections from pod `src` through `proxy` to `dst`, each carrying one byte, and
+/// returns them once `arrived` has reported each byte read by the server (the connections are
+/// then idle, end to end).
+pub async fn open_idle(
+    proxy: &ProxyHandle,
+    src: &str,
+    dst: SocketAddr,
+    arrived: &mut tokio::sync::mpsc::Receiver<()>,
+    n: usize,
+) -> Vec<TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = dial(proxy, src, dst).await;
+        s.write_all(b"x").await.unwrap();
+        held.push(s);
+    }
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+            .await
+            .expect("every connection reaches the server")
+            .unwrap();
+    }
+    held
+}
