@@ -8,21 +8,25 @@
 pub const MIN_SLACK: usize = 2 * 1024 * 1024;
 
 /// Decides when to trim: when the slack rose by [`MIN_SLACK`] above its lowest since the last
-/// trim. (What a trim cannot release, pages shared with live allocations, stays in the low point
-/// and never triggers another.)
+/// trim, or above what that trim left ([`TrimPolicy::trimmed`]): pages shared with live
+/// allocations, which no trim releases, never trigger another.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TrimPolicy {
     low: Option<usize>,
 }
 
 impl TrimPolicy {
-    /// Takes the slack now; `true` when the heap should be trimmed. The look after a trim sets
-    /// the new low point.
+    /// Takes the slack now; `true` when the heap should be trimmed.
     pub fn observe(&mut self, slack: usize) -> bool {
         let low = self.low.map_or(slack, |low| low.min(slack));
-        let trim = slack - low >= MIN_SLACK;
-        self.low = (!trim).then_some(low);
-        trim
+        self.low = Some(low);
+        slack - low >= MIN_SLACK
+    }
+
+    /// Takes the slack right after a trim: the new low point. (Read a second later, under load,
+    /// the slack has grown back and would hide what the next burst leaves.)
+    pub fn trimmed(&mut self, slack: usize) {
+        self.low = Some(slack);
     }
 }
 
@@ -75,16 +79,14 @@ mod tests {
     const MIB: usize = 1024 * 1024;
 
     #[test]
-    fn trims_when_the_slack_rose_enough_and_once() {
+    fn trims_when_the_slack_rose_enough() {
         let mut policy = TrimPolicy::default();
         assert!(!policy.observe(MIB), "the first look sets the low point");
         assert!(!policy.observe(2 * MIB), "1 MiB more: not worth it");
         assert!(policy.observe(3 * MIB), "2 MiB more than the low point");
-        assert!(
-            !policy.observe(MIB),
-            "the look after the trim sets the new low point"
-        );
-        assert!(!policy.observe(2 * MIB));
+        policy.trimmed(MIB / 2);
+        assert!(!policy.observe(2 * MIB), "measured from what the trim left");
+        assert!(policy.observe(3 * MIB));
     }
 
     #[test]
@@ -92,6 +94,7 @@ mod tests {
         let mut policy = TrimPolicy::default();
         policy.observe(0);
         assert!(policy.observe(10 * MIB));
+        policy.trimmed(5 * MIB);
         for _ in 0..5 {
             assert!(
                 !policy.observe(5 * MIB),

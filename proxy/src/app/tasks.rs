@@ -67,10 +67,19 @@ pub(super) async fn trim_heap(interval: Duration) {
         };
         if policy.observe(slack) {
             // Off the data path: the walk over the arenas takes about a millisecond.
-            let released = tokio::task::spawn_blocking(heap::trim)
-                .await
-                .unwrap_or(false);
-            tracing::debug!(released, "a burst ended: free heap given back");
+            let after = tokio::task::spawn_blocking(|| {
+                let released = heap::trim();
+                (released, heap::slack_bytes())
+            })
+            .await;
+            let (released, left) = after.unwrap_or((false, None));
+            policy.trimmed(left.unwrap_or(slack));
+            tracing::debug!(
+                released,
+                slack,
+                ?left,
+                "a burst ended: free heap given back"
+            );
         }
     }
 }

@@ -2,7 +2,8 @@
 //! `AsyncWrite`, with no task, channel or buffer of its own between the relay and HTTP/2.
 //!
 //! Reads hand out the DATA frames `h2` received, and give their flow-control credit back as the
-//! bytes are taken; the relay takes them whole and gives `h2` its own chunks ([`RelayIo`]). Writes pass as much as the stream's window allows now; the rest waits for
+//! bytes are taken; the relay takes them whole and gives `h2` its own chunks ([`RelayIo`]).
+//! Writes pass as much as the stream's window allows now; the rest waits for
 //! credit, so a slow reader on the far side holds the writer back (no unbounded queue).
 
 use std::io;
