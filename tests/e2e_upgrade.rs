@@ -205,8 +205,16 @@ async fn long_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> Seen {
     seen
 }
 
-/// Sends a numbered datagram every [`UDP_INTERVAL`]; returns (sent, answered).
-async fn udp_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
+/// What the UDP echo saw: datagrams sent, answered, and when the unanswered ones were sent.
+struct Echoes {
+    sent: u64,
+    answered: u64,
+    /// The spans of unanswered datagrams, in seconds since the first was sent.
+    lost: Vec<(f32, f32)>,
+}
+
+/// Sends a numbered datagram every [`UDP_INTERVAL`] until `stop`.
+async fn udp_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> Echoes {
     let socket = Arc::new(tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap());
     socket.connect(target).await.unwrap();
     let done = Arc::new(AtomicBool::new(false));
@@ -224,7 +232,7 @@ async fn udp_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
                     seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
                 }
             }
-            seen.len() as u64
+            seen
         })
     };
     let mut sent = 0u64;
@@ -238,17 +246,37 @@ async fn udp_stream(target: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
     // Late answers still count.
     tokio::time::sleep(Duration::from_millis(500)).await;
     done.store(true, Ordering::Relaxed);
-    (sent, receiver.await.unwrap())
+    let seen = receiver.await.unwrap();
+    let at = |seq: u64| (seq as u128 * UDP_INTERVAL.as_millis()) as f32 / 1000.0;
+    let mut lost: Vec<(f32, f32)> = Vec::new();
+    let mut last_lost = None;
+    for seq in (0..sent).filter(|s| !seen.contains(s)) {
+        match (last_lost, lost.last_mut()) {
+            (Some(prev), Some(span)) if prev + 1 == seq => span.1 = at(seq),
+            _ => lost.push((at(seq), at(seq))),
+        }
+        last_lost = Some(seq);
+    }
+    Echoes {
+        sent,
+        answered: seen.len() as u64,
+        lost,
+    }
 }
 
 /// Opens a new HTTP connection to `target` every 50 ms.
+/// Each failure is told with when its call started (seconds since the traffic began).
 async fn new_connections(target: SocketAddr, stop: Arc<AtomicBool>) -> Seen {
     let mut seen = Seen::default();
+    let start = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        let at = start.elapsed().as_secs_f32();
         match apps::http(target, "GET", "/", Vec::new(), Duration::from_secs(5)).await {
             Ok(r) if r.status == 200 => seen.ok += 1,
-            Ok(r) => seen.failures.push(format!("status {}", r.status)),
-            Err(e) => seen.failures.push(e.to_string()),
+            Ok(r) => seen
+                .failures
+                .push(format!("{at:.1} s: status {}", r.status)),
+            Err(e) => seen.failures.push(format!("{at:.1} s: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -336,6 +364,7 @@ fn swap_keeps_every_connection(backend: Backend) {
             bed.log_tail("proxy/node-b/old", 30)
         )
     });
+    let swapped_b = start.elapsed();
     std::thread::sleep(Duration::from_secs(5));
     bed.upgrade_proxy("node-a", &[]).unwrap_or_else(|e| {
         panic!(
@@ -343,18 +372,27 @@ fn swap_keeps_every_connection(backend: Backend) {
             bed.log_tail("proxy/node-a/old", 30)
         )
     });
-    let swapped = start.elapsed();
+    let swapped_a = start.elapsed();
     assert!(
-        swapped < TRAFFIC,
-        "the swaps took {swapped:?}, past the traffic"
+        swapped_a < TRAFFIC,
+        "the swaps took {swapped_a:?}, past the traffic"
     );
     std::thread::sleep(TRAFFIC.saturating_sub(start.elapsed()) + Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    let (stream, (sent, answered), loop_) = echo.join().unwrap();
+    let (stream, udp, loop_) = echo.join().unwrap();
+    let Echoes { sent, answered, .. } = udp;
     h2_stop.store(true, Ordering::Relaxed);
     h2_server.join().unwrap();
     let iperf = iperf.join().unwrap();
 
+    for node in ["node-a", "node-b"] {
+        let key = format!("proxy/{node}");
+        assert!(
+            bed.is_running(&key),
+            "{node}'s new proxy exited after taking over\n{}",
+            bed.log_tail(&key, 30)
+        );
+    }
     let logs = || {
         let refused: Vec<String> = ["node-a", "node-b"]
             .iter()
@@ -373,8 +411,15 @@ fn swap_keeps_every_connection(backend: Backend) {
         )
     };
     eprintln!(
-        "long HTTP/2 stream {} ok {:?}; new connections {} ok {:?}; UDP {answered} of {sent}",
-        stream.ok, stream.failures, loop_.ok, loop_.failures
+        "long HTTP/2 stream {} ok {:?}; new connections {} ok {:?}; UDP {answered} of {sent}, \
+         unanswered {:?} s; swaps at {:.1} s (node-b) and {:.1} s (node-a)",
+        stream.ok,
+        stream.failures,
+        loop_.ok,
+        loop_.failures,
+        udp.lost,
+        swapped_b.as_secs_f32(),
+        swapped_a.as_secs_f32(),
     );
     let report = match &iperf {
         Ok(json) => serde_json::from_str::<serde_json::Value>(json).unwrap(),

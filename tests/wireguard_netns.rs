@@ -1014,3 +1014,63 @@ fn a_node_without_pod_cidr_fails_closed() {
         "{err}"
     );
 }
+
+/// A stopped device has let go of its interface and its UDP port by the time `stop` returns, so
+/// a process taking over from an old proxy creates both at once. (The old device's tasks used to
+/// drop them a moment later; a takeover that came in between failed to bring WireGuard up.)
+/// Twenty rounds of start, handshakes in flight, stop, each checked the moment stop returns.
+#[test]
+fn a_stopped_device_has_released_its_interface_and_port() {
+    use nodemesh_wireguard::PrivateKey;
+    use nodemesh_wireguard::device::UserspaceDevice;
+    use nodemesh_wireguard::peers::{PeerSet, PeerSpec};
+    if !runs("a_stopped_device_has_released_its_interface_and_port") {
+        return;
+    }
+    let bed = build();
+    let _sockets = Sockets::of(&bed);
+    let name = ifname(&bed, "node-a");
+    let peer = PeerSpec {
+        node: "node-b".into(),
+        public_key: PrivateKey::generate().public_key(),
+        endpoint: std::net::SocketAddrV4::new(address(&bed, "node-b"), WG_PORT),
+        pod_cidr: pod_cidr(&bed, "node-b").parse().unwrap(),
+    };
+    let peers = PeerSet::from([(*peer.public_key.as_bytes(), peer)]);
+    let rounds = bed
+        .node("node-a")
+        .unwrap()
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let key = PrivateKey::generate();
+                for round in 0..20 {
+                    let device = UserspaceDevice::start(&name, WG_PORT, &key, &peers, None)
+                        .await
+                        .unwrap_or_else(|e| panic!("round {round}: start: {e}"));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    device.stop().await;
+                    let interface = nix::net::if_::if_nametoindex(name.as_str());
+                    let port = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, WG_PORT));
+                    if interface.is_ok() || port.is_err() {
+                        return Err(format!(
+                            "round {round}: after stop, interface {name} {}, port {WG_PORT} {}",
+                            if interface.is_ok() {
+                                "still there"
+                            } else {
+                                "gone"
+                            },
+                            if port.is_err() { "still bound" } else { "free" },
+                        ));
+                    }
+                }
+                Ok(20)
+            })
+        })
+        .unwrap();
+    assert_eq!(rounds, Ok(20));
+}

@@ -365,9 +365,14 @@ async fn serve(args: ProxyArgs) -> Result<()> {
             let mut options = nodemesh_wireguard::NodeOptions::new(&args.state_dir);
             options.port = args.wireguard_port;
             if took_over {
-                // The old process's device lets go of the port a moment after it reports
-                // stopped.
-                upgrade::await_udp_port(args.wireguard_port, Duration::from_secs(5)).await;
+                // The old process stops its device once we have taken over; an older version
+                // reports it stopped a moment before its interface and port are free.
+                nodemesh_wireguard::device::await_released(
+                    &options.interface,
+                    options.port,
+                    nodemesh_wireguard::device::RELEASE_PATIENCE,
+                )
+                .await;
             }
             let handle =
                 nodemesh_wireguard::WireguardHandle::start_from(list, &wireguard_node, options)

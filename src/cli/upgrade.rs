@@ -246,17 +246,6 @@ pub async fn replace_classically(admin: SocketAddr, why: &str, patience: Duratio
     .context("the wait for the running proxy")?
 }
 
-/// Waits until UDP `port` can be bound (the process handing over has let go of it), for up to
-/// `patience`; binding it for real then reports any error.
-pub async fn await_udp_port(port: u16, patience: Duration) {
-    let start = Instant::now();
-    while std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).is_err()
-        && start.elapsed() < patience
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Whether a process serves the admin API at `admin` (a running proxy that did not answer on
 /// the handoff socket).
 pub fn admin_in_use(admin: SocketAddr) -> bool {

@@ -247,7 +247,7 @@ impl Testbed {
     pub fn await_exit(&mut self, key: &str, timeout: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if !self.processes.get_mut(key).is_some_and(Process::is_running) {
+            if !self.is_running(key) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));

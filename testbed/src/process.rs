@@ -188,6 +188,11 @@ impl Testbed {
         self.processes.get(process).and_then(Process::pid)
     }
 
+    /// Whether the process `key` is known and has not exited.
+    pub fn is_running(&mut self, key: &str) -> bool {
+        self.processes.get_mut(key).is_some_and(Process::is_running)
+    }
+
     /// Stops the process `key` with `signal`, waiting up to 10 s before SIGKILL, and returns
     /// how it ended (as [`Process::stop`]).
     pub fn stop_process(&mut self, key: &str, signal: Signal) -> Result<String, TestbedError> {

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 use gotatun::device::uapi::UapiServer;
 use gotatun::device::{Device, DeviceBuilder, Peer};
@@ -40,6 +41,7 @@ type Transports = (FastUdp, TunWriter, Tun);
 /// and writing IP packets on a TUN interface.
 pub struct UserspaceDevice {
     name: String,
+    port: u16,
     device: Device<Transports>,
 }
 
@@ -104,18 +106,43 @@ impl UserspaceDevice {
         })?;
         Ok(Self {
             name: name.to_owned(),
+            port,
             device,
         })
     }
 
-    /// Stops the device; the TUN interface goes away with it.
+    /// Stops the device and waits (up to [`RELEASE_PATIENCE`]) until its TUN interface is gone
+    /// and its UDP port is free, so that a device started next, here or in the process taking
+    /// over, finds both: gotatun's stop returns while its cancelled tasks still hold them.
     pub async fn stop(self) {
-        self.device.stop().await;
+        let Self { name, port, device } = self;
+        device.stop().await;
+        if !await_released(&name, port, RELEASE_PATIENCE).await {
+            tracing::warn!(interface = %name, port, "the stopped WireGuard device still holds its interface or port");
+        }
     }
 
     /// Waits until the device fails for good (e.g. its interface was deleted).
     pub async fn failed(&mut self) {
         self.device.wait().await;
+    }
+}
+
+/// How long a stopped device's interface and port may take to be let go of.
+pub const RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Waits up to `patience` until no interface is named `name` and UDP `port` can be bound, as a
+/// device that stopped (in this process or in the one handing over) leaves them. Whether both
+/// are free.
+pub async fn await_released(name: &str, port: u16, patience: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        let free = nix::net::if_::if_nametoindex(name).is_err()
+            && UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok();
+        if free || start.elapsed() >= patience {
+            return free;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -185,25 +185,11 @@ impl WireguardNode {
     /// gone for a moment: its routes too, and the unreachable routes drop traffic meanwhile).
     async fn restart(&mut self) -> Result<(), WireguardError> {
         if let Some(running) = self.running.take() {
+            // Returns once the interface and the port are free again.
             running.stop().await;
         }
-        // The old device lets go of its socket and interface a moment after it stops.
-        let mut attempts = 0;
-        loop {
-            match Running::start(&self.options, &self.key, &self.desired).await {
-                Ok(running) => {
-                    self.running = Some(running);
-                    return Ok(());
-                }
-                Err(WireguardError::UdpPort { .. } | WireguardError::Tun { .. })
-                    if attempts < 60 =>
-                {
-                    attempts += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.running = Some(Running::start(&self.options, &self.key, &self.desired).await?);
+        Ok(())
     }
 
     /// The node's public key.
