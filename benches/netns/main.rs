@@ -4,7 +4,8 @@
 //! iperf3 single stream and `-P 4`; wrk against nginx with keep-alive and with one connection per
 //! request; memory per idle connection; RSS of each proxy after the runs. Needs root, iperf3, wrk
 //! and nginx (`scripts/bench-netns` installs them and runs this). Prints a Markdown table for
-//! BENCHMARKS.md.
+//! BENCHMARKS.md. `NODEMESH_BENCH_BINARY` runs another nodemesh binary than the one built with
+//! the bench.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A bench script: a panic is a failed run.
 
 mod idle;
@@ -47,7 +48,9 @@ fn main() {
         ztunnel::add_pods(&mut spec);
     }
     let mut bed = Testbed::build(spec).unwrap();
-    let mut opts = MeshOptions::new(BINARY);
+    // Another build of nodemesh (e.g. another profile), to compare builds with one bench.
+    let binary = std::env::var("NODEMESH_BENCH_BINARY").unwrap_or_else(|_| BINARY.to_owned());
+    let mut opts = MeshOptions::new(&binary);
     opts.worker_threads = workers;
     bed.start_mesh(&opts).unwrap();
     let mut paths = vec![Route {
