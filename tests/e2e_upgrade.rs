@@ -685,8 +685,50 @@ fn a_proxy_without_the_handoff_is_replaced_the_classic_way(backend: Backend) {
     );
 }
 
+/// A takeover whose WireGuard cannot come up at once does not cost the node its proxy. Here the
+/// new proxy is told another WireGuard port, which the test holds. The new proxy serves HBONE on
+/// and tries again every second. Once the port is free, it brings its device up. (Before, the new
+/// proxy exited: the node had no proxy until something restarted it.)
+fn a_takeover_without_wireguard_serves_on(backend: Backend) {
+    if !nodemesh_test_support::root_tier("a_takeover_without_wireguard_serves_on", backend.tools())
+    {
+        return;
+    }
+    const PORT: u16 = 51821;
+    let mut bed = mesh(backend);
+    let node = bed.node("node-a").unwrap().clone();
+    let taken = node
+        .run(|| std::net::UdpSocket::bind(("0.0.0.0", PORT)))
+        .unwrap()
+        .unwrap();
+    bed.upgrade_proxy("node-a", &["--wireguard-port", &PORT.to_string()])
+        .unwrap();
+    bed.await_log("proxy/node-a", "trying again in")
+        .unwrap_or_else(|e| panic!("the new proxy did not retry WireGuard: {e}"));
+    assert!(
+        bed.is_running("proxy/node-a"),
+        "the new proxy exited without WireGuard\n{}",
+        bed.log_tail("proxy/node-a", 30)
+    );
+    let target = scenario::pod_http(&bed, "web-b").unwrap();
+    match scenario::call(&bed, "frontend-a", target, "GET", "/", "").unwrap() {
+        Ok(r) => assert_eq!(r.status, 200, "HBONE while WireGuard is down"),
+        Err(e) => panic!(
+            "HBONE while WireGuard is down: {e}\n{}",
+            bed.log_tail("proxy/node-a", 30)
+        ),
+    }
+    drop(taken);
+    bed.await_log("proxy/node-a", "WireGuard is up after all")
+        .unwrap_or_else(|e| panic!("WireGuard never came up once the port was free: {e}"));
+    let link = node.exec(&["ip", "link", "show", "nodemesh-wg0"]);
+    assert!(link.is_ok(), "no WireGuard interface: {link:?}");
+    assert!(bed.is_running("proxy/node-a"));
+}
+
 nodemesh_test_support::per_backend!(
     swap_keeps_every_connection,
+    a_takeover_without_wireguard_serves_on,
     a_kill_mid_swap_fails_closed,
     a_new_proxy_dying_mid_swap_leaves_the_old_serving,
     a_proxy_without_the_handoff_is_replaced_the_classic_way

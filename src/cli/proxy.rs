@@ -374,11 +374,20 @@ async fn serve(args: ProxyArgs) -> Result<()> {
                 )
                 .await;
             }
-            let handle =
-                nodemesh_wireguard::WireguardHandle::start_from(list, &wireguard_node, options)
-                    .await
-                    .context("cannot bring WireGuard up")?;
-            Some(handle)
+            if took_over {
+                // This process serves the node now: it must not exit for want of WireGuard.
+                Some(Wireguard::ComingUp(nodemesh_wireguard::Retrying::start(
+                    list,
+                    &wireguard_node,
+                    options,
+                )))
+            } else {
+                let handle =
+                    nodemesh_wireguard::WireguardHandle::start_from(list, &wireguard_node, options)
+                        .await
+                        .context("cannot bring WireGuard up")?;
+                Some(Wireguard::Up(handle))
+            }
         }
         None => None,
     };
@@ -560,4 +569,20 @@ async fn take_over(
     }
     tracing::info!(pid, %binary, ?connections, "handoff: took over the listening sockets");
     Ok((proxy, admin, Some(handoff)))
+}
+
+/// This process's WireGuard: up, or (after a takeover whose start failed) still coming up.
+enum Wireguard {
+    Up(nodemesh_wireguard::WireguardHandle),
+    ComingUp(nodemesh_wireguard::Retrying),
+}
+
+impl Wireguard {
+    /// Stops the device, or the attempts to bring it up; the routing stays (fail closed).
+    async fn shutdown(self) -> Result<(), nodemesh_wireguard::WireguardError> {
+        match self {
+            Self::Up(handle) => handle.shutdown().await,
+            Self::ComingUp(retrying) => retrying.shutdown().await,
+        }
+    }
 }

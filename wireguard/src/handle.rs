@@ -64,15 +64,33 @@ impl WireguardHandle {
 
     /// Brings node `node` up from `list`, and keeps it in step with the list and its key.
     pub async fn start_from(
-        mut list: NodeList,
+        list: NodeList,
         node: &str,
         options: NodeOptions,
     ) -> Result<Self, WireguardError> {
-        let (nodes, seen) = match &mut list {
-            NodeList::File(path) => load(path)?,
-            NodeList::Current(current) => (current()?, Vec::new()),
+        Self::try_start(list, node, options)
+            .await
+            .map_err(|(_, e)| e)
+    }
+
+    /// [`WireguardHandle::start_from`], giving the list back with the error.
+    async fn try_start(
+        mut list: NodeList,
+        node: &str,
+        options: NodeOptions,
+    ) -> Result<Self, (NodeList, WireguardError)> {
+        let read = match &mut list {
+            NodeList::File(path) => load(path),
+            NodeList::Current(current) => current().map(|nodes| (nodes, Vec::new())),
         };
-        let running = WireguardNode::up(&nodes, node, options).await?;
+        let (nodes, seen) = match read {
+            Ok(read) => read,
+            Err(e) => return Err((list, e)),
+        };
+        let running = match WireguardNode::up(&nodes, node, options).await {
+            Ok(running) => running,
+            Err(e) => return Err((list, e)),
+        };
         let public_key = running.public_key();
         let peers = running.desired().peers.len();
         let (stop, stopped) = oneshot::channel();
@@ -110,6 +128,63 @@ impl WireguardHandle {
             Ok(result) => result,
             Err(e) => Err(WireguardError::Device {
                 action: "run",
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// How often [`Retrying`] tries again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A node's WireGuard brought up in the background, tried again every [`RETRY_INTERVAL`] while
+/// it fails (each failure logged), then kept in step as [`WireguardHandle`] does. For a process
+/// that already serves the node (it took over from another) and must not exit for want of
+/// WireGuard: until the device is up, the routing's unreachable routes drop the traffic to
+/// remote pods (fail closed).
+pub struct Retrying {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Option<WireguardHandle>>,
+}
+
+impl Retrying {
+    /// Starts trying to bring node `node` up from `list`.
+    pub fn start(list: NodeList, node: &str, options: NodeOptions) -> Self {
+        let (stop, mut stopped) = oneshot::channel();
+        let node = node.to_owned();
+        let task = tokio::spawn(async move {
+            let mut list = list;
+            for attempt in 1u32.. {
+                match WireguardHandle::try_start(list, &node, options.clone()).await {
+                    Ok(handle) => {
+                        if attempt > 1 {
+                            tracing::info!(attempt, "WireGuard is up after all");
+                        }
+                        return Some(handle);
+                    }
+                    Err((back, error)) => {
+                        list = back;
+                        tracing::error!(attempt, %error, "cannot bring WireGuard up; trying again in {RETRY_INTERVAL:?} (traffic to remote pods outside HBONE is dropped meanwhile)");
+                    }
+                }
+                tokio::select! {
+                    _ = &mut stopped => return None,
+                    () = tokio::time::sleep(RETRY_INTERVAL) => {}
+                }
+            }
+            None
+        });
+        Self { stop, task }
+    }
+
+    /// Stops trying, or stops the device once up (see [`WireguardHandle::shutdown`]).
+    pub async fn shutdown(self) -> Result<(), WireguardError> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Some(handle)) => handle.shutdown().await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(WireguardError::Device {
+                action: "come up",
                 reason: e.to_string(),
             }),
         }

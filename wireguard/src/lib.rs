@@ -25,7 +25,7 @@ mod tun;
 mod udp;
 
 pub use error::WireguardError;
-pub use handle::{NodeList, RELOAD_INTERVAL, WireguardHandle};
+pub use handle::{NodeList, RELOAD_INTERVAL, RETRY_INTERVAL, Retrying, WireguardHandle};
 pub use keys::{KeyStore, PrivateKey};
 pub use node::{DEFAULT_INTERFACE, NodeOptions, WireguardNode};
 pub use peers::{
