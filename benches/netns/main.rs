@@ -316,7 +316,7 @@ fn millis(text: &str) -> f64 {
 /// Each path's proxies' mean RSS and its anonymous part (heap and stacks; the rest is the
 /// binary's and libraries' pages), in MiB (none for the direct path).
 fn proxy_rss_mib(bed: &Testbed, paths: &[Route]) -> [Vec<Option<f64>>; 2] {
-    ["VmRSS:", "RssAnon:"].map(|field| {
+    ["VmRSS", "RssAnon"].map(|field| {
         paths
             .iter()
             .map(|p| {
@@ -331,17 +331,11 @@ fn proxy_rss_mib(bed: &Testbed, paths: &[Route]) -> [Vec<Option<f64>>; 2] {
 }
 
 fn rss_bytes(pid: u32) -> f64 {
-    status_bytes(pid, "VmRSS:")
+    status_bytes(pid, "VmRSS")
 }
 
-/// A size field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`), in bytes.
+/// A size field of `/proc/<pid>/status` (`VmRSS`, `RssAnon`), in bytes.
 fn status_bytes(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024.0
+    nodemesh_proxy::heap::status_bytes(&status, field).unwrap() as f64
 }

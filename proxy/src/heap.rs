@@ -36,17 +36,23 @@ impl TrimPolicy {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn slack_bytes() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let anon_kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let anon = status_bytes(&status, "RssAnon")?;
     // SAFETY: mallinfo2 takes no arguments and only reads the allocator's statistics.
     #[allow(unsafe_code)]
     let info = unsafe { libc::mallinfo2() };
-    Some((anon_kib * 1024).saturating_sub(info.uordblks + info.hblkhd))
+    Some(anon.saturating_sub(info.uordblks + info.hblkhd))
+}
+
+/// A size field (`VmRSS`, `RssAnon`, ...) of a `/proc/<pid>/status` text, in bytes; `None`
+/// when it is missing or not a size in kB.
+pub fn status_bytes(status: &str, field: &str) -> Option<usize> {
+    let value = status.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+    })?;
+    let mut words = value.split_whitespace();
+    let kib: usize = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(kib * 1024)
 }
 
 /// Releases the allocator's free pages to the kernel; whether any were released. It walks every
@@ -77,6 +83,21 @@ mod tests {
     use super::*;
 
     const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn reads_size_fields_of_proc_status() {
+        let status = "Name:\tnodemesh\nVmRSS:\t   20480 kB\nRssAnon:\t    1536 kB\nRssFile:\tx kB\nThreads:\t4\n";
+        assert_eq!(status_bytes(status, "VmRSS"), Some(20480 * 1024));
+        assert_eq!(status_bytes(status, "RssAnon"), Some(1536 * 1024));
+        assert_eq!(
+            status_bytes(status, "Rss"),
+            None,
+            "a prefix of a field is not the field"
+        );
+        assert_eq!(status_bytes(status, "RssFile"), None, "not a number");
+        assert_eq!(status_bytes(status, "Threads"), None, "not a size");
+        assert_eq!(status_bytes(status, "VmSwap"), None, "missing");
+    }
 
     #[test]
     fn trims_when_the_slack_rose_enough() {

@@ -19,13 +19,7 @@ const BURST: usize = 1000;
 /// This process's resident memory, in bytes.
 fn rss() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib * 1024
+    nodemesh_proxy::heap::status_bytes(&status, "VmRSS").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
