@@ -81,7 +81,7 @@ impl ConnectOptions {
         }
         if let Some(ip) = source {
             raw.set_ip_transparent_v4(true)?;
-            bind_without_port(&socket, ip)?;
+            socket.bind(SocketAddr::new(ip, 0))?;
         }
         socket.set_nodelay(true)?;
         match tokio::time::timeout(self.timeout, socket.connect(addr)).await {
@@ -92,20 +92,6 @@ impl ConnectOptions {
             )),
         }
     }
-}
-
-/// Binds `socket` to `ip` and leaves the port to `connect` (`IP_BIND_ADDRESS_NO_PORT`): bound
-/// to port 0 alone, the kernel must find a port free towards every destination, searching all
-/// bound ports of that address on each call (most of a new connection's time under churn) and
-/// running out after one port range per source address instead of per destination.
-pub fn bind_without_port(socket: &TcpSocket, ip: IpAddr) -> io::Result<()> {
-    nix::sys::socket::setsockopt(
-        socket,
-        nix::sys::socket::sockopt::IpBindAddressNoPort,
-        &true,
-    )
-    .map_err(io::Error::from)?;
-    socket.bind(SocketAddr::new(ip, 0))
 }
 
 /// Whether `ip` is an address of this host, asked of the kernel's routing (a UDP socket
@@ -136,22 +122,5 @@ mod tests {
         assert!(is_local(IpAddr::from([127, 0, 0, 2])));
         // TEST-NET-1 is never an address of this host.
         assert!(!is_local(IpAddr::from([192, 0, 2, 1])));
-    }
-
-    #[tokio::test]
-    async fn a_source_bound_socket_takes_its_port_at_connect() {
-        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let socket = TcpSocket::new_v4().unwrap();
-        bind_without_port(&socket, IpAddr::from([127, 0, 0, 3])).unwrap();
-        let bound = socket.local_addr().unwrap();
-        assert_eq!(
-            bound,
-            SocketAddr::from(([127, 0, 0, 3], 0)),
-            "no port reserved at bind"
-        );
-        let stream = socket.connect(server.local_addr().unwrap()).await.unwrap();
-        let local = stream.local_addr().unwrap();
-        assert_eq!(local.ip(), IpAddr::from([127, 0, 0, 3]));
-        assert_ne!(local.port(), 0, "the port is chosen at connect");
     }
 }
