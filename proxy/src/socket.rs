@@ -81,6 +81,10 @@ impl ConnectOptions {
         }
         if let Some(ip) = source {
             raw.set_ip_transparent_v4(true)?;
+            // The port is chosen here, at random, on purpose: left to connect
+            // (`IP_BIND_ADDRESS_NO_PORT`), it follows the same hash sequence as the pod's own
+            // connect to that destination and collides with the captured flow's conntrack entry
+            // (`e2e_node::pod_source_binds_do_not_collide_in_conntrack`).
             socket.bind(SocketAddr::new(ip, 0))?;
         }
         socket.set_nodelay(true)?;
