@@ -373,8 +373,6 @@ async fn serve(args: ProxyArgs) -> Result<()> {
                     nodemesh_wireguard::device::RELEASE_PATIENCE,
                 )
                 .await;
-            }
-            if took_over {
                 // This process serves the node now: it must not exit for want of WireGuard.
                 Some(Wireguard::ComingUp(nodemesh_wireguard::Retrying::start(
                     list,
